@@ -1,0 +1,3 @@
+from clasp_cli.main import main
+
+__all__ = ["main"]

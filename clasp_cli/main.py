@@ -1,0 +1,39 @@
+"""The `clasp` command line: one sub-command per `clasp_cli/*_command.py` module.
+
+Each such module exposes `register(subparsers)`, which adds its parser and sets `func`
+to a callable taking the parsed arguments and returning an exit code. Modules are found
+by name so that a new command is one new file; they import their heavy dependencies
+inside `func`, so `clasp --help` stays fast.
+"""
+
+import argparse
+import importlib
+import pkgutil
+import sys
+
+import clasp_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="clasp",
+        description="CLASP: multilingual speech embeddings that sit next to the text embedding of what was said.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for info in sorted(pkgutil.iter_modules(clasp_cli.__path__), key=lambda m: m.name):
+        if info.name.endswith("_command"):
+            importlib.import_module(f"clasp_cli.{info.name}").register(subparsers)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,211 @@
+"""ClaspConfig: what a CLASP model is made of.
+
+A CLASP model has three backbones, each described by an ordinary transformers config:
+  speech_config        a speech encoder (hubert, wav2vec2, wavlm, or whisper: its encoder is used)
+  spectrogram_config   an ImageNet CNN that reads the log-mel spectrogram as a picture (efficientnet)
+  text_config          the frozen multilingual sentence encoder of the transcript (bert, xlm-roberta)
+and a small trained fusion head that maps the two audio branches onto the text embedding space.
+The defaults are the paper's shapes: HuBERT-large (1024-d), EfficientNet-B7, LaBSE (768-d).
+
+This file is also published flat on the Hub (see `save_hub_code`), so it imports only the
+standard library and transformers.
+"""
+
+import math
+import os
+import re
+
+from transformers import AutoConfig, PretrainedConfig
+
+# The flat Hub folder: file name -> the package that holds it in this repository.
+HUB_CODE_FILES = {
+    "configuration_clasp.py": "configuration_clasp",
+    "modeling_clasp.py": "modeling_clasp",
+    "feature_extraction_clasp.py": "processing_clasp",
+    "processing_clasp.py": "processing_clasp",
+}
+_PACKAGE_IMPORT = re.compile(r"^from (?:configuration_clasp|modeling_clasp|processing_clasp)\.(\w+) import", re.M)
+
+
+def hub_code_source(file_name: str) -> str:
+    """The Hub version of one of our modules: sibling imports made relative.
+
+    The Hub only follows `from .module import X`; an absolute import of a sibling package is
+    taken for a missing pip package. In this repository the modules live in packages
+    (`modeling_clasp/modeling_clasp.py`); on the Hub they sit side by side. Reading the file
+    next to this one first makes the function work in both places.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    flat = os.path.join(here, file_name)
+    packaged = os.path.join(os.path.dirname(here), HUB_CODE_FILES[file_name], file_name)
+    path = flat if os.path.exists(flat) else packaged
+    with open(path, encoding="utf-8") as f:
+        return _PACKAGE_IMPORT.sub(r"from .\1 import", f.read())
+
+
+def save_hub_code(save_directory: str) -> None:
+    """Write the flat remote-code files that `auto_map` points at into `save_directory`."""
+    os.makedirs(save_directory, exist_ok=True)
+    for file_name in HUB_CODE_FILES:
+        target = os.path.join(save_directory, file_name)
+        tmp = target + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(hub_code_source(file_name))
+        os.replace(tmp, target)
+
+
+def _as_config(value, default_model_type, default_kwargs):
+    if value is None:
+        return AutoConfig.for_model(default_model_type, **default_kwargs)
+    if isinstance(value, PretrainedConfig):
+        return value
+    value = dict(value)
+    return AutoConfig.for_model(value.pop("model_type", default_model_type), **value)
+
+
+# The paper's backbones (HuBERT-large-ls960-ft, EfficientNet-B7, LaBSE), as config kwargs.
+PAPER_SPEECH = dict(
+    hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+    feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+)
+PAPER_SPECTROGRAM = dict(width_coefficient=2.0, depth_coefficient=3.1, image_size=600, dropout_rate=0.5, hidden_dim=2560)
+PAPER_TEXT = dict(vocab_size=501153, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+
+
+class ClaspConfig(PretrainedConfig):
+    r"""
+    Configuration of a [`ClaspModel`].
+
+    Args:
+        speech_config (`dict` or `PretrainedConfig`): the speech encoder (hubert, wav2vec2, wavlm, whisper).
+        spectrogram_config (`dict` or `PretrainedConfig`): the spectrogram CNN (a transformers vision model
+            whose output has `pooler_output`, e.g. efficientnet).
+        text_config (`dict` or `PretrainedConfig`): the frozen sentence encoder's transformer.
+        speech_layer (`int`): which hidden state of the speech encoder is pooled (-1 = last).
+        text_pooling (`str`): "mean" over real tokens, "cls", or "pooler" (the transformer's own pooler: for
+            LaBSE this is sentence-transformers' Dense+tanh on the CLS token).
+        text_normalize (`bool`): L2-normalise the sentence embedding, as sentence-transformers' Normalize.
+        text_query_prefix / text_passage_prefix (`str`): prompts the sentence encoder expects ("query: " for e5).
+        text_max_length (`int`): longer transcripts are truncated to this many tokens.
+        sampling_rate, spectrogram_n_fft, spectrogram_hop_length, spectrogram_n_mels, spectrogram_top_db:
+            the log-mel spectrogram fed to the CNN (it is resized to the CNN's `image_size`).
+        fusion (`str`): "concat" or "gating" (the paper's two heads).
+        fusion_branch_dims (`list[int]`): widths of each branch's MLP; the last is the branch output.
+        fusion_head_dims (`list[int]`): hidden widths of the MLP after concatenation.
+        fusion_dropout (`list[float]`): dropout after the first two branch layers.
+        projection_dim (`int`): output dimension = the text embedding dimension.
+        loss (`str`): "contrastive" (symmetric InfoNCE, learnable logit scale, CLIP convention),
+            "contrastive_fixed" (the paper's form: cosine times a fixed `fixed_logit_scale`), or
+            "huber" (the paper's LASP regression onto the text embedding).
+        logit_scale_init_value (`float`): initial log of the logit scale (ln(1/0.07)).
+        logit_scale_max (`float`): the logit scale is clamped at exp(this) (ln 100, as CLIP).
+        fixed_logit_scale (`float`): the paper's multiplier, 0.07: it *multiplies* the cosine
+            (`cos * exp(log 0.07)` in the notebooks), so logits stay in [-0.07, 0.07].
+        huber_delta (`float`): the paper's Huber delta.
+        freeze_speech_encoder / freeze_spectrogram_encoder / freeze_text_encoder (`bool`): frozen parts get no
+            gradient and stay in eval mode (batch norm statistics and dropout untouched) during training.
+    """
+
+    model_type = "clasp"
+    sub_configs = {"speech_config": AutoConfig, "spectrogram_config": AutoConfig, "text_config": AutoConfig}
+
+    def __init__(
+        self,
+        speech_config=None,
+        spectrogram_config=None,
+        text_config=None,
+        speech_layer=-1,
+        text_pooling="pooler",
+        text_normalize=True,
+        text_query_prefix="",
+        text_passage_prefix="",
+        text_max_length=512,
+        sampling_rate=16000,
+        spectrogram_n_fft=1024,
+        spectrogram_hop_length=320,
+        spectrogram_n_mels=128,
+        spectrogram_top_db=80.0,
+        fusion="concat",
+        fusion_branch_dims=(768, 576, 768),
+        fusion_head_dims=(1024, 800),
+        fusion_dropout=(0.15, 0.1),
+        projection_dim=None,
+        loss="contrastive",
+        logit_scale_init_value=math.log(1 / 0.07),
+        logit_scale_max=math.log(100.0),
+        fixed_logit_scale=0.07,
+        huber_delta=0.6,
+        freeze_speech_encoder=True,
+        freeze_spectrogram_encoder=True,
+        freeze_text_encoder=True,
+        **kwargs,
+    ):
+        self.speech_config = _as_config(speech_config, "hubert", PAPER_SPEECH)
+        self.spectrogram_config = _as_config(spectrogram_config, "efficientnet", PAPER_SPECTROGRAM)
+        self.text_config = _as_config(text_config, "bert", PAPER_TEXT)
+        if fusion not in ("concat", "gating"):
+            raise ValueError(f"fusion must be 'concat' or 'gating', got {fusion!r}")
+        if loss not in ("contrastive", "contrastive_fixed", "huber"):
+            raise ValueError(f"loss must be 'contrastive', 'contrastive_fixed' or 'huber', got {loss!r}")
+        if text_pooling not in ("mean", "cls", "pooler"):
+            raise ValueError(f"text_pooling must be 'mean', 'cls' or 'pooler', got {text_pooling!r}")
+        self.speech_layer = speech_layer
+        self.text_pooling = text_pooling
+        self.text_normalize = text_normalize
+        self.text_query_prefix = text_query_prefix
+        self.text_passage_prefix = text_passage_prefix
+        self.text_max_length = text_max_length
+        self.sampling_rate = sampling_rate
+        self.spectrogram_n_fft = spectrogram_n_fft
+        self.spectrogram_hop_length = spectrogram_hop_length
+        self.spectrogram_n_mels = spectrogram_n_mels
+        self.spectrogram_top_db = spectrogram_top_db
+        self.fusion = fusion
+        self.fusion_branch_dims = list(fusion_branch_dims)
+        self.fusion_head_dims = list(fusion_head_dims)
+        self.fusion_dropout = list(fusion_dropout)
+        self.projection_dim = projection_dim if projection_dim is not None else self.text_config.hidden_size
+        self.loss = loss
+        self.logit_scale_init_value = logit_scale_init_value
+        self.logit_scale_max = logit_scale_max
+        self.fixed_logit_scale = fixed_logit_scale
+        self.huber_delta = huber_delta
+        self.freeze_speech_encoder = freeze_speech_encoder
+        self.freeze_spectrogram_encoder = freeze_spectrogram_encoder
+        self.freeze_text_encoder = freeze_text_encoder
+        kwargs.setdefault(
+            "auto_map",
+            {"AutoConfig": "configuration_clasp.ClaspConfig", "AutoModel": "modeling_clasp.ClaspModel"},
+        )
+        super().__init__(**kwargs)
+
+    @property
+    def speech_is_whisper(self) -> bool:
+        return self.speech_config.model_type == "whisper"
+
+    @property
+    def speech_hidden_size(self) -> int:
+        config = self.speech_config
+        return config.d_model if self.speech_is_whisper else config.hidden_size
+
+    @property
+    def spectrogram_hidden_size(self) -> int:
+        config = self.spectrogram_config
+        for name in ("hidden_dim", "hidden_size"):
+            if isinstance(getattr(config, name, None), int):
+                return getattr(config, name)
+        return config.hidden_sizes[-1]  # resnet, convnext
+
+    @property
+    def spectrogram_image_size(self) -> int:
+        size = getattr(self.spectrogram_config, "image_size", 224)
+        return size if isinstance(size, int) else size[0]
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        # Every save carries the code that `auto_map` names, so the folder loads with
+        # trust_remote_code=True wherever it goes (push_to_hub uploads the folder as written).
+        save_hub_code(save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+
+__all__ = ["ClaspConfig", "save_hub_code", "hub_code_source"]

@@ -1,0 +1,526 @@
+"""ClaspModel: speech in, an embedding next to the text embedding of what was said.
+
+    audio ─┬─ speech encoder ── mean over real frames ── L2 ── branch MLP ─┐
+           └─ spectrogram CNN ── pooled ──────────────── L2 ── branch MLP ─┴─ fusion ── head ── L2 ── audio_embeds
+    text ──── frozen sentence encoder ── pooling (as sentence-transformers) ── L2 ───────────────────── text_embeds
+
+Training pulls audio_embeds onto text_embeds of the transcript (symmetric contrastive loss, or the
+paper's Huber regression). The text side stays frozen, so text embeddings are those of the sentence
+encoder itself: CLASP audio embeddings can be searched with any text that encoder can embed.
+
+This file is also published flat on the Hub: it imports only torch, transformers and the standard library.
+"""
+
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_utils import load_state_dict
+from transformers.utils import ModelOutput, cached_file
+
+from configuration_clasp.configuration_clasp import ClaspConfig
+
+
+@dataclass
+class ClaspOutput(ModelOutput):
+    """
+    Args:
+        loss: the training loss (with `return_loss=True` and both modalities given).
+        logits_per_audio: `[n_audio, n_text]` scaled cosine similarities.
+        logits_per_text: `[n_text, n_audio]`, the transpose.
+        audio_embeds: `[n_audio, projection_dim]` L2-normalised fused audio embeddings.
+        text_embeds: `[n_text, projection_dim]` sentence-encoder embeddings of the text.
+        speech_embeds: `[n_audio, speech_hidden]` pooled, L2-normalised speech-encoder features.
+        spectrogram_embeds: `[n_audio, cnn_hidden]` pooled, L2-normalised spectrogram-CNN features.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_audio: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    audio_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    speech_embeds: torch.FloatTensor | None = None
+    spectrogram_embeds: torch.FloatTensor | None = None
+
+
+def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the time axis of `[batch, time, dim]`, counting only frames where `mask` is 1."""
+    if mask is None:
+        return hidden_states.mean(dim=1)
+    mask = mask.to(hidden_states.dtype).unsqueeze(-1)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All processes' features concatenated, and where this process's rows start.
+
+    As open_clip: every process sees every other process's batch as negatives, and the gather
+    keeps autograd (torch.distributed.nn's all_gather sums the gradients back to their owner),
+    so N processes × batch B train exactly like one process with batch N·B. Per-process batches
+    must have the same size (accelerate's default `even_batches=True`).
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return features, 0
+    world_size = torch.distributed.get_world_size()
+    if world_size == 1:
+        return features, 0
+    from torch.distributed.nn.functional import all_gather  # the autograd-aware one
+
+    gathered = all_gather(features)
+    return torch.cat(gathered, dim=0), torch.distributed.get_rank() * features.shape[0]
+
+
+def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig) -> torch.Tensor:
+    """The training objective on L2-normalised embeddings (row i of each is a pair)."""
+    if config.loss == "huber":
+        # The paper's LASP variant: regress the audio embedding onto the text embedding.
+        return F.huber_loss(audio_embeds, text_embeds, delta=config.huber_delta)
+    all_audio, offset = gather_with_grad(audio_embeds)
+    all_text, _ = gather_with_grad(text_embeds)
+    labels = torch.arange(audio_embeds.shape[0], device=audio_embeds.device) + offset
+    logits_per_audio = logit_scale * audio_embeds @ all_text.T
+    logits_per_text = logit_scale * text_embeds @ all_audio.T
+    return (F.cross_entropy(logits_per_audio, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+class ClaspBranchMLP(nn.Sequential):
+    """The paper's per-branch MLP: Linear-BN-ReLU-Drop-Linear-BN-LeakyReLU-Drop-Linear."""
+
+    def __init__(self, in_dim: int, dims: list[int], dropout: list[float]):
+        hidden1, hidden2, out = dims
+        super().__init__(
+            nn.Linear(in_dim, hidden1), nn.BatchNorm1d(hidden1), nn.ReLU(), nn.Dropout(dropout[0]),
+            nn.Linear(hidden1, hidden2), nn.BatchNorm1d(hidden2), nn.LeakyReLU(), nn.Dropout(dropout[1]),
+            nn.Linear(hidden2, out),
+        )
+
+
+class ClaspGate(nn.Module):
+    """One branch's LSTM-like gate from the paper: x' = σ(W_i x)·tanh(W_c x) + σ(W_f x)·x."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.input_gate = nn.Linear(dim, dim)
+        self.forget_gate = nn.Linear(dim, dim)
+        self.candidate = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        return torch.sigmoid(self.input_gate(x)) * torch.tanh(self.candidate(x)) + torch.sigmoid(self.forget_gate(x)) * x
+
+
+class ClaspFusion(nn.Module):
+    """Merges the speech and spectrogram branches into one vector of `projection_dim`.
+
+    concat: [speech; spectrogram] → head.  gating: each branch gated, then a softmax over the two
+    branches (per dimension, from Linear(2H, 2H) of both) weights their sum → head.
+    The head is the paper's Linear-BN-LeakyReLU-Linear-LeakyReLU-Linear.
+    """
+
+    def __init__(self, config: ClaspConfig):
+        super().__init__()
+        branch_dim = config.fusion_branch_dims[-1]
+        self.speech_mlp = ClaspBranchMLP(config.speech_hidden_size, config.fusion_branch_dims, config.fusion_dropout)
+        self.spectrogram_mlp = ClaspBranchMLP(config.spectrogram_hidden_size, config.fusion_branch_dims, config.fusion_dropout)
+        self.fusion = config.fusion
+        if config.fusion == "gating":
+            self.speech_gate = ClaspGate(branch_dim)
+            self.spectrogram_gate = ClaspGate(branch_dim)
+            self.branch_weights = nn.Linear(2 * branch_dim, 2 * branch_dim)
+            head_in = branch_dim
+        else:
+            head_in = 2 * branch_dim
+        hidden1, hidden2 = config.fusion_head_dims
+        self.head = nn.Sequential(
+            nn.Linear(head_in, hidden1), nn.BatchNorm1d(hidden1), nn.LeakyReLU(),
+            nn.Linear(hidden1, hidden2), nn.LeakyReLU(),
+            nn.Linear(hidden2, config.projection_dim),
+        )
+
+    def forward(self, speech_embeds, spectrogram_embeds):
+        speech = self.speech_mlp(speech_embeds)
+        spectrogram = self.spectrogram_mlp(spectrogram_embeds)
+        if self.fusion == "concat":
+            return self.head(torch.cat([speech, spectrogram], dim=-1))
+        speech, spectrogram = self.speech_gate(speech), self.spectrogram_gate(spectrogram)
+        both = torch.stack([speech, spectrogram], dim=1)  # [batch, 2, dim]
+        weights = self.branch_weights(both.flatten(1)).view_as(both).softmax(dim=1)
+        return self.head((weights * both).sum(dim=1))
+
+
+def build_speech_encoder(config: ClaspConfig) -> nn.Module:
+    if config.speech_is_whisper:
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        return WhisperEncoder(config.speech_config)
+    return AutoModel.from_config(config.speech_config)
+
+
+def build_text_encoder(config: ClaspConfig) -> nn.Module:
+    # Only the LaBSE-style "pooler" mode uses the transformer's pooler; without it the pooler
+    # would be dead weight in every checkpoint.
+    kwargs = {} if config.text_pooling == "pooler" else {"add_pooling_layer": False}
+    try:
+        return AutoModel.from_config(config.text_config, **kwargs)
+    except TypeError:  # an architecture without the option
+        return AutoModel.from_config(config.text_config)
+
+
+class ClaspPreTrainedModel(PreTrainedModel):
+    config: ClaspConfig
+    config_class = ClaspConfig
+    base_model_prefix = "clasp"
+    main_input_name = "input_values"
+    input_modalities = ("audio", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def _init_weights(self, module):
+        # The backbones are PreTrainedModels and initialise themselves; this covers the fusion head.
+        if isinstance(module, ClaspModel):
+            init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm1d):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+            if module.running_mean is not None:
+                init.zeros_(module.running_mean)
+                init.ones_(module.running_var)
+                init.zeros_(module.num_batches_tracked)
+
+
+class ClaspModel(ClaspPreTrainedModel):
+    def __init__(self, config: ClaspConfig):
+        super().__init__(config)
+        self.speech_model = build_speech_encoder(config)
+        self.spectrogram_model = AutoModel.from_config(config.spectrogram_config)
+        self.text_model = build_text_encoder(config)
+        self.fusion = ClaspFusion(config)
+        self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        if config.loss != "contrastive":  # the other two objectives have no learnable scale
+            self.logit_scale.requires_grad_(False)
+        self.post_init()
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+
+    def _frozen_modules(self):
+        frozen = (
+            (self.config.freeze_speech_encoder, self.speech_model),
+            (self.config.freeze_spectrogram_encoder, self.spectrogram_model),
+            (self.config.freeze_text_encoder, self.text_model),
+        )
+        return [module for is_frozen, module in frozen if is_frozen]
+
+    def train(self, mode: bool = True):
+        # A frozen backbone keeps its batch-norm statistics and runs without dropout.
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
+
+    # ---- speech branch -------------------------------------------------------------------
+
+    def _whisper_hidden_states(self, input_features, frame_mask):
+        """Whisper's encoder on the clip's real length, padding masked out.
+
+        transformers' WhisperEncoder.forward insists on 30 s of (mostly padding) frames; running
+        its parts directly costs a fraction of that for short clips. Padded frames are zeroed
+        before each convolution and masked in attention, so a clip's output does not depend on
+        what it is batched with.
+        """
+        encoder = self.speech_model
+        max_frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
+        if input_features.shape[-1] > max_frames:
+            raise ValueError(
+                f"Whisper encodes at most {max_frames} mel frames (30 s); got {input_features.shape[-1]}. "
+                "Split long audio into windows (clasp embed does this)."
+            )
+        if frame_mask is None:
+            frame_mask = torch.ones(input_features.shape[0], input_features.shape[-1], device=input_features.device)
+        mask = frame_mask.to(input_features.dtype).unsqueeze(1)
+        hidden = F.gelu(encoder.conv1(input_features * mask)) * mask
+        hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
+        frame_mask = frame_mask[:, :: encoder.conv2.stride[0]]
+        hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
+        hidden = F.dropout(hidden, p=encoder.dropout, training=encoder.training)
+        keep = frame_mask[:, None, None, :].bool()
+        attention_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
+        attention_mask = attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)
+        states = [hidden]
+        for layer in encoder.layers:
+            hidden = layer(hidden, attention_mask)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+            states.append(hidden)
+        states[-1] = encoder.layer_norm(hidden)
+        return states, frame_mask
+
+    def get_speech_embeds(self, input_values, audio_attention_mask=None) -> torch.Tensor:
+        """Speech-encoder features of each clip: the mean over its real frames, L2-normalised."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_speech_encoder):
+            if self.config.speech_is_whisper:
+                states, frame_mask = self._whisper_hidden_states(input_values, audio_attention_mask)
+                hidden = states[self.config.speech_layer]
+            else:
+                outputs = self.speech_model(
+                    input_values,
+                    attention_mask=audio_attention_mask,
+                    output_hidden_states=self.config.speech_layer != -1,
+                )
+                hidden = outputs.last_hidden_state if self.config.speech_layer == -1 else outputs.hidden_states[self.config.speech_layer]
+                frame_mask = None
+                if audio_attention_mask is not None:
+                    frame_mask = self.speech_model._get_feature_vector_attention_mask(hidden.shape[1], audio_attention_mask)
+            return F.normalize(masked_mean(hidden, frame_mask).float(), dim=-1)
+
+    def get_spectrogram_embeds(self, input_features) -> torch.Tensor:
+        """Pooled spectrogram-CNN features of each clip's log-mel picture, L2-normalised."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_spectrogram_encoder):
+            pooled = self.spectrogram_model(pixel_values=input_features).pooler_output
+            return F.normalize(pooled.flatten(1).float(), dim=-1)
+
+    def get_audio_features(
+        self,
+        input_values=None,
+        audio_attention_mask=None,
+        input_features=None,
+        speech_embeds=None,
+        spectrogram_embeds=None,
+    ) -> torch.Tensor:
+        """L2-normalised CLASP audio embeddings `[batch, projection_dim]`.
+
+        Pass the processor's `input_values`, `audio_attention_mask` and `input_features`, or the
+        branch features cached from an earlier run (`speech_embeds`, `spectrogram_embeds`).
+        """
+        return self._audio_forward(input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds)[0]
+
+    def _audio_forward(self, input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds):
+        if speech_embeds is None:
+            if input_values is None:
+                raise ValueError("get_audio_features needs `input_values` (from ClaspProcessor) or `speech_embeds`.")
+            speech_embeds = self.get_speech_embeds(input_values, audio_attention_mask)
+        if spectrogram_embeds is None:
+            if input_features is None:
+                raise ValueError("get_audio_features needs `input_features` (from ClaspProcessor) or `spectrogram_embeds`.")
+            spectrogram_embeds = self.get_spectrogram_embeds(input_features)
+        head_dtype = self.fusion.head[0].weight.dtype
+        fused = self.fusion(
+            F.normalize(speech_embeds, dim=-1).to(head_dtype), F.normalize(spectrogram_embeds, dim=-1).to(head_dtype)
+        )
+        return F.normalize(fused.float(), dim=-1), speech_embeds, spectrogram_embeds
+
+    # ---- text branch ---------------------------------------------------------------------
+
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
+        """The sentence encoder's embedding, pooled and normalised exactly as sentence-transformers does."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
+            kwargs = {"attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kwargs["token_type_ids"] = token_type_ids
+            outputs = self.text_model(input_ids=input_ids, **kwargs)
+            if self.config.text_pooling == "mean":
+                embeds = masked_mean(outputs.last_hidden_state, attention_mask)
+            elif self.config.text_pooling == "cls":
+                embeds = outputs.last_hidden_state[:, 0]
+            else:
+                embeds = outputs.pooler_output
+            embeds = embeds.float()
+            return F.normalize(embeds, dim=-1) if self.config.text_normalize else embeds
+
+    # ---- both ----------------------------------------------------------------------------
+
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        input_values=None,
+        audio_attention_mask=None,
+        input_features=None,
+        speech_embeds=None,
+        spectrogram_embeds=None,
+        text_embeds=None,
+        return_loss=None,
+        return_dict=None,
+        **kwargs,
+    ) -> ClaspOutput | tuple:
+        has_audio = input_values is not None or speech_embeds is not None
+        has_text = input_ids is not None or text_embeds is not None
+        audio_embeds = None
+        if has_audio:
+            audio_embeds, speech_embeds, spectrogram_embeds = self._audio_forward(
+                input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds
+            )
+        if text_embeds is None and input_ids is not None:
+            text_embeds = self.get_text_features(input_ids, attention_mask, token_type_ids)
+        elif text_embeds is not None:
+            text_embeds = F.normalize(text_embeds.float(), dim=-1) if self.config.text_normalize else text_embeds.float()
+
+        logits_per_audio = logits_per_text = loss = None
+        if has_audio and has_text:
+            logit_scale = self.logit_scale_value()
+            logits_per_audio = logit_scale * audio_embeds @ text_embeds.T
+            logits_per_text = logits_per_audio.T
+            if return_loss:
+                loss = clasp_loss(audio_embeds, text_embeds, logit_scale, self.config)
+        output = ClaspOutput(
+            loss=loss,
+            logits_per_audio=logits_per_audio,
+            logits_per_text=logits_per_text,
+            audio_embeds=audio_embeds,
+            text_embeds=text_embeds,
+            speech_embeds=speech_embeds,
+            spectrogram_embeds=spectrogram_embeds,
+        )
+        return output if return_dict is not False else output.to_tuple()
+
+    def logit_scale_value(self) -> torch.Tensor:
+        if self.config.loss == "contrastive_fixed":
+            return torch.tensor(self.config.fixed_logit_scale, device=self.logit_scale.device)
+        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+
+    # ---- building from pretrained parts ----------------------------------------------------
+
+    @classmethod
+    def from_pretrained_backbones(cls, speech=None, spectrogram=None, text=None, preset=None, **config_kwargs):
+        """An untrained CLASP (fresh fusion head) on pretrained backbones.
+
+        `speech`, `spectrogram`, `text`: local folders or Hub ids of a speech encoder (HuBERT,
+        wav2vec2, WavLM, Whisper), a transformers image CNN, and a sentence-transformers model.
+        `preset` fills the ones not given: "paper" (HuBERT-large, EfficientNet-B7, LaBSE; needs
+        the Hub) or "offline-base" (Whisper-base, EfficientNet-Lite0, multilingual-e5-small,
+        built by `clasp backbones build`). Returns the model; `ClaspProcessor.from_pretrained_backbones`
+        builds the matching processor.
+        """
+        parts = resolve_backbones(speech, spectrogram, text, preset)
+        text_setup = read_sentence_transformer(parts["text"])
+        speech_config = AutoConfig.from_pretrained(parts["speech"])
+        spectrogram_config = AutoConfig.from_pretrained(parts["spectrogram"])
+        config = ClaspConfig(
+            speech_config=speech_config.to_dict(),
+            spectrogram_config=spectrogram_config.to_dict(),
+            text_config=AutoConfig.from_pretrained(text_setup["transformer_path"]).to_dict(),
+            text_pooling=text_setup["pooling"],
+            text_normalize=text_setup["normalize"],
+            text_query_prefix=text_setup["query_prefix"],
+            text_passage_prefix=text_setup["passage_prefix"],
+            text_max_length=text_setup["max_length"],
+            **config_kwargs,
+        )
+        model = cls(config)
+        if config.speech_is_whisper:
+            from transformers import WhisperModel
+
+            model.speech_model = WhisperModel.from_pretrained(parts["speech"]).get_encoder()
+        else:
+            model.speech_model = AutoModel.from_pretrained(parts["speech"])
+        model.spectrogram_model = AutoModel.from_pretrained(parts["spectrogram"])
+        pooling_kwargs = {} if config.text_pooling == "pooler" else {"add_pooling_layer": False}
+        model.text_model = AutoModel.from_pretrained(text_setup["transformer_path"], **pooling_kwargs)
+        if text_setup["dense"] is not None:  # LaBSE: sentence-transformers' Dense+tanh is BERT's pooler
+            model.text_model.pooler.dense.load_state_dict(text_setup["dense"])
+        for module in model._frozen_modules():
+            module.requires_grad_(False)
+        return model.float()
+
+
+# Where `clasp backbones build` writes the offline backbones (keep in sync with backbones_clasp).
+def default_backbones_dir() -> str:
+    return os.environ.get("CLASP_BACKBONES_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "clasp", "backbones")
+
+
+BACKBONE_PRESETS = {
+    "paper": {
+        "speech": "facebook/hubert-large-ls960-ft",
+        "spectrogram": "google/efficientnet-b7",
+        "text": "sentence-transformers/LaBSE",
+    },
+    "offline-base": {"speech": "whisper-base", "spectrogram": "efficientnet-lite0", "text": "multilingual-e5-small"},
+}
+
+
+def resolve_backbones(speech, spectrogram, text, preset) -> dict:
+    chosen = {"speech": speech, "spectrogram": spectrogram, "text": text}
+    if preset is None and None in chosen.values():
+        preset = "offline-base"
+    if preset is not None:
+        if preset not in BACKBONE_PRESETS:
+            raise ValueError(f"unknown backbone preset {preset!r}; choose one of {sorted(BACKBONE_PRESETS)}")
+        for part, default in BACKBONE_PRESETS[preset].items():
+            if chosen[part] is None:
+                if preset == "offline-base":
+                    default = os.path.join(default_backbones_dir(), default)
+                    if not os.path.isdir(default):
+                        raise FileNotFoundError(
+                            f"offline backbone folder {default} is missing: run `clasp backbones build` first "
+                            "(or set CLASP_BACKBONES_DIR to where it was built)."
+                        )
+                chosen[part] = default
+    return chosen
+
+
+def read_sentence_transformer(path_or_id: str) -> dict:
+    """How a sentence-transformers model embeds text, read from its files (no sentence-transformers import).
+
+    Supported pipelines: Transformer → Pooling(mean | cls) → [Dense(d→d, tanh) on cls] → [Normalize].
+    A plain transformers folder (no modules.json) is taken as mean pooling + normalisation.
+    """
+
+    def read_json(name):
+        path = cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False)
+        if path is None:
+            return None
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+
+    setup = {"transformer_path": path_or_id, "pooling": "mean", "normalize": True, "dense": None,
+             "query_prefix": "", "passage_prefix": "", "max_length": 512}
+    modules = read_json("modules.json")
+    if modules is None:
+        return setup
+    setup["normalize"] = False
+    for module in modules:
+        kind, folder = module["type"].rsplit(".", 1)[-1], module.get("path", "")
+        if kind == "Transformer":
+            if folder:
+                setup["transformer_path"] = os.path.join(path_or_id, folder) if os.path.isdir(path_or_id) else path_or_id
+            st_config = read_json(os.path.join(folder, "sentence_bert_config.json") if folder else "sentence_bert_config.json")
+            if st_config and st_config.get("max_seq_length"):
+                setup["max_length"] = st_config["max_seq_length"]
+        elif kind == "Pooling":
+            pooling = read_json(f"{folder}/config.json") or {}
+            if pooling.get("pooling_mode_cls_token"):
+                setup["pooling"] = "cls"
+            elif not pooling.get("pooling_mode_mean_tokens", True):
+                raise ValueError(f"{path_or_id}: only mean or cls pooling is supported, got {pooling}")
+        elif kind == "Dense":
+            setup["dense"] = _read_tanh_dense(path_or_id, folder, read_json(f"{folder}/config.json") or {})
+            setup["pooling"] = "pooler"
+        elif kind == "Normalize":
+            setup["normalize"] = True
+        else:
+            raise ValueError(f"{path_or_id}: sentence-transformers module {module['type']} is not supported")
+    prompts = (read_json("config_sentence_transformers.json") or {}).get("prompts") or {}
+    setup["query_prefix"] = prompts.get("query", "")
+    setup["passage_prefix"] = prompts.get("passage", prompts.get("document", ""))
+    return setup
+
+
+def _read_tanh_dense(path_or_id, folder, dense_config) -> dict:
+    activation = dense_config.get("activation_function", "")
+    if not activation.endswith("Tanh") or dense_config.get("in_features") != dense_config.get("out_features"):
+        raise ValueError(f"{path_or_id}: only a square Dense with tanh after cls pooling (LaBSE) is supported")
+    weights = cached_file(path_or_id, f"{folder}/model.safetensors", _raise_exceptions_for_missing_entries=False)
+    if weights is None:
+        weights = cached_file(path_or_id, f"{folder}/pytorch_model.bin")
+    state = load_state_dict(weights, weights_only=True)  # safetensors, or a weights-only torch.load
+    return {"weight": state["linear.weight"], "bias": state["linear.bias"]}
+
+
+__all__ = ["ClaspModel", "ClaspPreTrainedModel", "ClaspOutput", "ClaspFusion", "clasp_loss", "gather_with_grad"]

@@ -1,0 +1,244 @@
+"""ClaspFeatureExtractor: audio of any rate, channel count and sample type → CLASP model inputs.
+
+For each clip, independently of the others in its batch:
+  1. samples → float32 in [-1, 1], channels averaged to mono, resampled to 16 kHz;
+  2. `input_values` for the speech encoder: the normalised waveform (HuBERT / wav2vec2 / WavLM), or
+     Whisper's log-mel (same filters and scaling as WhisperFeatureExtractor) at the clip's real length;
+  3. `input_features` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
+     to the CNN's square input and normalised with its ImageNet mean/std (3 channels) — the tensor
+     version of the paper's plotted spectrogram picture.
+Then `input_values` are padded to the longest clip and `audio_attention_mask` marks the real part.
+The mask is not called `attention_mask`: that name belongs to the tokenizer's output.
+
+This file is also published flat on the Hub: it imports only numpy, torch, torchaudio, transformers.
+"""
+
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchaudio
+from transformers import BatchFeature, SequenceFeatureExtractor
+from transformers.audio_utils import mel_filter_bank
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
+    """One clip as a 1-D float32 tensor in [-1, 1].
+
+    Integer samples are scaled by their type's range (uint8 is offset binary, as in WAV files).
+    A 2-D clip is (channels, samples) or (samples, channels): the shorter axis is taken as
+    channels, and the channels are averaged.
+    """
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    audio = np.asarray(audio)
+    if audio.dtype == np.uint8:
+        audio = (audio.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(audio.dtype, np.integer):
+        audio = audio.astype(np.float32) / float(-np.iinfo(audio.dtype).min)
+    elif np.issubdtype(audio.dtype, np.floating) or audio.dtype == np.bool_:
+        audio = audio.astype(np.float32)
+    else:
+        raise ValueError(f"{name}: unsupported sample type {audio.dtype}")
+    if audio.ndim == 2:
+        channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
+        audio = audio.mean(axis=channel_axis)
+    if audio.ndim != 1:
+        raise ValueError(f"{name}: expected 1-D (samples) or 2-D (channels × samples) audio, got shape {audio.shape}")
+    if audio.size == 0:
+        raise ValueError(f"{name}: the clip is empty (0 samples)")
+    if not np.isfinite(audio).all():
+        raise ValueError(f"{name}: the clip contains NaN or infinite samples")
+    return torch.from_numpy(np.ascontiguousarray(audio))
+
+
+class ClaspFeatureExtractor(SequenceFeatureExtractor):
+    r"""
+    Args:
+        speech_features (`str`): "waveform" (HuBERT, wav2vec2, WavLM) or "whisper_log_mel".
+        feature_size (`int`): 1 for waveforms, the number of mel bins (80) for Whisper.
+        sampling_rate (`int`): the rate the encoders expect (16 kHz); inputs at other rates are resampled.
+        do_normalize (`bool`): zero-mean, unit-variance waveform per clip (as Wav2Vec2FeatureExtractor).
+        min_samples (`int`): shorter clips are padded with silence up to this length (one encoder frame).
+        max_samples (`int` or `None`): longer clips are refused (Whisper's 30 s); window them instead.
+        whisper_n_fft, whisper_hop_length: Whisper's STFT.
+        spectrogram_n_fft, spectrogram_hop_length, spectrogram_n_mels, spectrogram_top_db: the CNN's log-mel.
+        image_size, image_mean, image_std: the CNN's input size and normalisation.
+    """
+
+    model_input_names = ["input_values", "audio_attention_mask", "input_features"]
+
+    def __init__(
+        self,
+        speech_features="waveform",
+        feature_size=1,
+        sampling_rate=16000,
+        padding_value=0.0,
+        do_normalize=True,
+        min_samples=400,
+        max_samples=None,
+        whisper_n_fft=400,
+        whisper_hop_length=160,
+        spectrogram_n_fft=1024,
+        spectrogram_hop_length=320,
+        spectrogram_n_mels=128,
+        spectrogram_top_db=80.0,
+        image_size=224,
+        image_mean=None,
+        image_std=None,
+        **kwargs,
+    ):
+        if speech_features not in ("waveform", "whisper_log_mel"):
+            raise ValueError(f"speech_features must be 'waveform' or 'whisper_log_mel', got {speech_features!r}")
+        kwargs.setdefault("return_attention_mask", True)
+        # Where AutoFeatureExtractor / AutoProcessor find our classes in a saved (Hub) folder.
+        kwargs.setdefault(
+            "auto_map",
+            {
+                "AutoFeatureExtractor": "feature_extraction_clasp.ClaspFeatureExtractor",
+                "AutoProcessor": "processing_clasp.ClaspProcessor",
+            },
+        )
+        super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        self.speech_features = speech_features
+        self.do_normalize = do_normalize
+        self.min_samples = min_samples
+        self.max_samples = max_samples
+        self.whisper_n_fft = whisper_n_fft
+        self.whisper_hop_length = whisper_hop_length
+        self.spectrogram_n_fft = spectrogram_n_fft
+        self.spectrogram_hop_length = spectrogram_hop_length
+        self.spectrogram_n_mels = spectrogram_n_mels
+        self.spectrogram_top_db = spectrogram_top_db
+        self.image_size = image_size
+        self.image_mean = list(image_mean or IMAGENET_MEAN)
+        self.image_std = list(image_std or IMAGENET_STD)
+
+    # ---- per clip --------------------------------------------------------------------------
+
+    def whisper_log_mel(self, waveform: torch.Tensor) -> torch.Tensor:
+        """`[n_mels, n_samples // hop]`: WhisperFeatureExtractor's log-mel, without padding to 30 s.
+
+        Whisper clamps at (max − 8) and scales by (x + 4) / 4; the 30 s zero padding it normally adds
+        only lowers values below the clamp, so the real frames come out the same.
+        """
+        filters = mel_filter_bank(
+            num_frequency_bins=1 + self.whisper_n_fft // 2,
+            num_mel_filters=self.feature_size,
+            min_frequency=0.0,
+            max_frequency=8000.0,
+            sampling_rate=self.sampling_rate,
+            norm="slaney",
+            mel_scale="slaney",
+        )
+        window = torch.hann_window(self.whisper_n_fft)
+        stft = torch.stft(waveform, self.whisper_n_fft, self.whisper_hop_length, window=window, return_complex=True)
+        power = stft[..., :-1].abs() ** 2
+        mel = torch.from_numpy(filters.T).to(power.dtype) @ power
+        log_spec = mel.clamp(min=1e-10).log10()
+        log_spec = torch.maximum(log_spec, log_spec.max() - 8.0)
+        return (log_spec + 4.0) / 4.0
+
+    def spectrogram_image(self, waveform: torch.Tensor) -> torch.Tensor:
+        """`[3, image_size, image_size]`: the clip's log-mel spectrogram as the CNN's input picture."""
+        mel = torchaudio.functional.melscale_fbanks(
+            n_freqs=self.spectrogram_n_fft // 2 + 1,
+            f_min=0.0,
+            f_max=self.sampling_rate / 2,
+            n_mels=self.spectrogram_n_mels,
+            sample_rate=self.sampling_rate,
+        )
+        window = torch.hann_window(self.spectrogram_n_fft)
+        n_fft = self.spectrogram_n_fft
+        if waveform.shape[0] <= n_fft // 2:  # reflect padding needs more samples than half a window
+            waveform = F.pad(waveform, (0, n_fft // 2 + 1 - waveform.shape[0]))
+        stft = torch.stft(waveform, n_fft, self.spectrogram_hop_length, window=window, return_complex=True)
+        power = mel.T @ (stft.abs() ** 2)  # [n_mels, frames]
+        db = 10.0 * power.clamp(min=1e-10).log10()
+        top = db.max()
+        db = torch.maximum(db, top - self.spectrogram_top_db)
+        picture = (db - (top - self.spectrogram_top_db)) / self.spectrogram_top_db  # [0, 1]
+        picture = picture.flip(0)  # low frequencies at the bottom, as in a plotted spectrogram
+        picture = F.interpolate(picture[None, None], size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)[0]
+        mean = torch.tensor(self.image_mean).view(3, 1, 1)
+        std = torch.tensor(self.image_std).view(3, 1, 1)
+        return (picture.expand(3, -1, -1) - mean) / std
+
+    def prepare_clip(self, audio, sampling_rate: int, name: str = "audio") -> torch.Tensor:
+        """One clip → mono float32 at `self.sampling_rate`, at least `min_samples` long."""
+        waveform = to_float_mono(audio, name)
+        if sampling_rate != self.sampling_rate:
+            waveform = torchaudio.functional.resample(waveform, sampling_rate, self.sampling_rate)
+        if self.max_samples is not None and waveform.shape[0] > self.max_samples:
+            raise ValueError(
+                f"{name}: {waveform.shape[0] / self.sampling_rate:.1f} s is longer than this encoder's "
+                f"{self.max_samples / self.sampling_rate:.0f} s; split it into windows (clasp embed does)."
+            )
+        if waveform.shape[0] < self.min_samples:
+            waveform = F.pad(waveform, (0, self.min_samples - waveform.shape[0]))
+        return waveform
+
+    def speech_input(self, waveform: torch.Tensor) -> torch.Tensor:
+        """`[time]` (waveform) or `[n_mels, frames]` (Whisper) for the speech encoder."""
+        if self.speech_features == "whisper_log_mel":
+            return self.whisper_log_mel(waveform)
+        if self.do_normalize:
+            return (waveform - waveform.mean()) / torch.sqrt(waveform.var(unbiased=False) + 1e-7)
+        return waveform
+
+    # ---- batch -----------------------------------------------------------------------------
+
+    def __call__(self, audio, sampling_rate=None, return_tensors="pt", **kwargs) -> BatchFeature:
+        """Features of one clip or a list of clips.
+
+        audio: a 1-D array/tensor/list (one mono clip), a list of clips (each 1-D, or 2-D with
+            channels), or a 2-D array (a batch of equal-length mono clips, the transformers convention).
+            Any sample type: int8/uint8/int16/int32 are scaled to [-1, 1]; floats are taken as they are.
+        sampling_rate: the rate of `audio`; it is resampled to `self.sampling_rate`.
+        """
+        if sampling_rate is None:
+            warnings.warn(
+                f"ClaspFeatureExtractor got no sampling_rate; assuming {self.sampling_rate} Hz. "
+                "Pass sampling_rate= to avoid silently wrong features.",
+                stacklevel=2,
+            )
+            sampling_rate = self.sampling_rate
+        clips = self._as_clip_list(audio)
+        waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]") for i, clip in enumerate(clips)]
+        speech = [self.speech_input(w) for w in waveforms]
+        longest = max(s.shape[-1] for s in speech)
+        input_values = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
+        audio_attention_mask = torch.zeros(len(speech), longest, dtype=torch.long)
+        for i, s in enumerate(speech):
+            input_values[i, ..., : s.shape[-1]] = s
+            audio_attention_mask[i, : s.shape[-1]] = 1
+        input_features = torch.stack([self.spectrogram_image(w) for w in waveforms])
+        features = {
+            "input_values": input_values,
+            "audio_attention_mask": audio_attention_mask,
+            "input_features": input_features,
+        }
+        if return_tensors in (None, "np"):
+            features = {k: v.numpy() for k, v in features.items()}
+        return BatchFeature(features, tensor_type=None)
+
+    @staticmethod
+    def _as_clip_list(audio) -> list:
+        if isinstance(audio, (list, tuple)):
+            if len(audio) == 0:
+                raise ValueError("audio: got an empty list of clips")
+            if all(np.isscalar(x) for x in audio):  # one clip given as a list of samples
+                return [np.asarray(audio)]
+            return list(audio)
+        if isinstance(audio, (np.ndarray, torch.Tensor)):
+            if audio.ndim == 2:  # transformers' convention: a batch of mono clips
+                return list(audio)
+            return [audio]
+        raise TypeError(f"audio: expected an array, a tensor or a list of them, got {type(audio).__name__}")
+
+
+__all__ = ["ClaspFeatureExtractor", "to_float_mono"]

@@ -1,0 +1,112 @@
+"""ClaspProcessor: the feature extractor for audio and the sentence encoder's tokenizer for text.
+
+`processor(text=..., audio=..., sampling_rate=...)` returns everything `ClaspModel` takes:
+`input_ids`/`attention_mask` for text, `input_values`/`audio_attention_mask`/`input_features` for audio.
+Texts get the sentence encoder's prompt (e5 expects "query: "), so the model sees text exactly as
+the sentence encoder was trained to.
+
+This file is also published flat on the Hub: it imports only transformers and the standard library.
+"""
+
+import json
+import os
+
+from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers.utils import cached_file
+
+from configuration_clasp.configuration_clasp import save_hub_code
+from processing_clasp.feature_extraction_clasp import IMAGENET_MEAN, IMAGENET_STD, ClaspFeatureExtractor
+
+
+class ClaspProcessor(ProcessorMixin):
+    r"""
+    Args:
+        feature_extractor ([`ClaspFeatureExtractor`]): audio → model inputs.
+        tokenizer: the sentence encoder's tokenizer.
+        text_prefix (`str`): prepended to every text (the sentence encoder's prompt; "" for LaBSE).
+        text_max_length (`int`): longer texts are truncated to this many tokens.
+    """
+
+    def __init__(self, feature_extractor, tokenizer, text_prefix="", text_max_length=512):
+        self.text_prefix = text_prefix
+        self.text_max_length = text_max_length
+        self.auto_map = {"AutoProcessor": "processing_clasp.ClaspProcessor"}  # for AutoProcessor on a saved folder
+        super().__init__(feature_extractor, tokenizer)
+
+    def __call__(self, text=None, audio=None, sampling_rate=None, return_tensors="pt", **tokenizer_kwargs) -> BatchFeature:
+        if text is None and audio is None:
+            raise ValueError("ClaspProcessor needs `text`, `audio`, or both.")
+        outputs = {}
+        if text is not None:
+            outputs.update(self.tokenize(text, return_tensors=return_tensors, **tokenizer_kwargs))
+        if audio is not None:
+            outputs.update(self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors))
+        return BatchFeature(outputs)
+
+    def tokenize(self, text, return_tensors="pt", **kwargs):
+        texts = [text] if isinstance(text, str) else list(text)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise TypeError(f"text[{i}]: expected a string, got {type(t).__name__}")
+        kwargs = {"padding": True, "truncation": True, "max_length": self.text_max_length, **kwargs}
+        return self.tokenizer([self.text_prefix + t for t in texts], return_tensors=return_tensors, **kwargs)
+
+    @property
+    def model_input_names(self):
+        return list(dict.fromkeys(self.tokenizer.model_input_names + self.feature_extractor.model_input_names))
+
+    @classmethod
+    def from_pretrained_backbones(cls, speech, spectrogram, text, text_prefix=None, text_max_length=None):
+        """The processor matching `ClaspModel.from_pretrained_backbones` with the same parts.
+
+        Reads each part's own preprocessing settings: the speech encoder's normalisation (or
+        Whisper's mel bins), the CNN's input size and mean/std, the sentence encoder's tokenizer.
+        """
+
+        def read_json(path_or_id, name):
+            path = cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False)
+            if path is None:
+                return {}
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+
+        speech_config = AutoConfig.from_pretrained(speech)
+        speech_preprocessing = read_json(speech, "preprocessor_config.json")
+        image_preprocessing = read_json(spectrogram, "preprocessor_config.json")
+        image_size = getattr(AutoConfig.from_pretrained(spectrogram), "image_size", 224)
+        if speech_config.model_type == "whisper":
+            speech_kwargs = dict(
+                speech_features="whisper_log_mel",
+                feature_size=speech_config.num_mel_bins,
+                do_normalize=False,
+                max_samples=speech_config.max_source_positions * 2 * 160,
+            )
+        else:
+            speech_kwargs = dict(speech_features="waveform", feature_size=1, do_normalize=speech_preprocessing.get("do_normalize", True))
+        feature_extractor = ClaspFeatureExtractor(
+            image_size=image_size if isinstance(image_size, int) else image_size[0],
+            image_mean=image_preprocessing.get("image_mean", IMAGENET_MEAN),
+            image_std=image_preprocessing.get("image_std", IMAGENET_STD),
+            **speech_kwargs,
+        )
+        transformer_path = text
+        modules = read_json(text, "modules.json")
+        for module in modules or []:
+            if module["type"].endswith("Transformer") and module.get("path") and os.path.isdir(text):
+                transformer_path = os.path.join(text, module["path"])
+        prompts = read_json(text, "config_sentence_transformers.json").get("prompts") or {}
+        st_config = read_json(text, "sentence_bert_config.json")
+        return cls(
+            feature_extractor,
+            AutoTokenizer.from_pretrained(transformer_path),
+            text_prefix=prompts.get("query", "") if text_prefix is None else text_prefix,
+            text_max_length=text_max_length or st_config.get("max_seq_length") or 512,
+        )
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        # The code that `auto_map` names goes with every save, before any upload.
+        save_hub_code(save_directory)
+        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+
+
+__all__ = ["ClaspProcessor"]

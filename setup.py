@@ -1,0 +1,35 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="clasp-hf",
+    version="0.1.0",
+    description="CLASP (Contrastive Language-Speech Pretraining) as a Hugging Face-native model",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["configuration_clasp", "modeling_clasp", "processing_clasp", "evaluation*",
+                                    "backbones_clasp", "data_clasp", "clasp_cli"]),
+    py_modules=["train_accelerate"],
+    include_package_data=True,
+    package_data={"evaluation": ["retrieval_metrics/*.md"]},
+    install_requires=[
+        "torch>=2.4",
+        "torchaudio>=2.4",
+        "transformers>=5,<6",
+        "accelerate>=1.0",
+        "datasets>=4",
+        "evaluate>=0.4,<0.5",
+        "sentence-transformers>=3",
+        "safetensors>=0.4",
+        "huggingface-hub>=0.30",
+        "numpy",
+        "tqdm",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6"],
+        "offline": [],
+        "search": ["faiss-cpu>=1.8"],
+    },
+    entry_points={"console_scripts": ["clasp=clasp_cli.main:main"]},
+)

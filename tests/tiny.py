@@ -1,0 +1,82 @@
+"""Tiny random CLASP parts built in code: no network, no downloads, a few seconds on a CPU."""
+
+import numpy as np
+from transformers import BertTokenizerFast, EfficientNetConfig, HubertConfig, WhisperConfig, BertConfig
+
+from configuration_clasp import ClaspConfig
+from processing_clasp import ClaspFeatureExtractor, ClaspProcessor
+
+WORDS = "the a cat dog sat on mat red blue green house car le chat est sur la der hund ist el perro".split()
+
+
+def tiny_hubert_config():
+    return HubertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+        vocab_size=12,
+    )
+
+
+def tiny_whisper_config():
+    return WhisperConfig(
+        d_model=32, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=37, decoder_layers=1,
+        decoder_attention_heads=2, decoder_ffn_dim=37, num_mel_bins=8, max_source_positions=1500,
+        max_target_positions=32, vocab_size=64,
+    )
+
+
+def tiny_efficientnet_config():
+    return EfficientNetConfig(
+        image_size=32, width_coefficient=0.05, depth_coefficient=0.1, hidden_dim=64, num_channels=3,
+        kernel_sizes=[3, 3], in_channels=[8, 8], out_channels=[8, 16], depthwise_padding=[], strides=[1, 2],
+        num_block_repeats=[1, 1], expand_ratios=[1, 2],
+    )
+
+
+def tiny_bert_config(vocab_size):
+    return BertConfig(vocab_size=vocab_size, hidden_size=24, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=37, max_position_embeddings=64)
+
+
+def tiny_tokenizer(tmp_path):
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    path = tmp_path / "vocab.txt"
+    path.write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+
+
+def tiny_config(speech="hubert", **kwargs):
+    speech_config = tiny_hubert_config() if speech == "hubert" else tiny_whisper_config()
+    defaults = dict(
+        speech_config=speech_config.to_dict(),
+        spectrogram_config=tiny_efficientnet_config().to_dict(),
+        text_config=tiny_bert_config(len(WORDS) + 5).to_dict(),
+        text_pooling="mean",
+        text_query_prefix="query: ",
+        fusion_branch_dims=[16, 12, 16],
+        fusion_head_dims=[20, 18],
+    )
+    defaults.update(kwargs)
+    return ClaspConfig(**defaults)
+
+
+def tiny_feature_extractor(config):
+    if config.speech_is_whisper:
+        speech = dict(speech_features="whisper_log_mel", feature_size=config.speech_config.num_mel_bins,
+                      do_normalize=False, max_samples=30 * 16000)
+    else:
+        speech = dict(speech_features="waveform", feature_size=1)
+    return ClaspFeatureExtractor(image_size=config.spectrogram_image_size, spectrogram_n_mels=16, **speech)
+
+
+def tiny_processor(config, tmp_path):
+    return ClaspProcessor(tiny_feature_extractor(config), tiny_tokenizer(tmp_path), text_prefix="")
+
+
+def tone(seconds, rate=16000, freq=220.0, seed=0):
+    """A voiced-sounding test clip: a tone with harmonics and a little noise."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    wave = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 5))
+    return (0.3 * wave + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
