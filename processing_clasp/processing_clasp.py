@@ -103,6 +103,24 @@ class ClaspProcessor(ProcessorMixin):
             text_max_length=text_max_length or st_config.get("max_seq_length") or 512,
         )
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Our processor from a saved folder or Hub repo.
+
+        transformers would load the feature extractor through AutoFeatureExtractor, which asks
+        for trust_remote_code even when this very class is already imported; read it directly.
+        """
+        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+        tokenizer_kwargs = {**hub_kwargs, "trust_remote_code": kwargs.get("trust_remote_code")}
+        with open(cached_file(pretrained_model_name_or_path, "processor_config.json", **hub_kwargs), encoding="utf-8") as f:
+            saved = json.load(f)
+        return cls(
+            ClaspFeatureExtractor.from_dict(saved["feature_extractor"]),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs),
+            text_prefix=saved.get("text_prefix", ""),
+            text_max_length=saved.get("text_max_length", 512),
+        )
+
     def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
         # The code that `auto_map` names goes with every save, before any upload.
         save_hub_code(save_directory)

@@ -41,9 +41,7 @@ def tiny_bert_config(vocab_size):
 
 def tiny_tokenizer(tmp_path):
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    path = tmp_path / "vocab.txt"
-    path.write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(path), do_lower_case=True)
+    return BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
 
 
 def tiny_config(speech="hubert", **kwargs):
@@ -80,3 +78,21 @@ def tone(seconds, rate=16000, freq=220.0, seed=0):
     t = np.arange(int(seconds * rate)) / rate
     wave = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, 5))
     return (0.3 * wave + 0.01 * rng.standard_normal(t.shape)).astype(np.float32)
+
+
+def tiny_model(config):
+    """A random ClaspModel whose CNN passes signal through.
+
+    transformers initialises EfficientNet's batch-norm scales at ~0.02, so a random CNN's pooled
+    output underflows to ~1e-23 and the spectrogram branch would be all zeros in every test.
+    Unit scales make it behave like a trained CNN (activations of order 1).
+    """
+    from torch import nn
+
+    from modeling_clasp import ClaspModel
+
+    model = ClaspModel(config)
+    for module in model.spectrogram_model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+    return model

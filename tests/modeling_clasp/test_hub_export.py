@@ -18,7 +18,7 @@ import torch
 from configuration_clasp import hub_code_source
 from configuration_clasp.configuration_clasp import HUB_CODE_FILES
 from modeling_clasp import ClaspModel
-from tiny import tiny_config, tiny_processor, tone
+from tiny import tiny_config, tiny_model, tiny_processor, tone
 
 TEXTS = ["the cat sat on the mat", "le chat est sur la mat", "der hund", "a red car"]
 ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "torchaudio"}
@@ -61,7 +61,7 @@ CLEAN_PROCESS = textwrap.dedent(
 def test_exported_folder_loads_in_clean_process(speech, tmp_path):
     torch.manual_seed(0)
     config = tiny_config(speech, fusion="gating" if speech == "whisper" else "concat")
-    model = ClaspModel(config).eval()
+    model = tiny_model(config).eval()
     processor = tiny_processor(config, tmp_path)
     folder = tmp_path / "hub"
     model.save_pretrained(folder)
@@ -82,7 +82,10 @@ def test_exported_folder_loads_in_clean_process(speech, tmp_path):
         cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    loaded = json.loads(result.stdout.strip().splitlines()[-1])
+    json_lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert json_lines, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "trust_remote_code" not in result.stdout + result.stderr  # nothing asked to be trusted twice
+    loaded = json.loads(json_lines[-1])
     assert loaded["config_class"] == "ClaspConfig"
     assert loaded["model_class"] == "ClaspModel"
     assert loaded["processor_class"] == "ClaspProcessor"

@@ -1,0 +1,162 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from configuration_clasp import ClaspConfig
+from modeling_clasp import ClaspModel
+from tiny import tiny_config, tiny_model, tiny_processor, tone
+
+TEXTS = ["the cat sat", "le chat est sur la mat", "der hund ist", "el perro"]
+
+
+@pytest.fixture(scope="module", params=["hubert", "whisper"])
+def speech(request):
+    return request.param
+
+
+def clips():
+    return [tone(1.2, seed=1), tone(0.4, freq=330, seed=2), tone(0.8, freq=150, seed=3), tone(0.25, freq=500, seed=4)]
+
+
+def test_shapes_and_normalisation(speech, tmp_path):
+    config = tiny_config(speech)
+    model = tiny_model(config).eval()
+    inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert out.audio_embeds.shape == (4, config.projection_dim)
+    assert out.text_embeds.shape == (4, config.text_config.hidden_size)
+    assert out.logits_per_audio.shape == (4, 4)
+    torch.testing.assert_close(out.logits_per_text, out.logits_per_audio.T)
+    torch.testing.assert_close(out.audio_embeds.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(out.speech_embeds.norm(dim=-1), torch.ones(4))
+    torch.testing.assert_close(out.spectrogram_embeds.norm(dim=-1), torch.ones(4))
+    scale = model.logit_scale.exp()
+    torch.testing.assert_close(out.logits_per_audio, scale * out.audio_embeds @ out.text_embeds.T)
+
+
+def test_clip_embedding_does_not_depend_on_batch(speech, tmp_path):
+    """Padding a short clip next to a long one must not change its embedding (mean over real frames only)."""
+    config = tiny_config(speech)
+    model = tiny_model(config).eval()
+    processor = tiny_processor(config, tmp_path)
+    short = tone(0.4, freq=330, seed=2)
+    with torch.no_grad():
+        alone = model.get_audio_features(**processor(audio=[short], sampling_rate=16000))
+        batched = model.get_audio_features(**processor(audio=[tone(2.5, seed=9), short], sampling_rate=16000))
+    torch.testing.assert_close(batched[1:], alone, atol=2e-5, rtol=1e-4)
+
+
+def test_whisper_real_length_matches_library_forward_on_30s():
+    """On a full 30 s input our part-by-part Whisper encoder is the library's forward."""
+    torch.manual_seed(0)
+    model = tiny_model(tiny_config("whisper")).eval()
+    features = torch.randn(2, 8, 3000)
+    with torch.no_grad():
+        library = model.speech_model(features).last_hidden_state
+        ours, _ = model._whisper_hidden_states(features, None)
+    torch.testing.assert_close(ours[-1], library, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_branch_features_run_the_same_fusion(tmp_path):
+    config = tiny_config()
+    model = tiny_model(config).eval()
+    inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
+    with torch.no_grad():
+        full = model(**inputs)
+        cached = model(speech_embeds=full.speech_embeds, spectrogram_embeds=full.spectrogram_embeds, text_embeds=full.text_embeds)
+    torch.testing.assert_close(cached.logits_per_audio, full.logits_per_audio)
+
+
+def test_text_features_pool_as_sentence_transformers(tmp_path):
+    """Mean over real tokens then L2 normalisation: padding in the batch changes nothing."""
+    config = tiny_config()
+    model = tiny_model(config).eval()
+    processor = tiny_processor(config, tmp_path)
+    with torch.no_grad():
+        alone = model.get_text_features(**processor(text=["der hund"]))
+        batched = model.get_text_features(**processor(text=["the cat sat on the red mat", "der hund"]))
+        hidden = model.text_model(**processor(text=["der hund"])).last_hidden_state
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone, F.normalize(hidden.mean(dim=1), dim=-1))
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gating"])
+@pytest.mark.parametrize("loss", ["contrastive", "contrastive_fixed", "huber"])
+def test_gradients_reach_only_trainable_parts(fusion, loss, tmp_path):
+    config = tiny_config(fusion=fusion, loss=loss)
+    model = tiny_model(config).train()
+    inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
+    out = model(**inputs, return_loss=True)
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    for name, param in model.named_parameters():
+        if name.startswith(("speech_model.", "spectrogram_model.", "text_model.")):
+            assert param.grad is None, name
+    head_grads = [p.grad for n, p in model.named_parameters() if n.startswith("fusion.")]
+    assert all(g is not None for g in head_grads) and sum(g.abs().sum() for g in head_grads) > 0
+    assert (model.logit_scale.grad is not None) == (loss == "contrastive")
+    # frozen backbones stay in eval mode (batch norm statistics untouched) while the head trains
+    assert model.fusion.training and not model.spectrogram_model.training
+
+
+def test_unfrozen_speech_encoder_gets_gradients(tmp_path):
+    config = tiny_config(freeze_speech_encoder=False)
+    model = tiny_model(config).train()
+    inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
+    model(**inputs, return_loss=True).loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.speech_model.parameters())
+    assert all(p.grad is None for p in model.text_model.parameters())
+
+
+@pytest.mark.parametrize("fusion", ["concat", "gating"])
+def test_head_learns_a_toy_alignment(fusion):
+    """On cached features of a learnable toy problem the contrastive loss goes down."""
+    torch.manual_seed(0)
+    config = tiny_config(fusion=fusion)
+    model = tiny_model(config).train()
+    n = 32
+    speech = torch.randn(n, config.speech_hidden_size)
+    spectrogram = torch.randn(n, config.spectrogram_hidden_size)
+    text = F.normalize(torch.randn(n, config.projection_dim), dim=-1)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss = model(speech_embeds=speech, spectrogram_embeds=spectrogram, text_embeds=text, return_loss=True).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_config_round_trip(tmp_path):
+    config = tiny_config("whisper", fusion="gating", loss="huber", text_query_prefix="query: ")
+    config.save_pretrained(tmp_path)
+    loaded = ClaspConfig.from_pretrained(tmp_path)
+    assert loaded.to_dict() == config.to_dict()
+    assert loaded.speech_config.model_type == "whisper" and loaded.speech_is_whisper
+
+
+def test_default_config_has_the_papers_shapes():
+    config = ClaspConfig()
+    assert config.speech_hidden_size == 1024  # HuBERT-large
+    assert config.spectrogram_config.model_type == "efficientnet" and config.spectrogram_hidden_size == 2560  # B7
+    assert config.text_config.hidden_size == 768 and config.projection_dim == 768  # LaBSE
+    assert config.fusion_branch_dims == [768, 576, 768] and config.fusion_head_dims == [1024, 800]
+
+
+def test_bad_config_values_are_refused():
+    with pytest.raises(ValueError, match="fusion"):
+        tiny_config(fusion="sum")
+    with pytest.raises(ValueError, match="loss"):
+        tiny_config(loss="mse")
+
+
+def test_model_round_trip(tmp_path):
+    config = tiny_config()
+    model = tiny_model(config).eval()
+    model.save_pretrained(tmp_path)
+    loaded = ClaspModel.from_pretrained(tmp_path).eval()
+    for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name)

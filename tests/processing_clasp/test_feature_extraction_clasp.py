@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+from transformers import WhisperFeatureExtractor
+
+from processing_clasp import ClaspFeatureExtractor
+from tiny import tone
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return ClaspFeatureExtractor(image_size=64, spectrogram_n_mels=32)
+
+
+def test_outputs_and_shapes(extractor):
+    out = extractor([tone(1.0), tone(0.5)], sampling_rate=16000)
+    assert out["input_values"].shape == (2, 16000)
+    assert out["audio_attention_mask"].sum(dim=1).tolist() == [16000, 8000]
+    assert out["input_features"].shape == (2, 3, 64, 64)
+    assert "attention_mask" not in out  # that name belongs to the tokenizer
+    assert extractor.sampling_rate == 16000
+
+
+def test_waveform_is_normalised_per_clip(extractor):
+    values = extractor(tone(1.0) + 0.2, sampling_rate=16000)["input_values"][0]
+    assert abs(values.mean().item()) < 1e-4 and abs(values.std().item() - 1) < 1e-3
+
+
+@pytest.mark.parametrize("rate", [8000, 22050, 44100, 48000, 96000])
+def test_any_rate_is_resampled(extractor, rate):
+    def sine(r):
+        return np.sin(2 * np.pi * 440.0 * np.arange(r) / r).astype(np.float32)
+
+    out = extractor(sine(rate), sampling_rate=rate)["input_values"][0]
+    reference = extractor(sine(16000), sampling_rate=16000)["input_values"][0]
+    assert abs(out.shape[-1] - 16000) <= 1
+    n = min(out.shape[-1], 16000) - 200  # the filter's edges aside, the same 440 Hz sine at 16 kHz
+    np.testing.assert_allclose(out[100:n].numpy(), reference[100:n].numpy(), atol=0.02)
+
+
+def test_stereo_of_identical_channels_is_mono(extractor):
+    mono = tone(0.7)
+    mono_out = extractor([mono], sampling_rate=16000)
+    for stereo in (np.stack([mono, mono]), np.stack([mono, mono], axis=1), np.stack([mono] * 6)):
+        out = extractor([stereo], sampling_rate=16000)
+        for key in mono_out:
+            torch.testing.assert_close(out[key], mono_out[key])
+
+
+@pytest.mark.parametrize(
+    "dtype,scale,offset",
+    [(np.int16, 32768, 0), (np.int32, 2**31, 0), (np.int8, 128, 0), (np.uint8, 128, 128), (np.float64, 1, 0)],
+)
+def test_sample_types_are_scaled(extractor, dtype, scale, offset, ):
+    clip = tone(0.5)
+    integer = np.round(clip * (scale - 1) + offset).astype(dtype) if dtype != np.float64 else clip.astype(dtype)
+    ours = ClaspFeatureExtractor(do_normalize=False, image_size=32)
+    out = ours(integer, sampling_rate=16000)["input_values"][0]
+    tolerance = 2.0 / scale if dtype != np.float64 else 1e-7
+    np.testing.assert_allclose(out.numpy(), clip, atol=tolerance)
+
+
+def test_torch_and_list_inputs_match_numpy(extractor):
+    clip = tone(0.5)
+    expected = extractor(clip, sampling_rate=16000)["input_values"]
+    torch.testing.assert_close(extractor(torch.from_numpy(clip), sampling_rate=16000)["input_values"], expected)
+    torch.testing.assert_close(extractor(clip.tolist(), sampling_rate=16000)["input_values"], expected)
+
+
+def test_very_short_clip_is_padded_to_one_frame(extractor):
+    out = extractor(np.ones(10, dtype=np.float32) * 0.1, sampling_rate=16000)
+    assert out["input_values"].shape[-1] == extractor.min_samples
+    assert torch.isfinite(out["input_features"]).all()
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [(np.zeros(0, dtype=np.float32), "empty"), (np.array([0.1, np.nan] * 400, dtype=np.float32), "NaN"),
+     (np.array([0.1, np.inf] * 400, dtype=np.float32), "NaN or infinite"), (np.zeros((2, 2, 2)), "shape")],
+)
+def test_bad_audio_is_named_in_the_error(extractor, bad, message):
+    with pytest.raises(ValueError, match=message) as error:
+        extractor([tone(0.5), bad], sampling_rate=16000)
+    assert "audio[1]" in str(error.value)
+
+
+def test_whisper_log_mel_matches_whisper_feature_extractor():
+    """Our real-length log-mel equals WhisperFeatureExtractor's on the clip's frames (it pads to 30 s)."""
+    ours = ClaspFeatureExtractor(speech_features="whisper_log_mel", feature_size=80, do_normalize=False, max_samples=480000)
+    reference = WhisperFeatureExtractor(feature_size=80)
+    clip = tone(2.0, freq=180)
+    mel = ours(clip, sampling_rate=16000)["input_values"][0]
+    full = reference(clip, sampling_rate=16000, return_tensors="np")["input_features"][0]
+    assert mel.shape == (80, 200)
+    # the last frame's window reaches into Whisper's zero padding instead of our reflection
+    np.testing.assert_allclose(mel[:, :-1].numpy(), full[:, :199], atol=1e-4)
+
+
+def test_whisper_refuses_more_than_30_seconds():
+    ours = ClaspFeatureExtractor(speech_features="whisper_log_mel", feature_size=80, do_normalize=False, max_samples=480000)
+    with pytest.raises(ValueError, match="longer than"):
+        ours([tone(31.0)], sampling_rate=16000)
+
+
+def test_round_trip(tmp_path, extractor):
+    extractor.save_pretrained(tmp_path)
+    loaded = ClaspFeatureExtractor.from_pretrained(tmp_path)
+    assert loaded.to_dict() == extractor.to_dict()

@@ -1,0 +1,32 @@
+import torch
+
+from processing_clasp import ClaspProcessor
+from tiny import tiny_config, tiny_processor, tone
+
+
+def test_text_and_audio_together(tmp_path):
+    processor = tiny_processor(tiny_config(), tmp_path)
+    out = processor(text=["the cat", "der hund ist"], audio=[tone(0.5), tone(0.3)], sampling_rate=16000)
+    assert {"input_ids", "attention_mask", "input_values", "audio_attention_mask", "input_features"} <= set(out)
+    assert out["input_ids"].shape[0] == 2 and out["input_values"].shape[0] == 2
+
+
+def test_text_prefix_is_prepended(tmp_path):
+    processor = tiny_processor(tiny_config(), tmp_path)
+    processor.text_prefix = "the "
+    with_prefix = processor(text="cat")["input_ids"]
+    plain = processor.tokenizer(["the cat"], return_tensors="pt")["input_ids"]
+    torch.testing.assert_close(with_prefix, plain)
+
+
+def test_round_trip(tmp_path):
+    processor = tiny_processor(tiny_config(), tmp_path)
+    processor.text_prefix = "query: "
+    processor.save_pretrained(tmp_path / "saved")
+    loaded = ClaspProcessor.from_pretrained(tmp_path / "saved")
+    assert loaded.text_prefix == "query: "
+    assert loaded.feature_extractor.to_dict() == processor.feature_extractor.to_dict()
+    a = processor(text=["the red car"], audio=tone(0.4), sampling_rate=16000)
+    b = loaded(text=["the red car"], audio=tone(0.4), sampling_rate=16000)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
