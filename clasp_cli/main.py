@@ -8,6 +8,7 @@ inside `func`, so `clasp --help` stays fast.
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 
@@ -32,7 +33,14 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as error:
+        # A bad input gets one clear line, not a traceback; CLASP_DEBUG=1 shows the traceback.
+        if os.environ.get("CLASP_DEBUG"):
+            raise
+        print(f"clasp {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

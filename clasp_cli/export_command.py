@@ -1,0 +1,179 @@
+"""`clasp export`: a trained CLASP folder → a Hub-ready folder with a model card.
+
+The folder is what `save_pretrained` writes (config with auto_map, safetensors, the flat remote
+code, processor and tokenizer files) plus README.md, a model card made with huggingface_hub's
+ModelCard / ModelCardData. It is built in a temporary folder and renamed into place, so an
+interrupted export never leaves a half-written model behind.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+
+CARD_TEMPLATE = """---
+{card_data}
+---
+
+# CLASP: {model_name}
+
+CLASP (Contrastive Language-Speech Pretraining, [arXiv 2412.13071](https://arxiv.org/abs/2412.13071))
+embeds **speech** next to the multilingual sentence embedding of **what was said**, so a spoken
+archive can be searched with text in any language the sentence encoder knows, without transcribing it.
+
+| part | this model |
+|---|---|
+| speech encoder | {speech} (mean-pooled over real frames) |
+| spectrogram CNN | {spectrogram} (on the log-mel spectrogram) |
+| text encoder (frozen) | {text} ({text_pooling} pooling, prefix `{text_prefix}`) |
+| fusion | {fusion}, output {projection_dim}-d |
+| training objective | {loss} |
+
+## Usage
+
+```python
+import torch
+from transformers import AutoModel, AutoProcessor
+
+model = AutoModel.from_pretrained("{repo}", trust_remote_code=True).eval()
+processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)
+
+inputs = processor(
+    text=["a sentence in any language", "une autre phrase"],
+    audio=[waveform],          # numpy / torch, any sampling rate, mono or multichannel
+    sampling_rate=sampling_rate,
+)
+with torch.no_grad():
+    out = model(**inputs)
+out.logits_per_audio         # [n_audio, n_text] scaled cosine similarities
+out.audio_embeds             # L2-normalised speech embeddings, searchable with out.text_embeds
+```
+
+Zero-shot classification with the pipeline (texts are embedded as given: add the sentence
+encoder's prompt yourself, here `{text_prefix}`):
+
+```python
+from transformers import pipeline
+classifier = pipeline("zero-shot-audio-classification", model="{repo}", trust_remote_code=True)
+classifier(waveform_16khz, candidate_labels=["weather report", "football"], hypothesis_template="{text_prefix}{{}}")
+```
+
+`trust_remote_code=True` runs the four Python files in this repository (`configuration_clasp.py`,
+`modeling_clasp.py`, `feature_extraction_clasp.py`, `processing_clasp.py`); they import only torch,
+torchaudio, numpy and transformers. Weights are safetensors: no pickle is loaded.
+
+## Evaluation
+
+{evaluation}
+
+## Limitations
+
+{limitations}
+"""
+
+DEFAULT_LIMITATIONS = (
+    "Trained on the data named above; retrieval quality on other voices, accents, noise and domains "
+    "is not measured here. The text side is the frozen sentence encoder: languages it does not cover "
+    "cannot be queried."
+)
+
+
+def build_model_card(model, processor, repo, languages, license, datasets, eval_results=None, dataset_name=None,
+                     limitations=DEFAULT_LIMITATIONS):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    config = model.config
+    card_data = ModelCardData(
+        library_name="transformers",
+        pipeline_tag="zero-shot-audio-classification",
+        language=languages or None,
+        license=license,
+        datasets=datasets or None,
+        tags=["clasp", "speech", "audio-retrieval", "multilingual", "custom_code"],
+        model_name=repo,
+    )
+    evaluation = "Not evaluated yet."
+    if eval_results is not None:
+        from evaluation.report import model_index_results, report_to_markdown
+
+        card_data.eval_results = model_index_results(eval_results, dataset_name=dataset_name or "evaluation data")
+        evaluation = report_to_markdown(eval_results, title="Retrieval").replace("# Retrieval", "", 1).strip()
+    return ModelCard(
+        CARD_TEMPLATE.format(
+            card_data=card_data.to_yaml(),
+            model_name=repo,
+            repo=repo,
+            speech=config.speech_config.model_type,
+            spectrogram=config.spectrogram_config.model_type,
+            text=config.text_config.model_type,
+            text_pooling=config.text_pooling,
+            text_prefix=processor.text_prefix,
+            fusion=config.fusion,
+            projection_dim=config.projection_dim,
+            loss=config.loss,
+            evaluation=evaluation,
+            limitations=limitations,
+        )
+    )
+
+
+def export(model_dir, output_dir, repo=None, languages=(), license="mit", datasets=(), eval_results_path=None,
+           dataset_name=None):
+    from modeling_clasp import ClaspModel
+    from processing_clasp import ClaspProcessor
+
+    model = ClaspModel.from_pretrained(model_dir)
+    processor = ClaspProcessor.from_pretrained(model_dir)
+    eval_results = None
+    if eval_results_path is not None:
+        with open(eval_results_path, encoding="utf-8") as f:
+            eval_results = json.load(f)
+    output_dir = os.path.abspath(output_dir)
+    parent = os.path.dirname(output_dir)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".export-", dir=parent)
+    try:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        card = build_model_card(model, processor, repo or os.path.basename(output_dir), list(languages), license,
+                                list(datasets), eval_results, dataset_name)
+        card.save(os.path.join(staging, "README.md"))
+        if eval_results is not None:
+            shutil.copyfile(eval_results_path, os.path.join(staging, "eval_results.json"))
+        if os.path.exists(output_dir):
+            previous = output_dir + ".previous"
+            shutil.rmtree(previous, ignore_errors=True)
+            os.replace(output_dir, previous)
+            os.replace(staging, output_dir)
+            shutil.rmtree(previous)
+        else:
+            os.replace(staging, output_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return output_dir
+
+
+def run(args) -> int:
+    languages = [code for code in (args.language or "").split(",") if code]
+    datasets = [name for name in (args.dataset or "").split(",") if name]
+    path = export(args.model, args.output, repo=args.repo, languages=languages, license=args.license,
+                  datasets=datasets, eval_results_path=args.eval_results, dataset_name=args.dataset_name)
+    print(f"exported {args.model} → {path}")
+    return 0
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "export", help="write a Hub-ready folder (weights, remote code, processor, model card)",
+        description=__doc__.split("\n\n")[0],
+    )
+    parser.add_argument("--model", required=True, help="a saved CLASP folder (model + processor)")
+    parser.add_argument("--output", required=True, help="the Hub folder to write")
+    parser.add_argument("--repo", help="Hub repo id shown in the card's usage snippet (default: the folder name)")
+    parser.add_argument("--language", help="comma-separated ISO codes of the training speech, for the card")
+    parser.add_argument("--license", default="mit")
+    parser.add_argument("--dataset", help="comma-separated dataset names for the card")
+    parser.add_argument("--eval-results", help="a `clasp eval` JSON report: its hard-protocol figures go into model-index")
+    parser.add_argument("--dataset-name", help="name of the evaluated data in model-index")
+    parser.set_defaults(func=run)
