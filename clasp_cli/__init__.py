@@ -1,3 +1,1 @@
-from clasp_cli.main import main
-
-__all__ = ["main"]
+"""The `clasp` command line (entry point: clasp_cli.main:main)."""

@@ -69,10 +69,11 @@ def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     world_size = torch.distributed.get_world_size()
     if world_size == 1:
         return features, 0
-    from torch.distributed.nn.functional import all_gather  # the autograd-aware one
+    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
 
-    gathered = all_gather(features)
-    return torch.cat(gathered, dim=0), torch.distributed.get_rank() * features.shape[0]
+    # The backward of this gather is a reduce-scatter: each process gets the summed gradient of its rows.
+    gathered = wait_tensor(all_gather_tensor_autograd(features.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD))
+    return gathered, torch.distributed.get_rank() * features.shape[0]
 
 
 def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig) -> torch.Tensor:
@@ -204,11 +205,20 @@ class ClaspModel(ClaspPreTrainedModel):
         self.text_model = build_text_encoder(config)
         self.fusion = ClaspFusion(config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
-        if config.loss != "contrastive":  # the other two objectives have no learnable scale
-            self.logit_scale.requires_grad_(False)
         self.post_init()
+        self.freeze_backbones()
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        # Loading materialises fresh parameters (requires_grad=True): freeze again afterwards.
+        return super().from_pretrained(*args, **kwargs).freeze_backbones()
+
+    def freeze_backbones(self):
+        """No gradient for the backbones the config freezes (and no learnable scale without the contrastive loss)."""
         for module in self._frozen_modules():
             module.requires_grad_(False)
+        self.logit_scale.requires_grad_(self.config.loss == "contrastive")
+        return self
 
     def _frozen_modules(self):
         frozen = (
@@ -425,9 +435,7 @@ class ClaspModel(ClaspPreTrainedModel):
         model.text_model = AutoModel.from_pretrained(text_setup["transformer_path"], **pooling_kwargs)
         if text_setup["dense"] is not None:  # LaBSE: sentence-transformers' Dense+tanh is BERT's pooler
             model.text_model.pooler.dense.load_state_dict(text_setup["dense"])
-        for module in model._frozen_modules():
-            module.requires_grad_(False)
-        return model.float()
+        return model.float().freeze_backbones()
 
 
 # Where `clasp backbones build` writes the offline backbones (keep in sync with backbones_clasp).

@@ -160,3 +160,10 @@ def test_model_round_trip(tmp_path):
     loaded = ClaspModel.from_pretrained(tmp_path).eval()
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         torch.testing.assert_close(a, b, msg=name)
+
+
+def test_loaded_model_keeps_its_backbones_frozen(tmp_path):
+    tiny_model(tiny_config()).save_pretrained(tmp_path)
+    loaded = ClaspModel.from_pretrained(tmp_path)
+    trainable = {name.split(".")[0] for name, p in loaded.named_parameters() if p.requires_grad}
+    assert trainable == {"fusion", "logit_scale"}

@@ -1,0 +1,102 @@
+"""Reading a retrieval report (the dict of `evaluation.protocols.retrieval_report`): a table
+for the terminal, a markdown page, and model-index entries for a model card."""
+
+from evaluation.protocols import DIRECTIONS
+
+COLUMNS = {  # metric key -> column heading, in the paper's order first
+    "hits@1": "HITS@1",
+    "mrr": "MRR",
+    "mean_rank": "meanR",
+    "median_rank": "medR",
+    "recall@5": "R@5",
+    "recall@10": "R@10",
+}
+ARROWS = {"audio_to_text": "audio → text", "text_to_audio": "text → audio"}
+
+
+def report_rows(report: dict):
+    """(protocol, direction, queries, metrics) for every line of the report, in reading order."""
+    for direction in DIRECTIONS:
+        yield "hard", ARROWS[direction], "all", report[direction]
+    for direction in DIRECTIONS:
+        yield f"soft k={report['soft']['k']}", ARROWS[direction], "all", report["soft"][direction]
+    for key in report:
+        if key.startswith("by_"):
+            for label, by_direction in report[key].items():
+                for direction in DIRECTIONS:
+                    yield "hard", ARROWS[direction], f"{key[3:]}={label}", by_direction[direction]
+    for language, by_direction in report["cross_lingual"].items():
+        yield "hard", f"text ({language}) → audio", "translated", by_direction["text_to_audio"]
+    for direction in DIRECTIONS:
+        if direction in report.get("asr_baseline", {}):
+            yield "ASR baseline", ARROWS[direction], "all", report["asr_baseline"][direction]
+
+
+def _cells(protocol, direction, queries, metrics):
+    values = [f"{metrics[key]:.1f}" if key.endswith("_rank") else f"{metrics[key]:.3f}" for key in COLUMNS]
+    return [protocol, direction, queries, *values]
+
+
+def format_report(report: dict) -> str:
+    """Fixed-width table for the terminal."""
+    lines = [["protocol", "direction", "queries", *COLUMNS.values()]]
+    lines += [_cells(*row) for row in report_rows(report)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    # Text columns flush left, numbers flush right.
+    text = ["  ".join(cell.ljust(w) if i < 3 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in lines]
+    text.insert(1, "-" * len(text[0]))
+    timing = report["timing"]
+    text.append(f"{report['num_queries']} pairs; embed {timing['embed_s']:.1f} s, "
+                f"score and rank {timing['score_and_rank_s']:.1f} s")
+    return "\n".join(text)
+
+
+def report_to_markdown(report: dict, title: str = "Retrieval evaluation") -> str:
+    """Markdown page: the table plus how to read it."""
+    header = ["protocol", "direction", "queries", *COLUMNS.values()]
+    lines = [
+        f"# {title}",
+        "",
+        f"{report['num_queries']} audio-text pairs. hard: every query against all pairs; soft: against its "
+        f"gold plus {report['soft']['k'] - 1} random wrong candidates. Subsets restrict the queries, never the "
+        "candidates. rank = 1 + wrong candidates scoring strictly above the best correct one; rows with the "
+        "same group or text count as correct.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|",
+    ]
+    lines += ["| " + " | ".join(_cells(*row)) + " |" for row in report_rows(report)]
+    timing = report["timing"]
+    lines += ["", f"Embedding took {timing['embed_s']:.1f} s, scoring and ranking {timing['score_and_rank_s']:.1f} s."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def model_index_results(
+    report: dict,
+    dataset_name: str,
+    dataset_type: str | None = None,
+    dataset_split: str = "test",
+    task_type: str = "zero-shot-audio-classification",
+    task_name: str = "Audio retrieval",
+) -> list:
+    """huggingface_hub EvalResult entries (hard protocol: HITS@1, MRR, meanR per direction) for
+    `ModelCardData(eval_results=...)`. The direction goes in `metric_config`."""
+    from huggingface_hub import EvalResult
+
+    return [
+        EvalResult(
+            task_type=task_type,
+            task_name=task_name,
+            dataset_type=dataset_type or dataset_name,
+            dataset_name=dataset_name,
+            dataset_split=dataset_split,
+            metric_type=key,
+            metric_name=f"{COLUMNS[key]} ({ARROWS[direction]})",
+            metric_config=direction,
+            metric_value=report[direction][key],
+        )
+        for direction in DIRECTIONS
+        for key in ("hits@1", "mrr", "mean_rank")
+    ]

@@ -1,0 +1,91 @@
+"""`clasp eval --embeddings`: the command-line contract other tools rely on."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from clasp_cli.main import main
+
+REPO = Path(__file__).resolve().parents[2]
+REPORT_KEYS = {"audio_to_text", "text_to_audio", "soft", "by_language", "cross_lingual", "timing", "num_queries"}
+METRIC_KEYS = {"hits@1", "recall@5", "recall@10", "mrr", "mean_rank", "median_rank"}
+
+
+def save_pairs(path, num_rows=40, dim=16, metadata=None, **overrides):
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(num_rows, dim, generator=generator)
+    tensors = {"audio_embeds": audio, "text_embeds": audio + 0.3 * torch.randn(num_rows, dim, generator=generator)}
+    tensors.update(overrides)
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def test_embeddings_to_json_and_markdown(tmp_path):
+    languages = ["en"] * 30 + ["sw"] * 10
+    groups = [str(i // 2) if i < 4 else str(i) for i in range(40)]
+    metadata = {"languages": json.dumps(languages), "groups": json.dumps(groups)}
+    pairs = save_pairs(tmp_path / "pairs.safetensors", metadata=metadata)
+    output, markdown = tmp_path / "out" / "report.json", tmp_path / "report.md"
+    completed = subprocess.run(
+        [sys.executable, "-m", "clasp_cli.main", "eval", "--embeddings", str(pairs), "--output", str(output),
+         "--soft-k", "10", "--seed", "1", "--markdown", str(markdown)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    report = json.loads(output.read_text())
+    assert set(report) == REPORT_KEYS
+    assert set(report["audio_to_text"]) == METRIC_KEYS and set(report["soft"]["text_to_audio"]) == METRIC_KEYS
+    assert report["soft"]["k"] == 10 and report["num_queries"] == 40
+    assert set(report["by_language"]) == {"en", "sw"}
+    assert "HITS@1" in completed.stdout and "language=sw" in completed.stdout
+    assert markdown.read_text().count("\n|") >= 8
+    assert [p.name for p in output.parent.iterdir()] == ["report.json"]  # no temporary left behind
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda path: path, "no such file"),
+        (lambda path: save_pairs(path, text_embeds=torch.randn(41, 16)), "must both be [N, D]"),
+        (lambda path: save_pairs(path, text_embeds=torch.full((40, 16), float("nan"))), "non-finite"),
+        (lambda path: save_pairs(path, metadata={"languages": json.dumps(["en"] * 3)}), "list of 40 entries"),
+    ],
+    ids=["missing", "shapes", "nan", "metadata"],
+)
+def test_bad_input_names_the_file_and_exits_2(tmp_path, capsys, make, message):
+    path = make(tmp_path / "pairs.safetensors")
+    code = main(["eval", "--embeddings", str(path), "--output", str(tmp_path / "report.json"), "--soft-k", "5"])
+    error = capsys.readouterr().err
+    assert code == 2 and str(path) in error and message in error
+    assert not (tmp_path / "report.json").exists()
+
+
+def test_model_options_parse_and_route_to_the_model_path(tmp_path):
+    with pytest.raises(NotImplementedError, match="needs the model"):
+        main(["eval", "--model", "dir", "--manifest", "m.jsonl", "--data", "audio", "--asr-baseline",
+              "--output", str(tmp_path / "r.json")])
+    with pytest.raises(SystemExit) as exit_info:  # model-only options make no sense with --embeddings
+        main(["eval", "--embeddings", "e.safetensors", "--manifest", "m.jsonl", "--output", str(tmp_path / "r.json")])
+    assert exit_info.value.code == 2
+
+
+def test_cosine_not_raw_dot_product(tmp_path):
+    # Scaling rows must not change anything: the command normalises, as the paper's cosine does.
+    a = save_pairs(tmp_path / "a.safetensors")
+    scale = torch.linspace(0.1, 10, 40)[:, None]
+    generator = torch.Generator().manual_seed(0)
+    audio = torch.randn(40, 16, generator=generator)
+    text = audio + 0.3 * torch.randn(40, 16, generator=generator)
+    b = save_pairs(tmp_path / "b.safetensors", audio_embeds=audio * scale, text_embeds=text / scale)
+    reports = []
+    for path in (a, b):
+        code = main(["eval", "--embeddings", str(path), "--output", str(path.with_suffix(".json")), "--soft-k", "5"])
+        assert code == 0
+        reports.append(json.loads(path.with_suffix(".json").read_text()))
+    for unscaled, scaled in ((r[d] for r in reports) for d in ("audio_to_text", "text_to_audio")):
+        assert scaled == pytest.approx(unscaled)

@@ -1,0 +1,163 @@
+"""train_accelerate.py: gathered negatives, a real 2-process CPU launch, exact resume after SIGKILL."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+import torch.nn.functional as F
+from datasets import Dataset, DatasetDict
+from safetensors.torch import load_file
+
+from conftest import REPO
+from modeling_clasp import clasp_loss
+from tiny import tiny_config, tiny_model, tiny_processor
+
+
+# ---- gathered negatives -------------------------------------------------------------------------
+
+
+def _features(n, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return F.normalize(torch.randn(n, 16, generator=generator), dim=-1), F.normalize(torch.randn(n, 16, generator=generator), dim=-1)
+
+
+def _loss_and_grads(weight, audio, text, config):
+    """A linear 'head' on audio features, the CLASP loss, and the head's gradient."""
+    weight = weight.clone().requires_grad_(True)
+    loss = clasp_loss(F.normalize(audio @ weight, dim=-1), text, torch.tensor(10.0), config)
+    loss.backward()
+    return loss.detach(), weight.grad
+
+
+def _rank_worker(rank, world_size, store, batch, queue):
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    config = tiny_config()
+    audio, text = _features(batch * world_size)
+    weight = torch.eye(16) + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    rows = slice(rank * batch, (rank + 1) * batch)
+    loss, grad = _loss_and_grads(weight, audio[rows], text[rows], config)
+    # What DDP does: average gradients (and we average the losses) over processes.
+    dist.all_reduce(grad)
+    dist.all_reduce(loss)
+    if rank == 0:
+        queue.put(((loss / world_size).tolist(), (grad / world_size).tolist()))
+    dist.destroy_process_group()
+
+
+def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
+    batch = 6
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    context_args = (2, str(tmp_path / "store"), batch, queue)
+    processes = [context.Process(target=_rank_worker, args=(rank, *context_args)) for rank in range(2)]
+    for p in processes:
+        p.start()
+    two_loss, two_grad = (torch.tensor(x) for x in queue.get())
+    for p in processes:
+        p.join(timeout=120)
+        assert p.exitcode == 0
+
+    audio, text = _features(2 * batch)
+    weight = torch.eye(16) + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
+    one_loss, one_grad = _loss_and_grads(weight, audio, text, tiny_config())
+    torch.testing.assert_close(two_loss, one_loss, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(two_grad, one_grad, atol=1e-6, rtol=1e-5)
+
+
+# ---- the trainer --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_setup(tmp_path_factory):
+    """A tiny CLASP folder and a learnable feature cache (audio features are noisy maps of the text)."""
+    root = tmp_path_factory.mktemp("train")
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = tiny_model(config)
+    model.save_pretrained(root / "model")
+    tiny_processor(config, root).save_pretrained(root / "model")
+    rng = np.random.default_rng(0)
+    to_speech = rng.standard_normal((config.projection_dim, config.speech_hidden_size))
+    to_spectrogram = rng.standard_normal((config.projection_dim, config.spectrogram_hidden_size))
+
+    def split(n):
+        text = rng.standard_normal((n, config.projection_dim)).astype(np.float32)
+        text /= np.linalg.norm(text, axis=1, keepdims=True)
+        return Dataset.from_dict({
+            "speech_embeds": (text @ to_speech + 0.1 * rng.standard_normal((n, config.speech_hidden_size))).astype(np.float32),
+            "spectrogram_embeds": (text @ to_spectrogram + 0.1 * rng.standard_normal((n, config.spectrogram_hidden_size))).astype(np.float32),
+            "text_embeds": text,
+            "text": [f"row {i}" for i in range(n)],
+        })
+
+    DatasetDict({"train": split(64), "validation": split(16)}).save_to_disk(root / "features")
+    (root / "features" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
+    return root
+
+
+def _train_command(setup, output, *extra):
+    return [sys.executable, str(REPO / "train_accelerate.py"), "--train_data", str(setup / "features"),
+            "--model", str(setup / "model"), "--output_dir", str(output), "--per_device_train_batch_size", "8",
+            "--learning_rate", "3e-3", "--seed", "7", *extra]
+
+
+def _env():
+    return {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_two_process_cpu_launch_trains_checkpoints_and_exports(tiny_setup, tmp_path):
+    output = tmp_path / "run"
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command += _train_command(tiny_setup, output, "--num_train_epochs", "3", "--checkpointing_steps", "2")[1:]
+    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["num_processes"] == 2
+    assert summary["effective_batch"] == 16 and summary["negatives_per_step"] == 15
+    assert summary["steps"] == 12  # 64 rows / (8 × 2 processes) × 3 epochs
+    history = summary["history"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    assert (output / "training_curves.png").exists() and (output / "config.json").exists()
+    assert (output / "modeling_clasp.py").exists()
+    assert sorted(os.listdir(output / "checkpoints")) == ["step_10", "step_12"]  # total limit 2
+
+
+def _wait_for(path, process, timeout=300):
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert process.poll() is None, "training ended before the checkpoint appeared"
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.05)
+
+
+def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
+    args = ("--num_train_epochs", "4", "--checkpointing_steps", "3")
+    straight = tmp_path / "straight"
+    subprocess.run(_train_command(tiny_setup, straight, *args), cwd=REPO, env=_env(), check=True,
+                   capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_train_command(tiny_setup, killed, *args), cwd=REPO, env=_env(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(killed / "checkpoints" / "step_9", process)  # mid-epoch 2 (8 steps an epoch)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed / "training_summary.json").exists()
+    result = subprocess.run(_train_command(tiny_setup, killed, *args, "--resume_from_checkpoint", "latest"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "resumed from" in result.stdout + result.stderr
+
+    expected, resumed = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], atol=1e-6, rtol=0, msg=name)
+    assert any(not torch.equal(expected[n], load_file(tiny_setup / "model" / "model.safetensors")[n]) for n in expected)

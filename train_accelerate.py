@@ -1,0 +1,404 @@
+"""Train CLASP with Accelerate: one process, several GPUs, or several CPU processes.
+
+    accelerate launch train_accelerate.py --train_data FEATURES --model offline-base --output_dir out
+    accelerate launch --multi_gpu --num_processes 4 --mixed_precision bf16 train_accelerate.py ...
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 train_accelerate.py ...
+    (on CPU, `--cpu --num_processes 2` silently runs ONE process: use --multi_gpu with ACCELERATE_USE_CPU=1)
+
+Two modes share one model forward:
+  cached features (the paper's setting): `--train_data` is a `clasp features` cache; the frozen
+      backbones ran once, only the fusion head trains. Fast.
+  end to end: `--train_data` is a `clasp data` dataset with audio; the backbones run every step
+      (frozen or not, see --unfreeze_speech_encoder).
+
+Negatives: every process gathers every other process's embeddings (with autograd), so each
+step contrasts `per_device_train_batch_size × num_processes` pairs, exactly like one process
+with that batch. With gradient accumulation, negatives come from the current micro-batch only
+(the accumulated steps do not see each other's pairs): accumulation grows the batch for the
+optimizer, not the number of negatives.
+
+Checkpoints (`--checkpointing_steps`) go to output_dir/checkpoints/step_N, written to a temporary
+folder and renamed, so a killed run never leaves a half checkpoint; `--resume_from_checkpoint
+latest` continues exactly where it stopped (same batches, same random state). The best model
+on the validation loss is kept in output_dir/best and exported to output_dir at the end.
+"""
+
+import argparse
+import json
+import math
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+logger = get_logger(__name__)
+FEATURE_COLUMNS = ("speech_embeds", "spectrogram_embeds", "text_embeds")
+FEATURE_CACHE_MARKER = "clasp_features.json"  # written by `clasp features`
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train_data", required=True, help="a `clasp features` cache or a `clasp data` dataset folder")
+    parser.add_argument("--model", default="offline-base", help="a backbone preset (offline-base, paper) or a CLASP folder to continue")
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--per_device_train_batch_size", type=int, default=256)
+    parser.add_argument("--per_device_eval_batch_size", type=int, default=None, help="default: the train batch size")
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--weight_decay", type=float, default=0.01)
+    parser.add_argument("--num_train_epochs", type=int, default=50)
+    parser.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
+    parser.add_argument("--lr_warmup_steps", type=int, default=0)
+    parser.add_argument("--mixed_precision", choices=["no", "fp16", "bf16"], default=None, help="default: accelerate's config")
+    parser.add_argument("--checkpointing_steps", type=int, default=None, help="save the training state every N optimizer steps")
+    parser.add_argument("--checkpoints_total_limit", type=int, default=2)
+    parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
+    parser.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in output_dir/logs")
+    parser.add_argument("--fusion", choices=["concat", "gating"], default=None, help="for a preset; default concat")
+    parser.add_argument("--loss", choices=["contrastive", "contrastive_fixed", "huber"], default=None,
+                        help="default contrastive for a preset, the saved one for a CLASP folder")
+    parser.add_argument("--unfreeze_speech_encoder", action="store_true", help="end-to-end mode: train the speech encoder too")
+    parser.add_argument("--early_stopping_patience", type=int, default=10, help="epochs without a better validation loss")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--num_workers", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+# ---- data ------------------------------------------------------------------------------------
+
+
+class CachedFeatures(Dataset):
+    """Rows of a feature cache as tensors; the whole split sits in memory (a few hundred MB at most)."""
+
+    def __init__(self, split):
+        split = split.with_format("numpy", columns=list(FEATURE_COLUMNS))
+        self.columns = {name: torch.from_numpy(np.stack(split[name]).astype(np.float32)) for name in FEATURE_COLUMNS}
+
+    def __len__(self):
+        return len(self.columns["text_embeds"])
+
+    def __getitem__(self, index):
+        return {name: column[index] for name, column in self.columns.items()}
+
+
+class AudioPairs(Dataset):
+    """(audio, text) rows of a `clasp data` dataset, turned into model inputs in the collate function."""
+
+    def __init__(self, split):
+        self.split = split
+
+    def __len__(self):
+        return len(self.split)
+
+    def __getitem__(self, index):
+        row = self.split[index]
+        return {"audio": row["audio"]["array"], "sampling_rate": row["audio"]["sampling_rate"], "text": row["text"]}
+
+
+def audio_collate(processor):
+    def collate(rows):
+        by_rate = {row["sampling_rate"] for row in rows}
+        if len(by_rate) != 1:
+            raise ValueError(f"a batch mixes sampling rates {sorted(by_rate)}; resample the dataset to one rate")
+        return dict(processor(text=[r["text"] for r in rows], audio=[r["audio"] for r in rows], sampling_rate=by_rate.pop()))
+
+    return collate
+
+
+def load_training_data(path):
+    """('cached' | 'audio', DatasetDict)."""
+    from datasets import load_from_disk
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"--train_data {path}: no such folder")
+    mode = "cached" if os.path.exists(os.path.join(path, FEATURE_CACHE_MARKER)) else "audio"
+    data = load_from_disk(path if mode == "cached" or not os.path.isdir(os.path.join(path, "dataset")) else os.path.join(path, "dataset"))
+    for split in ("train", "validation"):
+        if split not in data:
+            raise ValueError(f"--train_data {path}: needs a '{split}' split, found {sorted(data)}")
+    return mode, data
+
+
+# ---- model -----------------------------------------------------------------------------------
+
+
+def load_model_and_processor(args):
+    from modeling_clasp import ClaspModel
+    from processing_clasp import ClaspProcessor
+    from modeling_clasp.modeling_clasp import BACKBONE_PRESETS, resolve_backbones
+
+    overrides = {"fusion": args.fusion, "loss": args.loss}
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if args.unfreeze_speech_encoder:
+        overrides["freeze_speech_encoder"] = False
+    if args.model in BACKBONE_PRESETS:
+        model = ClaspModel.from_pretrained_backbones(preset=args.model, **overrides)
+        parts = resolve_backbones(None, None, None, args.model)
+        processor = ClaspProcessor.from_pretrained_backbones(**parts)
+    else:
+        model = ClaspModel.from_pretrained(args.model, **overrides)
+        processor = ClaspProcessor.from_pretrained(args.model)
+    return model, processor
+
+
+# ---- checkpoints -----------------------------------------------------------------------------
+
+
+class TrainingProgress:
+    """What `accelerator.save_state` does not know: where we are and how validation has gone."""
+
+    def __init__(self):
+        self.step = 0
+        self.epoch = 0
+        self.batches_in_epoch = 0  # micro-batches of the current epoch already trained on
+        self.best_val_loss = math.inf
+        self.epochs_without_improvement = 0
+        self.history = []
+
+    def state_dict(self):
+        return dict(vars(self))
+
+    def load_state_dict(self, state):
+        vars(self).update(state)
+
+
+def atomic_save_state(accelerator, output_dir, step, limit):
+    """save_state into a temporary folder, then rename: a kill never leaves a half checkpoint."""
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    final = os.path.join(checkpoints, f"step_{step}")
+    staging = os.path.join(checkpoints, f".tmp_step_{step}")
+    if accelerator.is_main_process:
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(checkpoints, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(staging)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(staging, final)
+        for old in list_checkpoints(output_dir)[:-limit] if limit else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def list_checkpoints(output_dir):
+    checkpoints = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(checkpoints):
+        return []
+    steps = [int(name[5:]) for name in os.listdir(checkpoints) if name.startswith("step_") and name[5:].isdigit()]
+    return [os.path.join(checkpoints, f"step_{s}") for s in sorted(steps)]
+
+
+def save_model_atomically(accelerator, model, processor, directory):
+    if not accelerator.is_main_process:
+        return
+    staging = directory.rstrip("/") + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(staging)
+    processor.save_pretrained(staging)
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+    os.replace(staging, directory)
+
+
+# ---- validation ------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def validate(accelerator, model, dataloader):
+    """Validation loss (mean over batches, negatives gathered as in training) and hard-protocol
+    retrieval on the whole validation split."""
+    from evaluation.protocols import rank_queries
+    from evaluation.retrieval_metrics.rank_metrics import metrics_from_ranks
+
+    model.eval()
+    losses, audio, text = [], [], []
+    for batch in dataloader:
+        out = model(**batch, return_loss=True)
+        losses.append(accelerator.gather(out.loss.detach().reshape(1)).mean())
+        audio.append(accelerator.gather_for_metrics(out.audio_embeds.float()))
+        text.append(accelerator.gather_for_metrics(out.text_embeds.float()))
+    model.train()
+    audio, text = torch.cat(audio).cpu(), torch.cat(text).cpu()
+    gold = np.arange(len(audio))
+    hard, _ = rank_queries(text, audio, gold, gold)
+    metrics = metrics_from_ranks(hard)
+    return {"val_loss": torch.stack(losses).mean().item(), "val_text_to_audio_mrr": metrics["mrr"],
+            "val_text_to_audio_hits@1": metrics["hits@1"]}
+
+
+def plot_history(history, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_mrr) = plt.subplots(1, 2, figsize=(10, 4))
+    epochs = [h["epoch"] for h in history]
+    ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
+    ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
+    ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend()
+    ax_mrr.plot(epochs, [h["val_text_to_audio_mrr"] for h in history], label="MRR")
+    ax_mrr.plot(epochs, [h["val_text_to_audio_hits@1"] for h in history], label="HITS@1")
+    ax_mrr.set_xlabel("epoch"), ax_mrr.set_title("validation, text → audio (hard)"), ax_mrr.legend()
+    fig.tight_layout()
+    fig.savefig(path + ".tmp.png", dpi=100)
+    plt.close(fig)
+    os.replace(path + ".tmp.png", path)
+
+
+# ---- training --------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        mixed_precision=args.mixed_precision,
+        log_with="tensorboard" if args.with_tracking else None,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
+        # The shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+    )
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+
+    mode, data = load_training_data(args.train_data)
+    model, processor = load_model_and_processor(args)
+    if mode == "cached":
+        train_set, val_set, collate = CachedFeatures(data["train"]), CachedFeatures(data["validation"]), None
+    else:
+        train_set, val_set, collate = AudioPairs(data["train"]), AudioPairs(data["validation"]), audio_collate(processor)
+    eval_batch = args.per_device_eval_batch_size or args.per_device_train_batch_size
+    generator = torch.Generator().manual_seed(args.seed)
+    # drop_last: the head's batch norm needs more than one row, and every process must gather equal batches.
+    train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
+                              collate_fn=collate, num_workers=args.num_workers, generator=generator)
+    val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers)
+    if len(train_loader) == 0:
+        raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")
+
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
+    max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_steps / steps_per_epoch)
+    warmup = args.lr_warmup_steps
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
+    )
+    model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
+    progress = TrainingProgress()
+    accelerator.register_for_checkpointing(progress)
+
+    effective_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
+    logger.info(
+        f"mode={mode} processes={accelerator.num_processes} per-device batch={args.per_device_train_batch_size} "
+        f"effective batch={effective_batch} negatives per step={args.per_device_train_batch_size * accelerator.num_processes - 1} "
+        f"train rows={len(train_set)} steps={max_steps} trainable parameters={sum(p.numel() for p in trainable):,}",
+        main_process_only=True,
+    )
+    if accelerator.is_main_process:
+        print(f"[train] mode={mode} processes={accelerator.num_processes} effective batch={effective_batch} "
+              f"negatives/step={args.per_device_train_batch_size * accelerator.num_processes - 1} steps={max_steps}", flush=True)
+    if args.with_tracking:
+        accelerator.init_trackers("clasp", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+
+    batches_done_in_epoch = 0
+    if args.resume_from_checkpoint:
+        checkpoint = list_checkpoints(args.output_dir)[-1:] if args.resume_from_checkpoint == "latest" else [args.resume_from_checkpoint]
+        if checkpoint:
+            accelerator.load_state(checkpoint[0])
+            batches_done_in_epoch = progress.batches_in_epoch
+            accelerator.print(f"[train] resumed from {checkpoint[0]} at step {progress.step}")
+        else:
+            accelerator.print("[train] no checkpoint to resume from; starting fresh")
+
+    bar = tqdm(total=max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="train")
+    stop = False
+    started = time.perf_counter()
+    samples_seen = 0
+    model.train()
+    while progress.epoch < num_epochs and not stop:
+        train_loader.set_epoch(progress.epoch)
+        batches = accelerator.skip_first_batches(train_loader, batches_done_in_epoch) if batches_done_in_epoch else train_loader
+        epoch_losses = []
+        for batch in batches:
+            with accelerator.accumulate(model):
+                loss = model(**batch, return_loss=True).loss
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            epoch_losses.append(loss.detach())
+            progress.batches_in_epoch += 1
+            samples_seen += args.per_device_train_batch_size * accelerator.num_processes
+            if accelerator.sync_gradients:
+                progress.step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+                if args.with_tracking:
+                    accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=progress.step)
+                if args.checkpointing_steps and progress.step % args.checkpointing_steps == 0:
+                    atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit)
+                if progress.step >= max_steps:
+                    break
+        batches_done_in_epoch = progress.batches_in_epoch = 0
+        progress.epoch += 1
+
+        metrics = validate(accelerator, model, val_loader)
+        train_loss = accelerator.gather(torch.stack(epoch_losses).mean().reshape(1)).mean().item() if epoch_losses else float("nan")
+        record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss, **metrics}
+        progress.history.append(record)
+        accelerator.print(f"[train] epoch {progress.epoch}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
+        if args.with_tracking:
+            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=progress.step)
+        if metrics["val_loss"] < progress.best_val_loss:
+            progress.best_val_loss = metrics["val_loss"]
+            progress.epochs_without_improvement = 0
+            save_model_atomically(accelerator, model, processor, os.path.join(args.output_dir, "best"))
+        else:
+            progress.epochs_without_improvement += 1
+            if progress.epochs_without_improvement >= args.early_stopping_patience:
+                accelerator.print(f"[train] early stop: no better validation loss for {args.early_stopping_patience} epochs")
+                stop = True
+        if progress.step >= max_steps:
+            stop = True
+        if args.checkpointing_steps:  # an epoch boundary is a clean place to resume from
+            atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit)
+    bar.close()
+    elapsed = time.perf_counter() - started
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        best = os.path.join(args.output_dir, "best")
+        for name in os.listdir(best):  # the best model becomes the exported Hub folder
+            shutil.copy2(os.path.join(best, name), os.path.join(args.output_dir, name + ".tmp"))
+            os.replace(os.path.join(args.output_dir, name + ".tmp"), os.path.join(args.output_dir, name))
+        plot_history(progress.history, os.path.join(args.output_dir, "training_curves.png"))
+        summary = {
+            "mode": mode, "num_processes": accelerator.num_processes, "effective_batch": effective_batch,
+            "negatives_per_step": args.per_device_train_batch_size * accelerator.num_processes - 1,
+            "steps": progress.step, "epochs": progress.epoch, "best_val_loss": progress.best_val_loss,
+            "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
+            "history": progress.history,
+        }
+        with open(os.path.join(args.output_dir, "training_summary.json.tmp"), "w") as f:
+            json.dump(summary, f, indent=2)
+        os.replace(os.path.join(args.output_dir, "training_summary.json.tmp"), os.path.join(args.output_dir, "training_summary.json"))
+        print(f"[train] done: {progress.step} steps, best val loss {progress.best_val_loss:.4f}, "
+              f"{samples_seen / max(elapsed, 1e-9):.0f} samples/s; model in {args.output_dir}", flush=True)
+    if args.with_tracking:
+        accelerator.end_training()
+
+
+if __name__ == "__main__":
+    main()
