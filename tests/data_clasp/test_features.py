@@ -1,0 +1,68 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from datasets import Audio, Dataset, DatasetDict, load_from_disk
+
+from data_clasp.features import MARKER, build_feature_cache
+from tiny import tiny_config, tiny_model, tiny_processor, tone
+
+TEXTS = ["the cat sat", "le chat est sur la mat", "der hund ist", "el perro", "a red car", "the blue house", "green mat"]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("features")
+    paths = []
+    for i, _ in enumerate(TEXTS):
+        path = root / f"clip{i}.wav"
+        rate = 22050 if i % 2 else 16000
+        soundfile.write(path, tone(0.3 + 0.15 * i, rate=rate, freq=150 + 40 * i, seed=i), rate)
+        paths.append(str(path))
+    rows = Dataset.from_dict({"audio": paths, "text": TEXTS, "language": ["en"] * len(TEXTS)})
+    rows = rows.cast_column("audio", Audio(sampling_rate=16000))
+    data = DatasetDict({"train": rows.select(range(5)), "validation": rows.select(range(5, 7))})
+    config = tiny_config("whisper")
+    torch.manual_seed(0)
+    return root, data, tiny_model(config).eval(), tiny_processor(config, root)
+
+
+def test_cache_holds_the_models_own_branch_features(setup):
+    root, data, model, processor = setup
+    cache = build_feature_cache(model, processor, data, str(root / "cache"), batch_size=2, chunk_size=3, progress=False)
+    features = load_from_disk(cache)
+    assert set(features) == {"train", "validation"} and len(features["train"]) == 5
+    assert {"speech_embeds", "spectrogram_embeds", "text_embeds", "text", "language"} <= set(features["train"].column_names)
+    row = data["train"][3]
+    with torch.no_grad():
+        inputs = processor(text=[row["text"]], audio=[row["audio"]["array"]], sampling_rate=16000)
+        out = model(**inputs)
+    cached = features["train"].with_format("torch")[3]
+    torch.testing.assert_close(cached["speech_embeds"], out.speech_embeds[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached["spectrogram_embeds"], out.spectrogram_embeds[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(cached["text_embeds"], out.text_embeds[0], atol=1e-5, rtol=1e-4)
+    assert json.loads((root / "cache" / MARKER).read_text())["rows"] == {"train": 5, "validation": 2}
+
+
+def test_second_run_is_free_and_an_interrupted_run_resumes(setup, monkeypatch):
+    root, data, model, processor = setup
+    cache = str(root / "cache2")
+    build_feature_cache(model, processor, data, cache, batch_size=2, chunk_size=2, progress=False)
+    first = load_from_disk(cache)["train"]["speech_embeds"]
+
+    calls = []
+    original = model.get_speech_embeds
+    monkeypatch.setattr(model, "get_speech_embeds", lambda *a, **k: calls.append(1) or original(*a, **k))
+    build_feature_cache(model, processor, data, cache, batch_size=2, chunk_size=2, progress=False)
+    assert calls == []  # up to date: nothing recomputed
+
+    # As if killed before the end: the marker and one chunk are gone; only that chunk is recomputed.
+    os.remove(os.path.join(cache, MARKER))
+    chunk = sorted(p for p in os.listdir(os.path.join(cache, "chunks")) if p.startswith("train-00000002"))[0]
+    os.remove(os.path.join(cache, "chunks", chunk))
+    build_feature_cache(model, processor, data, cache, batch_size=2, chunk_size=2, progress=False)
+    assert len(calls) == 1  # one model batch: the two rows of the missing chunk
+    np.testing.assert_allclose(np.array(load_from_disk(cache)["train"]["speech_embeds"]), np.array(first), atol=1e-6)
