@@ -1,0 +1,197 @@
+"""`clasp demo` (what `make demo` runs): the whole product, end to end, on the embedded default.
+
+    backbones → synthetic multilingual speech → cached features → accelerate training →
+    evaluation against the Whisper-ASR baseline → Hub export with a model card → plots → summary
+
+Every stage is one of our ordinary commands, printed before it runs, and each one resumes: a
+stage whose output is complete is skipped, an interrupted one continues where it stopped. So a
+second `make demo` costs seconds, and `make demo DEMO_SIZE=large` can be stopped and restarted
+over hours. Everything lands in artifacts/ (git-ignored); the Hub-ready model in
+artifacts/clasp-demo/.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
+SIZES = {
+    # ~45 minutes on a 2-core CPU: the Whisper-base encoder (~0.25 s a clip) and the ASR
+    # baseline (~1–2 s a clip) dominate; training the head on cached features takes a minute.
+    "small": {"per_language": 160, "takes": 2, "epochs": 200, "batch": 256, "patience": 20},
+    # Hours on a CPU; every stage resumes, so it can be stopped and restarted.
+    "large": {"per_language": 1200, "takes": 2, "epochs": 400, "batch": 512, "patience": 20},
+    # A minute: the CI-sized end-to-end check of the pipeline itself.
+    "tiny": {"per_language": 6, "takes": 1, "epochs": 3, "batch": 8, "patience": 3},
+}
+
+
+def stage(title, command, done_file=None, env=None):
+    """Run one stage's command unless `done_file` shows it finished; echo the command."""
+    if done_file and os.path.exists(done_file):
+        print(f"[demo] {title}: done already ({os.path.relpath(done_file, REPO)})", flush=True)
+        return
+    print(f"\n[demo] {title}\n$ {' '.join(shlex.quote(c) for c in command)}", flush=True)
+    started = time.perf_counter()
+    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, **(env or {})})
+    print(f"[demo] {title}: {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def clasp(*args):
+    return [sys.executable, "-m", "clasp_cli.main", *args]
+
+
+def librivox_manifest(path, root="/usr/share/pocketsphinx/test/data/librivox") -> bool:
+    """Debian's pocketsphinx-testdata LibriVox read-speech clips with their transcripts, as a manifest."""
+    transcription = os.path.join(root, "transcription")
+    if not os.path.exists(transcription):
+        return False
+    rows = []
+    with open(transcription, encoding="utf-8") as f:
+        for line in f:  # "<s> words </s> (file id)"
+            words, _, file_id = line.strip().rpartition("(")
+            text = words.replace("<s>", "").replace("</s>", "").strip()
+            rows.append({"audio": os.path.join(root, file_id.rstrip(")") + ".wav"), "text": text,
+                         "language": "en", "source": "librivox"})
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    return bool(rows)
+
+
+def make_plots(model_dir, features_dir, output_dir, sample=24, seed=0):
+    """A text×audio similarity heatmap of a test sample and a 2-D PCA map of test embeddings by language."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from datasets import load_from_disk
+
+    from modeling_clasp import ClaspModel
+
+    test = load_from_disk(features_dir)["test"]
+    model = ClaspModel.from_pretrained(model_dir).eval()
+    columns = test.with_format("torch", columns=["speech_embeds", "spectrogram_embeds", "text_embeds"])[:]
+    with torch.no_grad():
+        audio = model.get_audio_features(speech_embeds=columns["speech_embeds"], spectrogram_embeds=columns["spectrogram_embeds"])
+    text = torch.nn.functional.normalize(columns["text_embeds"], dim=-1)
+    languages = np.array(test["language"])
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(test), size=min(sample, len(test)), replace=False))
+    similarity = (text[rows] @ audio[rows].T).numpy()
+    fig, ax = plt.subplots(figsize=(8, 7))
+    image = ax.imshow(similarity, cmap="viridis")
+    labels = [f"{languages[i]}: {test[int(i)]['text'][:28]}" for i in rows]
+    ax.set_yticks(range(len(rows)), labels, fontsize=6)
+    ax.set_xticks(range(len(rows)), [languages[i] for i in rows], fontsize=6, rotation=90)
+    ax.set_xlabel("audio (language of the speech)"), ax.set_ylabel("text")
+    ax.set_title("cosine similarity, held-out test sample (diagonal = matching pairs)")
+    fig.colorbar(image)
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "similarity_heatmap.png"), dpi=110)
+    plt.close(fig)
+
+    both = torch.cat([audio, text]).numpy()
+    centred = both - both.mean(axis=0)
+    _, _, components = np.linalg.svd(centred, full_matrices=False)
+    points = centred @ components[:2].T
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for language in sorted(set(languages)):
+        mask = np.concatenate([languages == language, np.zeros(len(text), bool)])
+        ax.scatter(points[mask, 0], points[mask, 1], s=6, label=language, alpha=0.7)
+    ax.scatter(points[len(audio):, 0], points[len(audio):, 1], s=4, c="k", marker="x", alpha=0.25, label="text")
+    ax.legend(markerscale=2, fontsize=7, ncol=2)
+    ax.set_title("test embeddings (PCA): audio coloured by language, text in black")
+    fig.tight_layout()
+    fig.savefig(os.path.join(output_dir, "embedding_map.png"), dpi=110)
+    plt.close(fig)
+
+
+def summary_table(eval_results, librivox=None) -> str:
+    lines = ["", "| system | direction | HITS@1 | MRR | meanR |", "|---|---|---|---|---|"]
+    for name, report in (("CLASP", eval_results), ("Whisper-ASR → same text encoder", eval_results.get("asr_baseline"))):
+        for direction in ("audio_to_text", "text_to_audio"):
+            if report and direction in report:
+                m = report[direction]
+                lines.append(f"| {name} | {direction} | {m['hits@1']:.3f} | {m['mrr']:.3f} | {m['mean_rank']:.1f} |")
+    for code, entry in eval_results.get("cross_lingual", {}).items():
+        m = entry["text_to_audio"]
+        lines.append(f"| CLASP, {code} text queries | text_to_audio | {m['hits@1']:.3f} | {m['mrr']:.3f} | {m['mean_rank']:.1f} |")
+    if librivox:
+        for name, report in (("CLASP (LibriVox, zero-shot)", librivox), ("ASR (LibriVox)", librivox.get("asr_baseline"))):
+            if report:
+                m = report["text_to_audio"]
+                lines.append(f"| {name} | text_to_audio | {m['hits@1']:.3f} | {m['mrr']:.3f} | {m['mean_rank']:.1f} |")
+    return "\n".join(lines)
+
+
+def run(args) -> int:
+    size = SIZES[args.size]
+    languages = args.languages or LANGUAGES
+    work = os.path.abspath(args.work_dir or os.path.join(REPO, "artifacts", f"demo-{args.size}"))
+    output = os.path.abspath(args.output or os.path.join(REPO, "artifacts", "clasp-demo"))
+    data, features, model = (os.path.join(work, name) for name in ("data", "features", "model"))
+    os.makedirs(work, exist_ok=True)
+    started = time.perf_counter()
+
+    stage("1/7 offline backbones (Whisper-base, EfficientNet-Lite0, multilingual-e5-small)", clasp("backbones", "build"))
+    stage("2/7 synthetic multilingual speech (espeak-ng)",
+          clasp("data", "synth", "--languages", languages, "--per-language", str(size["per_language"]),
+                "--takes", str(size["takes"]), "--seed", "0", "--output", data),
+          done_file=os.path.join(data, "dataset", "dataset_dict.json"))
+    stage("3/7 frozen-backbone features", clasp("features", "--model", "offline-base", "--data", data, "--output", features),
+          done_file=os.path.join(features, "clasp_features.json"))
+    stage("4/7 training the fusion head (accelerate)",
+          [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "train_accelerate.py",
+           "--train_data", features, "--model", "offline-base", "--output_dir", model, "--fusion", args.fusion,
+           "--per_device_train_batch_size", str(size["batch"]), "--learning_rate", "1e-3",
+           "--num_train_epochs", str(size["epochs"]), "--early_stopping_patience", str(size["patience"]),
+           "--checkpointing_steps", "100", "--with_tracking", "--resume_from_checkpoint", "latest", "--seed", "0"],
+          done_file=os.path.join(model, "training_summary.json"))
+    eval_file = os.path.join(work, "eval_results.json")
+    stage("5/7 held-out test split: CLASP vs Whisper-ASR baseline",
+          clasp("eval", "--model", model, "--data", data, "--split", "test", "--asr-baseline",
+                "--output", eval_file, "--markdown", os.path.join(work, "eval_results.md")),
+          done_file=eval_file)
+    librivox_file = os.path.join(work, "librivox_eval.json")
+    manifest = os.path.join(work, "librivox.jsonl")
+    if librivox_manifest(manifest):
+        stage("6/7 zero-shot on real read speech (LibriVox clips of pocketsphinx-testdata)",
+              clasp("eval", "--model", model, "--manifest", manifest, "--asr-baseline", "--soft-k", "5",
+                    "--output", librivox_file), done_file=librivox_file)
+    stage("7/7 Hub export with model card",
+          clasp("export", "--model", model, "--output", output, "--eval-results", eval_file, "--language", languages,
+                "--dataset", "synthetic-espeak-ng-multilingual-speech", "--dataset-name", "espeak-ng multilingual (held-out test)",
+                "--repo", "clasp-offline-base"))
+    make_plots(model, features, output)
+    for name in ("training_curves.png", "training_summary.json"):
+        if os.path.exists(os.path.join(model, name)):
+            subprocess.run(["cp", os.path.join(model, name), output], check=True)
+    for name in ("librivox_eval.json", "eval_results.md"):
+        if os.path.exists(os.path.join(work, name)):
+            subprocess.run(["cp", os.path.join(work, name), output], check=True)
+
+    with open(eval_file) as f:
+        eval_results = json.load(f)
+    librivox = json.load(open(librivox_file)) if os.path.exists(librivox_file) else None
+    print(f"\n[demo] CLASP offline-base, {eval_results['num_queries']} held-out test clips, hard protocol")
+    print(summary_table(eval_results, librivox))
+    print(f"\n[demo] done in {time.perf_counter() - started:.0f} s; Hub-ready model in {os.path.relpath(output, REPO)}")
+    return 0
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("demo", help="the main job: train, evaluate and export CLASP on the embedded default",
+                                   description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--languages", help=f"comma-separated (default {LANGUAGES})")
+    parser.add_argument("--fusion", choices=["concat", "gating"], default="concat")
+    parser.add_argument("--work-dir", help="intermediate files (default artifacts/demo-SIZE)")
+    parser.add_argument("--output", help="the Hub-ready model folder (default artifacts/clasp-demo)")
+    parser.set_defaults(func=run)
