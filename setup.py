@@ -25,6 +25,10 @@ setup(
         "huggingface-hub>=0.30",
         "numpy",
         "tqdm",
+        "soundfile",
+        "matplotlib",
+        "tensorboard",
+        "pypinyin",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6"],

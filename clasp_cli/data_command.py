@@ -1,0 +1,95 @@
+"""`clasp data`: build speech–text datasets in the CLASP schema.
+
+    clasp data synth --languages en,fr,de,es --per-language 200 --seed 0 --output DIR
+    clasp data languages                      which languages can be synthesised, with sentence counts
+    clasp data import --manifest FILE --output DIR
+    clasp data import --speechbrown META.json --audio-root DIR --output DIR
+    clasp data import --hf PATH --language en --output DIR      (a `save_to_disk` folder)
+"""
+
+import sys
+
+DEFAULT_LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
+
+
+def register(subparsers):
+    data = subparsers.add_parser("data", help="build speech-text datasets (synthetic or imported)")
+    commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    synth = commands.add_parser("synth", help="synthesise multilingual speech with espeak-ng")
+    synth.add_argument("--languages", default=DEFAULT_LANGUAGES, help=f"ISO codes, comma-separated (default {DEFAULT_LANGUAGES})")
+    synth.add_argument("--per-language", type=int, default=200, help="sentences per language (default 200)")
+    synth.add_argument("--takes", type=int, default=1, help="clips per sentence, each in another voice (default 1)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--output", required=True, help="folder for clips/, manifest.jsonl and dataset/")
+    synth.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes (default 2)")
+    synth.add_argument("--sources", default=None, help="text corpora, comma-separated (default: all)")
+    synth.add_argument("--cache-dir", default=None,
+                       help="where corpora are downloaded (default $CLASP_CACHE or ~/.cache/clasp/corpora)")
+    synth.set_defaults(func=run_synth)
+
+    languages = commands.add_parser("languages", help="list languages that can be synthesised, with sentence counts")
+    languages.add_argument("--sources", default=None)
+    languages.add_argument("--cache-dir", default=None)
+    languages.set_defaults(func=run_languages)
+
+    load = commands.add_parser("import", help="convert a manifest, SpeechBrown or HF dataset to the CLASP schema")
+    given = load.add_mutually_exclusive_group(required=True)
+    given.add_argument("--manifest", help="JSONL or CSV with audio, text, language columns")
+    given.add_argument("--speechbrown", help="SpeechBrown metadata JSON")
+    given.add_argument("--hf", help="a dataset saved with save_to_disk")
+    load.add_argument("--audio-root", help="SpeechBrown: folder holding the wav folders")
+    load.add_argument("--language", help="HF: ISO code when the dataset has no language code column")
+    load.add_argument("--text-column")
+    load.add_argument("--output", required=True)
+    load.set_defaults(func=run_import)
+
+
+def _sources(args):
+    from data_clasp.corpora import SOURCES
+
+    return tuple(args.sources.split(",")) if args.sources else SOURCES
+
+
+def run_synth(args) -> int:
+    from data_clasp.corpora import load_sentences
+    from data_clasp.synth import synthesize
+
+    languages = [code.strip() for code in args.languages.split(",") if code.strip()]
+    sentences = load_sentences(_sources(args), args.cache_dir)
+    dataset = synthesize(sentences, languages, args.per_language, args.output, seed=args.seed,
+                         takes=args.takes, workers=args.workers)
+    print(dataset)
+    return 0
+
+
+def run_languages(args) -> int:
+    from data_clasp.corpora import language_counts, load_sentences
+    from data_clasp.synth import espeak_voices, voices_for
+
+    available = espeak_voices()
+    counts = language_counts(load_sentences(_sources(args), args.cache_dir))
+    print(f"{'language':<9}{'sentences':>10}  voices")
+    for language, count in counts.most_common():
+        voices = voices_for(language, available)
+        if voices:
+            print(f"{language:<9}{count:>10}  {','.join(voices)}")
+    return 0
+
+
+def run_import(args) -> int:
+    from data_clasp import loaders
+
+    if args.manifest:
+        dataset, skipped = loaders.load_manifest(args.manifest)
+    elif args.speechbrown:
+        dataset, skipped = loaders.load_speechbrown(args.speechbrown, args.audio_root)
+    else:
+        from datasets import load_from_disk
+
+        dataset, skipped = loaders.load_hf(load_from_disk(args.hf), language=args.language, text_column=args.text_column)
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}", file=sys.stderr)
+    dataset.save_to_disk(args.output)
+    print(dataset)
+    return 0
