@@ -130,22 +130,14 @@ def load_training_data(path):
 
 
 def load_model_and_processor(args):
-    from modeling_clasp import ClaspModel
-    from processing_clasp import ClaspProcessor
-    from modeling_clasp.modeling_clasp import BACKBONE_PRESETS, resolve_backbones
+    """A backbone preset (a fresh head) or a CLASP folder to continue, with this run's overrides."""
+    from clasp_cli.features_command import load_model_and_processor as load
 
     overrides = {"fusion": args.fusion, "loss": args.loss}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     if args.unfreeze_speech_encoder:
         overrides["freeze_speech_encoder"] = False
-    if args.model in BACKBONE_PRESETS:
-        model = ClaspModel.from_pretrained_backbones(preset=args.model, **overrides)
-        parts = resolve_backbones(None, None, None, args.model)
-        processor = ClaspProcessor.from_pretrained_backbones(**parts)
-    else:
-        model = ClaspModel.from_pretrained(args.model, **overrides)
-        processor = ClaspProcessor.from_pretrained(args.model)
-    return model, processor
+    return load(args.model, **overrides)
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
