@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny.py
+# tests/tiny.py holds what test modules import (several folders have a conftest.py of their own,
+# so `from conftest import ...` would pick whichever was imported first).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,8 @@ import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
 from safetensors.torch import load_file
 
-from conftest import REPO
 from modeling_clasp import clasp_loss
-from tiny import tiny_config, tiny_model, tiny_processor
+from tiny import REPO, tiny_config, tiny_model, tiny_processor
 
 
 # ---- gathered negatives -------------------------------------------------------------------------

@@ -1,11 +1,14 @@
 """Tiny random CLASP parts built in code: no network, no downloads, a few seconds on a CPU."""
 
+from pathlib import Path
+
 import numpy as np
 from transformers import BertTokenizerFast, EfficientNetConfig, HubertConfig, WhisperConfig, BertConfig
 
 from configuration_clasp import ClaspConfig
 from processing_clasp import ClaspFeatureExtractor, ClaspProcessor
 
+REPO = Path(__file__).resolve().parent.parent
 WORDS = "the a cat dog sat on mat red blue green house car le chat est sur la der hund ist el perro".split()
 
 

@@ -5,9 +5,8 @@ import sys
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import REPO
 from modeling_clasp import ClaspModel
-from tiny import tiny_config, tiny_model, tiny_processor
+from tiny import REPO, tiny_config, tiny_model, tiny_processor
 
 
 def metrics(value):

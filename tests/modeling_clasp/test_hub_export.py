@@ -7,6 +7,7 @@ Nothing here calls AutoConfig.register, which would hide a broken export.
 
 import json
 import os
+import site
 import subprocess
 import sys
 import textwrap
@@ -23,9 +24,13 @@ from tiny import tiny_config, tiny_model, tiny_processor, tone
 TEXTS = ["the cat sat on the mat", "le chat est sur la mat", "der hund", "a red car"]
 ALLOWED_IMPORTS = {"torch", "transformers", "numpy", "torchaudio"}
 
+# Run with -I -S: no site-packages processing, so no .pth file (an editable install of this
+# repository is one) can put our packages on the path; the site-packages folders themselves come
+# as the first argument.
 CLEAN_PROCESS = textwrap.dedent(
     """
     import json, sys
+    sys.path.extend(json.loads(sys.argv.pop(1)))
     import numpy as np, torch
     from transformers import AutoConfig, AutoModel, AutoProcessor, pipeline
     folder = sys.argv[1]
@@ -78,7 +83,7 @@ def test_exported_folder_loads_in_clean_process(speech, tmp_path):
     script.parent.mkdir()
     script.write_text(CLEAN_PROCESS)
     result = subprocess.run(
-        [sys.executable, "-I", str(script), str(folder)],
+        [sys.executable, "-I", "-S", str(script), json.dumps(site.getsitepackages()), str(folder)],
         cwd=script.parent, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
