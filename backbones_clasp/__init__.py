@@ -1,0 +1,16 @@
+from .build import build_backbones, default_backbones_dir
+from .efficientnet_lite import convert_efficientnet_lite0
+from .multilingual_e5 import convert_multilingual_e5_small
+from .package_data import PackageDataError, PackageFile
+from .whisper_ct2 import convert_whisper_base, read_ct2_model
+
+__all__ = [
+    "build_backbones",
+    "default_backbones_dir",
+    "convert_efficientnet_lite0",
+    "convert_multilingual_e5_small",
+    "convert_whisper_base",
+    "read_ct2_model",
+    "PackageDataError",
+    "PackageFile",
+]
