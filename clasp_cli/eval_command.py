@@ -1,11 +1,22 @@
 """`clasp eval`: the paper's retrieval evaluation (hard and soft protocols, both directions,
-per language, cross-lingual) of precomputed embeddings or of a model, as JSON and a table.
+per language, cross-lingual) of a model or of precomputed embeddings, as JSON and a table.
 
+    clasp eval --model DIR --manifest pairs.jsonl --output report.json [--asr-baseline]
+    clasp eval --model DIR --data DATASET_DIR [--split test] --output report.json
     clasp eval --embeddings pairs.safetensors --output report.json [--markdown report.md]
 
-The safetensors file holds `audio_embeds` [N, D] and `text_embeds` [N, D], row i of each a
-pair; its header metadata may hold JSON lists of N entries: `groups` and `texts` (rows sharing
-either count as correct for each other) and `languages` (for the per-language breakdown).
+A manifest has one JSON object per line: {"audio": path, "text": ..., "language": code} and
+optionally "source", "category", "group" and "translations" ({code: text}, which become
+cross-lingual text queries). Relative audio paths start at the manifest's folder. A clip that
+cannot be read is reported (stderr and "failed" in the report) and left out.
+
+--asr-baseline adds the cascade the paper compares with: Whisper transcribes each clip (language
+forced from the row), the same model's text encoder embeds the transcripts, and the transcripts
+stand in for the audio in the same protocol; with its WER and seconds per clip.
+
+The safetensors file of --embeddings holds `audio_embeds` [N, D] and `text_embeds` [N, D], row i
+of each a pair; its header metadata may hold JSON lists of N entries: `groups` and `texts` (rows
+sharing either count as correct for each other) and `languages` (for the per-language breakdown).
 """
 
 import argparse
@@ -28,14 +39,18 @@ def register(subparsers) -> None:
     )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--embeddings", metavar="FILE.safetensors", help="precomputed audio_embeds / text_embeds")
-    source.add_argument("--model", metavar="DIR", help="a saved CLASP model to embed --manifest with")
-    parser.add_argument(
-        "--manifest", metavar="FILE.jsonl", help="with --model: one JSON object per pair (audio, text, language, ...)"
-    )
-    parser.add_argument("--data", metavar="DIR", help="with --model: where the manifest's audio paths start")
+    source.add_argument("--model", metavar="DIR", help="a saved CLASP model to embed --manifest or --data with")
+    pairs = parser.add_mutually_exclusive_group()
+    pairs.add_argument("--manifest", metavar="FILE.jsonl", help="with --model: one JSON object per pair (audio, text, language, ...)")
+    pairs.add_argument("--data", metavar="DIR", help="with --model: a dataset from `clasp data` (DIR/dataset)")
+    parser.add_argument("--split", default="test", help="with --data: which split (default test)")
     parser.add_argument(
         "--asr-baseline", action="store_true", help="with --model: also score the ASR-then-text-retrieval baseline"
     )
+    parser.add_argument(
+        "--asr-model", metavar="DIR", help="Whisper folder for the ASR baseline; implies --asr-baseline (default: the offline whisper-base)"
+    )
+    parser.add_argument("--batch-size", type=int, default=16, help="clips / texts per batch (default 16)")
     parser.add_argument("--output", metavar="OUT.json", required=True, help="where to write the report (atomically)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the report as a markdown table")
     parser.add_argument("--soft-k", type=int, default=100, help="soft protocol pool: gold + k-1 random (default 100)")
@@ -46,7 +61,9 @@ def register(subparsers) -> None:
 def run(args) -> int:
     if args.model is not None:
         return evaluate_model(args)
-    for flag, value in (("--manifest", args.manifest), ("--data", args.data), ("--asr-baseline", args.asr_baseline)):
+    model_only = (("--manifest", args.manifest), ("--data", args.data), ("--asr-baseline", args.asr_baseline),
+                  ("--asr-model", args.asr_model))
+    for flag, value in model_only:
         if value:
             args.parser.error(f"{flag} goes with --model, not --embeddings")  # exits with code 2
     try:
@@ -57,7 +74,50 @@ def run(args) -> int:
 
 
 def evaluate_model(args) -> int:
-    raise NotImplementedError("needs the model; see issue 'clasp eval --model' (embed the manifest, then evaluate)")
+    import torch
+
+    from evaluation.model_report import model_report
+    from evaluation.pairs import dataset_pairs, manifest_pairs
+    from evaluation.report import format_report, report_to_markdown
+    from modeling_clasp import ClaspModel
+    from processing_clasp import ClaspProcessor
+
+    if (args.manifest is None) == (args.data is None):
+        args.parser.error("--model needs the pairs to embed: --manifest FILE.jsonl or --data DIR")
+    if args.batch_size < 1:
+        args.parser.error("--batch-size must be at least 1")
+    # Read the pairs first: a mistake in the manifest should not wait for a model to load.
+    pairs = manifest_pairs(args.manifest) if args.manifest else dataset_pairs(args.data, args.split)
+    if not pairs:
+        raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = ClaspModel.from_pretrained(args.model).to(device).eval()
+    processor = ClaspProcessor.from_pretrained(args.model)
+    transcriber = None
+    if args.asr_baseline or args.asr_model:
+        from evaluation.asr_baseline import WhisperTranscriber
+
+        transcriber = WhisperTranscriber(args.asr_model or default_whisper_dir(), device=device, batch_size=args.batch_size)
+
+    report = model_report(model, processor, pairs, batch_size=args.batch_size, soft_k=args.soft_k, seed=args.seed,
+                          transcriber=transcriber)
+    write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    if args.markdown:
+        title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"
+        write_atomically(args.markdown, report_to_markdown(report, title=title))
+    print(format_report(report))
+    print(f"CLASP audio encoding: {report['timing']['audio_embed_s_per_clip']:.3f} s/clip; "
+          f"{len(report['failed'])} clip(s) skipped")
+    if "asr_baseline" in report:
+        baseline = report["asr_baseline"]
+        print(f"ASR baseline: WER {baseline['wer']['all']:.3f}, transcription {baseline['seconds_per_clip']:.3f} s/clip")
+    return 0
+
+
+def default_whisper_dir() -> str:
+    from backbones_clasp import default_backbones_dir
+
+    return os.path.join(default_backbones_dir(), "whisper-base")
 
 
 def evaluate_embeddings(args) -> int:

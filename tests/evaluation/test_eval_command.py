@@ -65,12 +65,18 @@ def test_bad_input_names_the_file_and_exits_2(tmp_path, capsys, make, message):
     assert not (tmp_path / "report.json").exists()
 
 
-def test_model_options_parse_and_route_to_the_model_path(tmp_path):
-    with pytest.raises(NotImplementedError, match="needs the model"):
-        main(["eval", "--model", "dir", "--manifest", "m.jsonl", "--data", "audio", "--asr-baseline",
-              "--output", str(tmp_path / "r.json")])
-    with pytest.raises(SystemExit) as exit_info:  # model-only options make no sense with --embeddings
-        main(["eval", "--embeddings", "e.safetensors", "--manifest", "m.jsonl", "--output", str(tmp_path / "r.json")])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--embeddings", "e.safetensors", "--manifest", "m.jsonl"],  # model-only options with --embeddings
+        ["--embeddings", "e.safetensors", "--asr-model", "whisper"],
+        ["--model", "dir"],  # no pairs to embed
+        ["--model", "dir", "--manifest", "m.jsonl", "--data", "d"],  # two sources of pairs
+    ],
+)
+def test_option_mistakes_exit_2(tmp_path, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", *argv, "--output", str(tmp_path / "r.json")])
     assert exit_info.value.code == 2
 
 

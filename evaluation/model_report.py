@@ -1,0 +1,47 @@
+"""A CLASP model's retrieval report on speech–text pairs, with the ASR baseline beside it.
+
+Clips that cannot be read are left out and listed under "failed"; the report covers the rest.
+"""
+
+import numpy as np
+
+from evaluation.asr_baseline import asr_baseline_report
+from evaluation.embed import embed_pairs
+from evaluation.pairs import usable_clips
+from evaluation.protocols import correct_sets, retrieval_report, sample_wrong_candidates
+
+BREAKDOWNS = ("source", "category")  # by_language is always there; these when the pairs have them
+
+
+def model_report(model, processor, pairs, *, batch_size=16, soft_k=100, seed=0, transcriber=None) -> dict:
+    """The report of `retrieval_report` for the model's embeddings of `pairs`, plus
+    "failed" ([{path, reason}] of clips left out), timing["audio_embed_s_per_clip"], and
+    "asr_baseline" when a `transcriber` (see `asr_baseline.WhisperTranscriber`) is given.
+    ValueError when no clip can be used or the soft protocol's k is too large for the pairs.
+    """
+    lengths, failed, kept = usable_clips(pairs, processor.feature_extractor)
+    if not kept:
+        raise ValueError(f"none of the {len(pairs)} clips could be read (first: {failed[0]['path']}: {failed[0]['reason']})")
+    pairs = [pairs[i] for i in kept]
+    report_kwargs = dict(
+        groups=[p["group"] for p in pairs],
+        texts=[p["text"] for p in pairs],
+        languages=[p["language"] for p in pairs],
+        breakdowns={name: [p[name] for p in pairs] for name in BREAKDOWNS if any(p.get(name) for p in pairs)},
+        soft_k=soft_k,
+        seed=seed,
+    )
+    # Fail on an impossible soft pool now, not after the embedding.
+    correct_set = correct_sets(len(pairs), report_kwargs["groups"], report_kwargs["texts"])
+    sample_wrong_candidates(np.arange(len(pairs)), correct_set, soft_k, seed)
+
+    embedded = embed_pairs(model, processor, pairs, lengths, batch_size)
+    report_kwargs["cross_lingual"] = embedded["cross_lingual"]
+    report = retrieval_report(embedded["audio_embeds"], embedded["text_embeds"], embed_s=embedded["embed_s"], **report_kwargs)
+    report["timing"]["audio_embed_s_per_clip"] = embedded["audio_embed_s_per_clip"]
+    report["failed"] = failed
+    if transcriber is not None:
+        report["asr_baseline"] = asr_baseline_report(
+            model, processor, pairs, lengths, embedded["text_embeds"], transcriber, batch_size=batch_size, **report_kwargs
+        )
+    return report

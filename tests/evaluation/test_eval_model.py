@@ -1,0 +1,237 @@
+"""`clasp eval --model`: a saved CLASP folder, a manifest or dataset of pairs -> the report."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from clasp_cli.main import main
+from evaluation.asr_baseline import edit_distance, error_rates, error_units
+from evaluation.embed import embed_audio
+from evaluation.model_report import model_report
+from evaluation.pairs import manifest_pairs, usable_clips
+from modeling_clasp import ClaspModel
+from processing_clasp import ClaspProcessor
+from tiny import REPO, tiny_config, tiny_model, tiny_processor, tone
+
+# Distinct words of the tiny tokenizer's vocabulary, so no two texts embed alike.
+TEXTS = ["the cat sat", "a dog sat on mat", "red house", "le chat est sur la", "der hund ist", "el perro", "blue car"]
+LANGUAGES = ["en", "en", "en", "fr", "de", "es", "en"]
+
+
+@pytest.fixture(scope="module")
+def clasp_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clasp")
+    config = tiny_config()
+    torch.manual_seed(0)
+    tiny_model(config).save_pretrained(folder)
+    tiny_processor(config, folder).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def loaded(clasp_dir):
+    return ClaspModel.from_pretrained(clasp_dir).eval(), ClaspProcessor.from_pretrained(clasp_dir)
+
+
+def write_manifest(folder: Path, rows) -> Path:
+    path = folder / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    """Seven readable clips of distinct lengths (one at 8 kHz stereo), one missing, one broken."""
+    folder = tmp_path_factory.mktemp("pairs")
+    (folder / "clips").mkdir()
+    rows = []
+    for i, (text, language) in enumerate(zip(TEXTS, LANGUAGES)):
+        clip = tone(0.3 + 0.1 * i, freq=150 + 40 * i, seed=i)
+        if i == 2:
+            soundfile.write(folder / "clips" / f"{i}.wav", np.stack([clip[::2]] * 2, axis=1), 8000)
+        else:
+            soundfile.write(folder / "clips" / f"{i}.wav", clip, 16000)
+        row = {"audio": f"clips/{i}.wav", "text": text, "language": language, "source": "ab"[i % 2]}
+        if i < 3:
+            row["translations"] = {"fr": f"le chat {i}", "de": "der hund"} if i < 2 else {"fr": "la"}
+        rows.append(row)
+    (folder / "clips" / "broken.wav").write_bytes(b"RIFF....WAVEfmt nonsense")
+    rows.insert(3, {"audio": "clips/missing.wav", "text": "green", "language": "en"})
+    rows.append({"audio": str(folder / "clips" / "broken.wav"), "text": "car", "language": "en"})
+    return write_manifest(folder, rows)
+
+
+def test_manifest_to_report_through_the_cli(clasp_dir, manifest, tmp_path):
+    output, markdown = tmp_path / "report.json", tmp_path / "report.md"
+    completed = subprocess.run(
+        [sys.executable, "-m", "clasp_cli.main", "eval", "--model", str(clasp_dir), "--manifest", str(manifest),
+         "--output", str(output), "--markdown", str(markdown), "--soft-k", "3", "--batch-size", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    report = json.loads(output.read_text())
+    assert report["num_queries"] == len(TEXTS)
+    assert {f["path"].rsplit("/", 1)[-1] for f in report["failed"]} == {"missing.wav", "broken.wav"}
+    assert "missing.wav: no such file" in completed.stderr and "broken.wav" in completed.stderr
+    assert set(report["by_language"]) == {"en", "fr", "de", "es"} and set(report["by_source"]) == {"a", "b"}
+    assert "by_category" not in report  # no row has one
+    assert set(report["cross_lingual"]) == {"fr", "de"}
+    assert report["cross_lingual"]["de"]["text_to_audio"]["hits@1"] >= 0
+    assert report["timing"]["audio_embed_s_per_clip"] > 0 and report["timing"]["embed_s"] > 0
+    assert "asr_baseline" not in report
+    assert "text (fr) → audio" in markdown.read_text() and "s/clip" in completed.stdout
+
+
+def test_batches_by_length_and_restores_the_order(loaded, manifest):
+    model, processor = loaded
+    pairs = manifest_pairs(manifest)
+    lengths, failed, kept = usable_clips(pairs, processor.feature_extractor)
+    pairs = [pairs[i] for i in kept]
+    batched, _ = embed_audio(model, processor, pairs, lengths, batch_size=3)
+    one_by_one = torch.cat([embed_audio(model, processor, [p], [n], batch_size=1)[0] for p, n in zip(pairs, lengths)])
+    torch.testing.assert_close(batched, one_by_one, atol=1e-4, rtol=1e-4)
+    assert lengths == sorted(lengths) and lengths[2] == lengths[1] + 1600  # the 8 kHz clip came out at 16 kHz
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        (['{"audio": "a.wav", "text": "the", "language": "en"}', "{not json"], "pairs.jsonl:2: not valid JSON"),
+        (['{"audio": "a.wav", "text": "the"}'], "pairs.jsonl:1: missing column(s) language"),
+        (["", '["a.wav"]'], "pairs.jsonl:2: expected a JSON object"),
+    ],
+    ids=["json", "missing-key", "not-an-object"],
+)
+def test_bad_manifest_line_is_named(tmp_path, capsys, lines, message):
+    (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    code = main(["eval", "--model", str(tmp_path / "no-model"), "--manifest", str(tmp_path / "pairs.jsonl"),
+                 "--output", str(tmp_path / "r.json")])
+    assert code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_nothing_readable_exits_2(clasp_dir, tmp_path, capsys):
+    manifest = write_manifest(tmp_path, [{"audio": "gone.wav", "text": "the", "language": "en"}])
+    code = main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(tmp_path / "r.json")])
+    error = capsys.readouterr().err
+    assert code == 2 and "none of the 1 clips" in error and "gone.wav" in error
+
+
+def test_dataset_split_from_clasp_data(clasp_dir, tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    from data_clasp.schema import FEATURES
+
+    for i in range(4):
+        soundfile.write(tmp_path / f"{i}.wav", tone(0.4 + 0.1 * i, seed=i), 16000)
+    (tmp_path / "bad.wav").write_bytes(b"not audio at all")
+    rows = {"audio": [str(tmp_path / f"{i}.wav") for i in range(4)] + [str(tmp_path / "bad.wav")],
+            "text": TEXTS[:5], "language": LANGUAGES[:5], "source": ["synth"] * 5, "category": ["x", "y", "x", "y", "x"],
+            "translations": [[{"language": "fr", "text": "le chat"}], [], [], [], []], "group": list("abcde")}
+    test = Dataset.from_dict(rows, features=FEATURES)
+    DatasetDict(train=test.select([0]), validation=test.select([1]), test=test).save_to_disk(tmp_path / "data" / "dataset")
+
+    output = tmp_path / "report.json"
+    code = main(["eval", "--model", str(clasp_dir), "--data", str(tmp_path / "data"), "--output", str(output),
+                 "--soft-k", "2"])
+    assert code == 0
+    report = json.loads(output.read_text())
+    assert report["num_queries"] == 4 and [f["path"] for f in report["failed"]] == ["test[4] (bad.wav)"]
+    assert set(report["by_category"]) == {"x", "y"} and set(report["cross_lingual"]) == {"fr"}
+    assert main(["eval", "--model", str(clasp_dir), "--data", str(tmp_path / "data"), "--split", "dev",
+                 "--output", str(output)]) == 2
+
+
+def test_asr_baseline_with_a_fake_transcriber(loaded, manifest):
+    model, processor = loaded
+    pairs = manifest_pairs(manifest)
+    by_length = {}  # the fake "recognises" each clip by its length at 16 kHz
+    for pair in pairs:
+        try:
+            by_length[len(processor.feature_extractor.prepare_clip(*pair["read"]()))] = pair["text"]
+        except ValueError:
+            pass
+    calls = []
+
+    def transcriber(waveforms, language):
+        calls.append((language, len(waveforms)))
+        texts = [by_length[len(w)] for w in waveforms]
+        return [{"der hund ist": "Der Hund, ist!", "blue car": "blue bus"}.get(t, t) for t in texts]
+
+    report = model_report(model, processor, pairs, batch_size=2, soft_k=3, transcriber=transcriber)
+    baseline = report["asr_baseline"]
+    assert {"audio_to_text", "text_to_audio", "soft", "by_language", "by_source", "cross_lingual"} <= set(baseline)
+    assert set(baseline["cross_lingual"]) == {"fr", "de"} and baseline["num_queries"] == len(TEXTS)
+    wrong = {"der hund ist": "Der Hund, ist!", "blue car": "blue bus"}
+    assert baseline["transcripts"] == [wrong.get(t, t) for t in TEXTS]  # in the pairs' order
+    # Case and punctuation don't count; "blue car" -> "blue bus" is 1 of the 12 English words.
+    assert baseline["wer"]["by_language"] == {"de": 0.0, "en": 1 / 12, "es": 0.0, "fr": 0.0}
+    assert baseline["wer"]["all"] == pytest.approx(1 / 22)
+    assert baseline["seconds_per_clip"] > 0
+    assert sorted(language for language, _ in calls) == ["de", "en", "en", "es", "fr"]  # one language per batch
+    assert baseline["audio_to_text"]["hits@1"] >= 6 / 7  # a right transcript finds its own text
+
+
+def test_clip_longer_than_whisper_takes_is_skipped():
+    processor = tiny_processor(tiny_config("whisper"), None)
+    pairs = [{"name": "long.wav", "read": lambda: (tone(31, rate=8000), 8000)},
+             {"name": "short.wav", "read": lambda: (tone(1), 16000)}]
+    lengths, failed, kept = usable_clips(pairs, processor.feature_extractor)
+    assert kept == [1] and lengths == [16000]
+    assert failed[0]["path"] == "long.wav" and failed[0]["reason"].startswith("31.0 s is longer than")
+
+
+@pytest.mark.parametrize(
+    "reference, hypothesis, language, edits, units",
+    [
+        ("The cat sat on the mat.", "the cat sat on mat", "en", 1, 6),  # one deletion
+        ("a b c d", "a x c", "en", 2, 4),  # a substitution and a deletion
+        ("Hello, world!", "hello world", "en", 0, 2),
+        ("well-known", "well known", "en", 0, 2),  # punctuation is a word boundary
+        ("", "extra words", "en", 2, 0),
+        ("我爱北京。", "我爱南京", "zh", 1, 4),  # characters, not words
+        ("今日は良い天気", "今日は天気", "ja-JP", 2, 7),
+    ],
+)
+def test_word_error_rate_by_hand(reference, hypothesis, language, edits, units):
+    ref, hyp = error_units(reference, language), error_units(hypothesis, language)
+    assert edit_distance(ref, hyp) == edits and len(ref) == units
+    rates = error_rates([reference], [hypothesis], [language])
+    assert rates["all"] == edits / max(units, 1)
+    assert rates["character_level"] == ([language] if language[:2] in ("zh", "ja") else [])
+
+
+def test_error_rate_is_per_corpus_not_mean_per_sentence():
+    rates = error_rates(["a b c d", "e", "我们"], ["a b c d", "f", "你们"], ["en", "en", "zh"])
+    assert rates["by_language"] == {"en": 1 / 5, "zh": 1 / 2}
+    assert rates["all"] == 2 / 7
+
+
+LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
+WHISPER_BASE = Path(os.environ.get("CLASP_BACKBONES_DIR") or Path.home() / ".cache" / "clasp" / "backbones") / "whisper-base"
+
+
+@pytest.mark.skipif(not WHISPER_BASE.is_dir(), reason=f"no {WHISPER_BASE}: run `clasp backbones build`")
+@pytest.mark.skipif(not (LIBRIVOX / "transcription").is_file(), reason="apt-get install pocketsphinx-testdata")
+def test_asr_baseline_with_whisper_base(clasp_dir, tmp_path):
+    rows = []
+    for line in (LIBRIVOX / "transcription").read_text().splitlines():
+        text, clip_id = re.fullmatch(r"<s> (.*) </s> \((\S+)\)", line.strip()).groups()
+        if clip_id.endswith(("0880", "0930")):  # the two shortest clips (3 s each): CPU time is scarce
+            rows.append({"audio": str(LIBRIVOX / f"{clip_id}.wav"), "text": text, "language": "en"})
+    manifest = write_manifest(tmp_path, rows)
+    output = tmp_path / "report.json"
+    code = main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
+                 "--soft-k", "2", "--asr-baseline", "--asr-model", str(WHISPER_BASE)])
+    assert code == 0
+    baseline = json.loads(output.read_text())["asr_baseline"]
+    assert baseline["wer"]["all"] <= 0.2, baseline["transcripts"]  # "ill-disposed" == "ill disposed"
+    assert baseline["seconds_per_clip"] > 0 and len(baseline["transcripts"]) == 2
