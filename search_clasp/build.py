@@ -1,0 +1,100 @@
+"""Building and extending an index: embed the files it lacks, chunk by chunk, then update FAISS.
+
+A new index grows in INDEX_DIR.partial and is renamed to INDEX_DIR at the end; a rerun after a
+kill finds the .partial folder and continues it (files already committed are skipped). `add=True`
+extends a finished index in place: each chunk is one SQLite transaction and index.faiss is
+replaced atomically, so an interrupted --add is also finished by running it again.
+"""
+
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .index import ClaspIndex, model_identity, read_entries
+
+DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0)
+
+
+@dataclass
+class BuildSummary:
+    index_dir: Path
+    added: int = 0
+    skipped: int = 0  # already in the index
+    total: int = 0
+    failed: list[dict] = field(default_factory=list)
+
+
+def open_or_create(index_dir: Path, add: bool, identity: str, model_dir, settings: dict) -> tuple[ClaspIndex, bool]:
+    """(the index to write to, whether it is a .partial folder to rename at the end)."""
+    partial = index_dir.with_name(index_dir.name + ".partial")
+    if index_dir.exists():
+        if not add:
+            raise ValueError(f"{index_dir} already exists: pass --add to add files to it, or choose another --output")
+        index, is_partial = ClaspIndex(index_dir), False
+    elif partial.exists():
+        index, is_partial = ClaspIndex(partial), True
+    else:
+        from configuration_clasp import ClaspConfig
+
+        dim = ClaspConfig.from_pretrained(model_dir).projection_dim
+        values = {**DEFAULTS, **{k: v for k, v in settings.items() if v is not None}}
+        return ClaspIndex.create(partial, identity, model_dir, dim, **values), True
+    index.check_model(identity, model_dir)
+    for key, value in settings.items():  # an existing index keeps its settings; a different one asked for is an error
+        if value is not None and value != index.info[key]:
+            raise ValueError(f"{index.directory} was built with {key}={index.info[key]!r}, not {value!r}: build a new index for that")
+    return index, is_partial
+
+
+def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, m=None, window_s=None, hop_s=None,
+                batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary:
+    """Embed the audio of `inputs` (directories, files, JSONL manifests) into the index at `index_dir`.
+
+    Settings left as None are the existing index's (or the defaults for a new one). `on_chunk(chunk)`
+    is called after each chunk is committed (for reporting, and for tests that kill the build
+    mid-way). Raises ValueError when a new index would hold nothing.
+    """
+    from tqdm.auto import tqdm
+
+    from .embedding import ClaspEmbedder
+
+    index_dir = Path(os.path.abspath(index_dir))
+    identity = model_identity(model_dir)  # before loading anything: a wrong model is refused at once
+    entries, failed = read_entries(inputs)
+    for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
+        entry.path = os.path.abspath(entry.path)
+    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s)
+    index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
+    summary = BuildSummary(index_dir, failed=failed)
+    present = index.paths()
+    todo = [entry for entry in entries if entry.path not in present]
+    summary.skipped = len(entries) - len(todo)
+    if todo:
+        embedder = ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
+                                                 hop_s=index.info["hop_s"], device=device)
+        by_path = {entry.path: entry for entry in todo}
+        bar = tqdm(total=len(todo), unit="file", desc="Indexing", disable=None if progress else True)
+        for chunk in embedder.embed_files([entry.path for entry in todo], files_per_chunk=files_per_chunk, progress=bar):
+            if chunk.paths:
+                index.add(chunk.paths, chunk.durations, chunk.embeddings.numpy(),
+                          [by_path[p].text for p in chunk.paths], [by_path[p].language for p in chunk.paths])
+            summary.added += len(chunk.paths)
+            summary.failed += chunk.failed
+            if on_chunk is not None:
+                on_chunk(chunk)
+        bar.close()
+    summary.total = len(index)
+    if summary.total == 0:  # only a new index can be empty: leave nothing behind
+        index.close()
+        shutil.rmtree(index.directory)
+        raise ValueError("no audio could be embedded: no index written" + "".join(
+            f"\n  {failure['path']}: {failure['reason']}" for failure in summary.failed))
+    index.write_faiss()
+    index.close()
+    if is_partial:
+        os.replace(index.directory, index_dir)
+    return summary
+
+
+__all__ = ["BuildSummary", "build_index"]

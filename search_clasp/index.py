@@ -1,0 +1,257 @@
+"""A searchable CLASP index: FAISS over the audio embeddings, SQLite for everything else.
+
+    INDEX_DIR/
+        metadata.sqlite   info (model identity, settings) and items (position, path, duration,
+                          text, language, embedding); row `position` is FAISS row `position`
+        index.faiss       inner-product index over the items' embeddings (cosine: they are unit vectors)
+
+SQLite is the record. Each chunk of embedded files is committed in one transaction, so a killed
+build loses at most the chunk in flight and a rerun skips what is committed. The FAISS file is
+derived from it and replaced atomically (temporary file + rename); one that lags behind SQLite
+(a run killed after a commit) is caught up by adding the missing positions in order, so a
+resumed build ends with the same index as an uninterrupted one. A new index is built in
+INDEX_DIR.partial and renamed to INDEX_DIR when complete: INDEX_DIR only ever holds a finished index.
+
+Kinds: "flat" is exact (brute force; fine up to about a million vectors: ~1.5 GB at 384-d and tens
+of milliseconds a query), "ivf" clusters the vectors and scans `nprobe` clusters per query, "hnsw"
+walks a neighbour graph (`ef` candidates). Both approximate kinds trade recall for speed.
+"""
+
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clasp_cli.audio_files import find_audio_files
+
+FAISS_FILE = "index.faiss"
+METADATA_FILE = "metadata.sqlite"
+KINDS = ("flat", "ivf", "hnsw")
+DEFAULT_NPROBE = 16
+DEFAULT_EF = 64
+
+
+@dataclass
+class AudioEntry:
+    path: str
+    text: str | None = None
+    language: str | None = None
+
+
+def read_entries(inputs) -> tuple[list[AudioEntry], list[dict]]:
+    """Audio files from directories, files and JSONL manifests, and inputs that gave nothing.
+
+    A manifest has one JSON object a line: {"audio": path, "text"?: ..., "language"?: ...}; relative
+    paths are relative to the manifest's folder. A file named twice is kept once, with its first text.
+    """
+    entries, failed = [], []
+    for item in map(os.fspath, inputs):
+        if item.endswith(".jsonl") and os.path.isfile(item):
+            base = os.path.dirname(os.path.abspath(item))
+            with open(item, encoding="utf-8") as f:
+                for number, line in enumerate(f, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                        audio = row["audio"]
+                    except (json.JSONDecodeError, KeyError, TypeError) as error:
+                        raise ValueError(f"{item}:{number}: expected a JSON object with an \"audio\" path ({error})") from None
+                    entries.append(AudioEntry(os.path.join(base, audio), row.get("text"), row.get("language")))
+        else:
+            found = find_audio_files([item])
+            if not found:
+                failed.append({"path": item, "reason": "directory contains no audio files"})
+            entries += [AudioEntry(path) for path in found]
+    unique = {}
+    for entry in entries:
+        unique.setdefault(os.path.abspath(entry.path), entry)
+    return list(unique.values()), failed
+
+
+def model_identity(model_dir) -> str:
+    """SHA-256 of the model's config.json, processor_config.json and every byte of its weights.
+
+    All the weights, not the safetensors header: two checkpoints of one training run have the
+    same header (names, shapes, offsets) and the same frozen backbones, so only the bytes tell
+    them apart. Hashing a few hundred MB takes about a second, and loading reads them anyway.
+    """
+    model_dir = Path(model_dir)
+    weights = sorted(model_dir.glob("*.safetensors"))
+    if not (model_dir / "config.json").is_file() or not weights:
+        raise ValueError(f"{model_dir}: not a CLASP model folder (needs config.json and *.safetensors)")
+    digest = hashlib.sha256()
+    for path in [model_dir / "config.json", model_dir / "processor_config.json", *weights]:
+        if path.is_file():
+            digest.update(path.name.encode() + b"\0")
+            with open(path, "rb") as f:
+                while block := f.read(1 << 24):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+class ClaspIndex:
+    """An index folder: `ClaspIndex(dir)` opens one, `ClaspIndex.create(dir, ...)` starts one."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        if not (self.directory / METADATA_FILE).is_file():
+            raise FileNotFoundError(f"{self.directory}: not a CLASP index (no {METADATA_FILE})")
+        # Gradio answers requests from worker threads: one connection, used under a lock.
+        self.db = sqlite3.connect(self.directory / METADATA_FILE, check_same_thread=False)
+        self.lock = threading.Lock()
+        self.info = {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM info")}
+        self._faiss = None
+        for leftover in self.directory.glob(FAISS_FILE + ".tmp*"):  # from a run killed while writing
+            leftover.unlink()
+
+    @classmethod
+    def create(cls, directory, model_identity, model_path, dim, kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0):
+        if kind not in KINDS:
+            raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        directory = Path(directory)
+        directory.mkdir(parents=True)
+        db = sqlite3.connect(directory / METADATA_FILE)
+        with db:
+            db.execute("CREATE TABLE info (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            db.execute(
+                "CREATE TABLE items (position INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE, duration REAL NOT NULL, "
+                "text TEXT, language TEXT, embedding BLOB NOT NULL)"
+            )
+            info = dict(format_version=1, model_identity=model_identity, model_path=os.path.abspath(model_path), dim=dim,
+                        kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s)
+            db.executemany("INSERT INTO info VALUES (?, ?)", [(k, json.dumps(v)) for k, v in info.items()])
+        db.close()
+        return cls(directory)
+
+    def close(self):
+        self.db.close()
+
+    def __len__(self):
+        with self.lock:
+            return self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+
+    def paths(self) -> set[str]:
+        with self.lock:
+            return {path for (path,) in self.db.execute("SELECT path FROM items")}
+
+    def check_model(self, identity: str, model_dir):
+        if identity != self.info["model_identity"]:
+            raise ValueError(
+                f"model mismatch: index {self.directory} was built with {self.info['model_path']} "
+                f"(sha256 {self.info['model_identity'][:16]}…), but {model_dir} is a different model "
+                f"(sha256 {identity[:16]}…); its embeddings would not be comparable. Use the index's model or build a new index."
+            )
+
+    def add(self, paths, durations, embeddings, texts=None, languages=None):
+        """Append rows in one transaction: all of them are committed, or none."""
+        embeddings = np.asarray(embeddings, dtype="<f4")
+        texts = texts or [None] * len(paths)
+        languages = languages or [None] * len(paths)
+        with self.lock, self.db:
+            start = self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+            self.db.executemany(
+                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                [(start + i, p, float(d), t, lang, e.tobytes())
+                 for i, (p, d, t, lang, e) in enumerate(zip(paths, durations, texts, languages, embeddings))],
+            )
+
+    def embeddings(self, start=0, stop=None, step=1) -> np.ndarray:
+        """`[n, dim]` float32: rows start, start + step, ... before stop, in position order."""
+        stop = len(self) if stop is None else stop
+        with self.lock:
+            rows = self.db.execute(
+                "SELECT embedding FROM items WHERE position >= ? AND position < ? AND (position - ?) % ? = 0 ORDER BY position",
+                (start, stop, start, step),
+            ).fetchall()
+        return np.frombuffer(b"".join(blob for (blob,) in rows), dtype="<f4").reshape(-1, self.info["dim"]).astype(np.float32)
+
+    # ---- FAISS -----------------------------------------------------------------------------
+
+    def _new_faiss(self, count: int):
+        import faiss
+
+        kind, dim = self.info["kind"], self.info["dim"]
+        if kind == "flat":
+            return faiss.IndexFlatIP(dim)
+        if kind == "hnsw":
+            return faiss.index_factory(dim, f"HNSW{self.info['m']},Flat", faiss.METRIC_INNER_PRODUCT)
+        # Around 4·√n clusters is FAISS's rule of thumb; never more clusters than vectors to train them.
+        nlist = min(self.info["nlist"] or round(4 * math.sqrt(count)), count)
+        if nlist != self.info["nlist"]:
+            self._set_info(nlist=nlist)
+        index = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        # k-means needs no more than 256 points a cluster (FAISS subsamples to that anyway).
+        index.train(self.embeddings(step=max(1, count // (256 * nlist))))
+        return index
+
+    def _set_info(self, **values):
+        with self.lock, self.db:
+            self.db.executemany("INSERT OR REPLACE INTO info VALUES (?, ?)", [(k, json.dumps(v)) for k, v in values.items()])
+        self.info.update(values)
+
+    @property
+    def faiss(self):
+        if self._faiss is None:
+            import faiss
+
+            path = self.directory / FAISS_FILE
+            if not path.is_file():
+                raise FileNotFoundError(f"{self.directory}: no {FAISS_FILE}: the build did not finish; rerun `clasp index`")
+            self._faiss = faiss.read_index(str(path))
+        return self._faiss
+
+    def write_faiss(self):
+        """Bring index.faiss up to date with the committed rows, then replace the file atomically."""
+        import faiss
+
+        count = len(self)
+        path = self.directory / FAISS_FILE
+        index = faiss.read_index(str(path)) if path.is_file() else None
+        if index is None or index.ntotal > count:
+            index = self._new_faiss(count)
+        for start in range(index.ntotal, count, 65536):
+            index.add(self.embeddings(start=start, stop=start + 65536))
+        temporary = path.with_name(f"{FAISS_FILE}.tmp{os.getpid()}")
+        faiss.write_index(index, str(temporary))
+        os.replace(temporary, path)
+        self._faiss = index
+
+    def search(self, queries, k=10, nprobe=None, ef=None) -> list[list[dict]]:
+        """For each query embedding, the k best items, best first: {path, score, rank, duration, text?, language?}."""
+        import faiss
+
+        queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.info["dim"]))
+        params = None
+        if self.info["kind"] == "ivf":
+            params = faiss.SearchParametersIVF(nprobe=nprobe or DEFAULT_NPROBE)
+        elif self.info["kind"] == "hnsw":
+            params = faiss.SearchParametersHNSW(efSearch=max(ef or DEFAULT_EF, k))
+        scores, positions = self.faiss.search(queries, k, params=params)
+        found = sorted({int(p) for p in positions.ravel() if p >= 0})
+        with self.lock:
+            rows = self.db.execute(
+                f"SELECT position, path, duration, text, language FROM items WHERE position IN ({','.join('?' * len(found))})", found
+            ).fetchall()
+        by_position = {row[0]: row[1:] for row in rows}
+        results = []
+        for query_scores, query_positions in zip(scores, positions):
+            hits = []
+            for score, position in zip(query_scores, query_positions):
+                if position < 0:  # fewer than k items (or IVF clusters too small)
+                    continue
+                path, duration, text, language = by_position[int(position)]
+                hit = {"path": path, "score": float(score), "rank": len(hits) + 1, "duration": duration}
+                hit.update({key: value for key, value in (("text", text), ("language", language)) if value is not None})
+                hits.append(hit)
+            results.append(hits)
+        return results
+
+
+__all__ = ["AudioEntry", "ClaspIndex", "KINDS", "model_identity", "read_entries"]

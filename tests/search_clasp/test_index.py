@@ -1,0 +1,164 @@
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from search_clasp import ClaspIndex, build_index, model_identity, read_entries
+from search_fixtures import REPO, write_tones
+
+QUIET = dict(progress=False, device="cpu")
+
+
+def stored(index_dir):
+    """(paths in row order, embeddings, FAISS vectors) of a finished index."""
+    index = ClaspIndex(index_dir)
+    rows = index.db.execute("SELECT path FROM items ORDER BY position").fetchall()
+    faiss_vectors = index.faiss.reconstruct_n(0, index.faiss.ntotal)
+    result = [path for (path,) in rows], index.embeddings(), faiss_vectors
+    index.close()
+    return result
+
+
+def test_each_file_finds_itself_first(model_dir, audio_dir, embedder, tmp_path):
+    summary = build_index(tmp_path / "index", model_dir, [audio_dir], **QUIET)
+    assert summary.added == summary.total == 6 and not summary.failed
+    assert sorted(os.listdir(tmp_path)) == ["index"]  # the .partial folder was renamed into place
+    index = ClaspIndex(tmp_path / "index")
+    paths, embeddings, faiss_vectors = stored(tmp_path / "index")
+    np.testing.assert_array_equal(embeddings, faiss_vectors)
+    for path, embedding in zip(paths, embeddings):
+        hits = index.search(embedding[None], k=3)[0]
+        assert hits[0]["path"] == path and hits[0]["rank"] == 1
+        assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
+        assert [h["rank"] for h in hits] == [1, 2, 3] and hits[0]["score"] >= hits[1]["score"] >= hits[2]["score"]
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_kinds_find_exact_self_matches(model_dir, audio_dir, tmp_path, kind):
+    build_index(tmp_path / kind, model_dir, [audio_dir], kind=kind, **QUIET)
+    index = ClaspIndex(tmp_path / kind)
+    assert index.info["kind"] == kind
+    paths, embeddings, _ = stored(tmp_path / kind)
+    hits = index.search(embeddings, k=1, nprobe=index.info["nlist"] or 1, ef=16)
+    assert [h[0]["path"] for h in hits] == paths
+
+
+def test_manifest_text_and_language_come_back_with_results(model_dir, audio_dir, tmp_path):
+    clips = sorted(audio_dir.glob("*.wav"))
+    manifest = tmp_path / "manifest.jsonl"
+    rows = [{"audio": os.path.relpath(clips[0], tmp_path), "text": "le chat est sur la table", "language": "fr"},
+            {"audio": str(clips[1])}]
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n")
+    build_index(tmp_path / "index", model_dir, [manifest], **QUIET)
+    index = ClaspIndex(tmp_path / "index")
+    paths, embeddings, _ = stored(tmp_path / "index")
+    assert paths == [str(clips[0]), str(clips[1])]
+    first, second = (index.search(e[None], k=1)[0][0] for e in embeddings)
+    assert first["text"] == "le chat est sur la table" and first["language"] == "fr"
+    assert "text" not in second and "language" not in second
+    assert first["duration"] == pytest.approx(0.5)
+
+    (tmp_path / "broken.jsonl").write_text('{"audio": "a.wav"}\n{"text": "no audio"}\n')
+    with pytest.raises(ValueError, match="broken.jsonl:2"):
+        read_entries([tmp_path / "broken.jsonl"])
+
+
+def test_add_embeds_only_new_files(model_dir, audio_dir, tmp_path):
+    build_index(tmp_path / "index", model_dir, [audio_dir], **QUIET)
+    with pytest.raises(ValueError, match="already exists: pass --add"):
+        build_index(tmp_path / "index", model_dir, [audio_dir], **QUIET)
+    more = write_tones(tmp_path / "more", 3, seed=10)
+    summary = build_index(tmp_path / "index", model_dir, [audio_dir, tmp_path / "more"], add=True, **QUIET)
+    assert (summary.added, summary.skipped, summary.total) == (3, 6, 9)
+    paths, embeddings, faiss_vectors = stored(tmp_path / "index")
+    assert paths[-3:] == [str(p) for p in more]
+    np.testing.assert_array_equal(embeddings, faiss_vectors)
+    # The same as building everything at once.
+    build_index(tmp_path / "at-once", model_dir, [audio_dir, tmp_path / "more"], **QUIET)
+    at_once = stored(tmp_path / "at-once")
+    assert at_once[0] == paths
+    np.testing.assert_allclose(at_once[1], embeddings, atol=1e-6)
+    with pytest.raises(ValueError, match="kind='flat', not 'hnsw'"):
+        build_index(tmp_path / "index", model_dir, [audio_dir], add=True, kind="hnsw", **QUIET)
+
+
+def test_a_different_model_is_refused_naming_both(model_dir, other_model_dir, audio_dir, tmp_path):
+    assert model_identity(model_dir) != model_identity(other_model_dir)
+    build_index(tmp_path / "index", model_dir, [audio_dir], **QUIET)
+    with pytest.raises(ValueError, match="model mismatch") as refused:
+        build_index(tmp_path / "index", other_model_dir, [audio_dir], add=True, **QUIET)
+    assert str(model_dir) in str(refused.value) and str(other_model_dir) in str(refused.value)
+
+
+def test_model_identity_sees_a_change_of_weights_with_the_same_header(model_dir, tmp_path):
+    copy = shutil.copytree(model_dir, tmp_path / "copy")
+    assert model_identity(copy) == model_identity(model_dir)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(copy / "model.safetensors")
+    name = next(n for n in weights if n.startswith("fusion"))
+    weights[name] = weights[name] + 1e-3
+    save_file(weights, copy / "model.safetensors", metadata={"format": "pt"})
+    assert model_identity(copy) != model_identity(model_dir)
+
+
+def test_an_interrupted_build_resumes_to_the_same_index(model_dir, audio_dir, tmp_path):
+    reference = stored(build_index(tmp_path / "reference", model_dir, [audio_dir], files_per_chunk=2, **QUIET).index_dir)
+
+    def interrupt_after_two_chunks(chunk, seen=[]):
+        seen.append(chunk)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        build_index(tmp_path / "index", model_dir, [audio_dir], files_per_chunk=2, on_chunk=interrupt_after_two_chunks, **QUIET)
+    assert not (tmp_path / "index").exists()  # never a half-built index under the real name
+    assert len(ClaspIndex(tmp_path / "index.partial")) == 4  # two committed chunks
+    summary = build_index(tmp_path / "index", model_dir, [audio_dir], files_per_chunk=2, **QUIET)
+    assert (summary.added, summary.skipped) == (2, 4)
+    resumed = stored(tmp_path / "index")
+    assert resumed[0] == reference[0]
+    np.testing.assert_allclose(resumed[1], reference[1], atol=1e-6)
+    np.testing.assert_allclose(resumed[2], reference[2], atol=1e-6)
+
+
+KILL_MID_BUILD = """
+import os, signal, sys
+from search_clasp import build_index
+def kill_after_chunk(chunk, seen=[]):
+    seen.append(chunk)
+    if len(seen) == int(sys.argv[4]):
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind runs
+build_index(sys.argv[1], sys.argv[2], [sys.argv[3]], add=sys.argv[5] == "add", files_per_chunk=2, on_chunk=kill_after_chunk,
+            progress=False, device="cpu")
+"""
+
+
+def test_a_killed_build_and_a_killed_add_resume_to_the_same_index(model_dir, audio_dir, tmp_path):
+    def run_killed(index_dir, audio, after_chunks, mode):
+        arguments = [str(index_dir), str(model_dir), str(audio), str(after_chunks), mode]
+        result = subprocess.run([sys.executable, "-c", KILL_MID_BUILD, *arguments],
+                                cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+
+    run_killed(tmp_path / "index", audio_dir, 2, "new")
+    assert not (tmp_path / "index").exists() and (tmp_path / "index.partial").exists()
+    build_index(tmp_path / "index", model_dir, [audio_dir], files_per_chunk=2, **QUIET)
+
+    more = tmp_path / "more"
+    write_tones(more, 5, seed=20)
+    run_killed(tmp_path / "index", more, 1, "add")  # a killed --add: SQLite ahead of index.faiss
+    assert len(ClaspIndex(tmp_path / "index")) == 8 and ClaspIndex(tmp_path / "index").faiss.ntotal == 6
+    build_index(tmp_path / "index", model_dir, [audio_dir, more], add=True, files_per_chunk=2, **QUIET)
+
+    build_index(tmp_path / "reference", model_dir, [audio_dir, more], files_per_chunk=2, **QUIET)
+    resumed, reference = stored(tmp_path / "index"), stored(tmp_path / "reference")
+    assert resumed[0] == reference[0] and len(resumed[0]) == 11
+    np.testing.assert_allclose(resumed[1], reference[1], atol=1e-6)
+    np.testing.assert_allclose(resumed[2], reference[2], atol=1e-6)

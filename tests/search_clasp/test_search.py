@@ -1,0 +1,40 @@
+import pytest
+
+from search_clasp import ClaspSearch
+from search_fixtures import oracle_index, write_tones
+
+TRANSCRIPTS = ["the red car", "le chat est sur la", "der hund ist", "el perro", "a blue house"]
+LANGUAGES = ["en", "fr", "de", "es", "en"]
+
+
+@pytest.fixture(scope="module")
+def search(model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("oracle")
+    clips = write_tones(root / "audio", len(TRANSCRIPTS))
+    return ClaspSearch(oracle_index(root / "index", model_dir, clips, TRANSCRIPTS, LANGUAGES), device="cpu"), clips
+
+
+@pytest.mark.parametrize("query, expected", [("DER Hund ist", 2), ("el perro", 3), ("the red car", 0)])
+def test_a_text_query_finds_the_clip_whose_transcript_it_says(search, query, expected):
+    search, clips = search
+    hits = search.text(query, k=5)
+    assert hits[0]["path"] == str(clips[expected])
+    assert hits[0]["text"] == TRANSCRIPTS[expected] and hits[0]["language"] == LANGUAGES[expected]
+    assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5) and hits[1]["score"] < hits[0]["score"] - 1e-4
+    assert set(search.last_timing) == {"embed_s", "search_s"}
+
+
+def test_query_by_example_and_empty_queries(search, model_dir):
+    search, clips = search
+    assert len(search.audio(clips[1], k=2)) == 2
+    with pytest.raises(ValueError, match="empty"):
+        search.text("   ")
+
+
+def test_zero_shot_classification_gives_a_distribution_over_the_labels(search):
+    search, clips = search
+    scores = search.classify(clips[0], [" red car", "blue house ", "", "el perro"])
+    assert list(scores) == ["red car", "blue house", "el perro"]
+    assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5) and all(0 < s < 1 for s in scores.values())
+    with pytest.raises(ValueError, match="at least one label"):
+        search.classify(clips[0], [" ", ""])
