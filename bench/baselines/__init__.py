@@ -1,0 +1,1 @@
+"""The paper notebooks' ways of doing things, re-implemented faithfully as benchmark baselines."""

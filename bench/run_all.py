@@ -1,0 +1,72 @@
+"""Run every bench/bench_*.py (each in its own process) and write BENCHMARKS.md from their results.
+
+    .venv/bin/python bench/run_all.py            # what `make bench` runs
+    .venv/bin/python bench/run_all.py --report   # only rewrite BENCHMARKS.md from bench/results/*.json
+
+A benchmark that fails is reported and the others still run; BENCHMARKS.md then shows the
+results on file for it (with the date they were measured), and the exit code is 1.
+"""
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import REPO_ROOT, RESULTS_DIR, format_table  # noqa: E402
+
+BENCH_DIR = os.path.join(REPO_ROOT, "bench")
+REPORT = os.path.join(REPO_ROOT, "BENCHMARKS.md")
+
+
+def report() -> str:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Written by `make bench` (`.venv/bin/python bench/run_all.py`) from `bench/results/*.json`; each",
+        "section names the command that measured it, the machine and the time it took. The machines",
+        "here are shared and small, so every figure that matters is a ratio against a baseline timed in",
+        "the same run (the notebooks' way of doing it, re-implemented in `bench/baselines/`).",
+    ]
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+        machine = result["machine"]
+        measured = result.get("measured", "at an unrecorded date")
+        parts += ["", f"## {result['title']}", "",
+                  f"`{result['command']}` on {machine['nproc']} × {machine['cpu']}, torch {machine['torch']} "
+                  f"({machine['torch_threads']} threads), measured {measured}, {result.get('wall_s', 0):.0f} s.", ""]
+        for table in result["tables"]:
+            if table.get("caption"):
+                parts += [table["caption"], ""]
+            parts += [format_table(table["columns"], table["rows"]), ""]
+        parts += [f"- [{'met' if t['met'] else 'MISSED'}] {t['target']}: {t['value']}" for t in result.get("targets", [])]
+        parts += [f"- {note}" for note in result.get("notes", [])]
+        parts += [f"\n![{name}](bench/results/{name})" for name in sorted(os.listdir(RESULTS_DIR))
+                  if name.endswith(".png") and name.startswith(result["name"].removeprefix("bench_"))]
+    return "\n".join(parts) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--report", action="store_true", help="only rewrite BENCHMARKS.md from the results on file")
+    args = parser.parse_args()
+    failed = []
+    if not args.report:
+        for script in sorted(glob.glob(os.path.join(BENCH_DIR, "bench_*.py"))):
+            print(f"\n$ {sys.executable} {os.path.relpath(script, REPO_ROOT)}", flush=True)
+            if subprocess.run([sys.executable, script], cwd=REPO_ROOT).returncode != 0:
+                failed.append(os.path.basename(script))
+    temporary = REPORT + ".tmp"
+    with open(temporary, "w", encoding="utf-8") as f:
+        f.write(report())
+    os.replace(temporary, REPORT)
+    print(f"\nwrote {os.path.relpath(REPORT, REPO_ROOT)}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
