@@ -34,6 +34,7 @@ def manifest_pairs(path) -> list[dict]:
 
 def dataset_pairs(directory, split: str = "test") -> list[dict]:
     """The pairs of one split of a data_clasp dataset (DIR/dataset, or DIR itself if saved there)."""
+    import pyarrow.compute
     from datasets import Audio, load_from_disk
 
     directory = Path(directory)
@@ -46,11 +47,11 @@ def dataset_pairs(directory, split: str = "test") -> list[dict]:
     # Undecoded cells ({bytes, path}), fetched one row at a time: the column would be all the audio.
     rows = splits[split].cast_column("audio", Audio(decode=False))
     decoder = Audio(sampling_rate=splits[split].features["audio"].sampling_rate)
-    # flatten() splits the cell into audio.bytes / audio.path, so the paths come without the bytes.
-    listing = rows.flatten()
+    # The file names straight from Arrow's struct column, without touching the bytes. (Iterating a
+    # flatten()ed "audio.path" column drops that key from the rows in datasets 5.)
+    paths = pyarrow.compute.struct_field(splits[split].data.column("audio"), "path").to_pylist()
     pairs = []
-    for index, row in enumerate(listing.select_columns([c for c in listing.column_names if c != "audio.bytes"])):
-        path = row.pop("audio.path")
+    for index, (row, path) in enumerate(zip(splits[split].remove_columns("audio"), paths)):
         pairs.append({**row, "translations": {t["language"]: t["text"] for t in row["translations"]},
                       "name": f"{split}[{index}] ({path})" if path else f"{split}[{index}]",
                       "read": partial(read_dataset_clip, rows, index, decoder)})

@@ -47,6 +47,14 @@ def test_synthesised_dataset(sentences, tmp_path):
     manifest = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert len(manifest) == 12 and all(m["split"] in SPLITS and "+" in m["voice"] for m in manifest)
     assert len({m["voice"] for m in manifest}) > 3  # voices vary from clip to clip
+    # What `clasp eval --data` reads: every row of the split, named by its clip file.
+    from evaluation.pairs import dataset_pairs
+
+    pairs = dataset_pairs(tmp_path, "test")
+    assert [p["text"] for p in pairs] == reloaded["test"]["text"]
+    assert all(p["name"].startswith(f"test[{i}] (") and p["name"].endswith(".wav)") for i, p in enumerate(pairs))
+    samples, rate = pairs[0]["read"]()
+    assert rate == 16_000 and samples.shape[-1] > 0.3 * rate
 
 
 def test_interrupted_run_resumes_to_the_same_result(sentences, tmp_path):
