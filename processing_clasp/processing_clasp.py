@@ -14,7 +14,7 @@ import os
 from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
-from configuration_clasp.configuration_clasp import save_hub_code
+from configuration_clasp.configuration_clasp import ClaspConfig, save_hub_code
 from processing_clasp.feature_extraction_clasp import IMAGENET_MEAN, IMAGENET_STD, ClaspFeatureExtractor
 
 
@@ -114,9 +114,14 @@ class ClaspProcessor(ProcessorMixin):
         tokenizer_kwargs = {**hub_kwargs, "trust_remote_code": kwargs.get("trust_remote_code")}
         with open(cached_file(pretrained_model_name_or_path, "processor_config.json", **hub_kwargs), encoding="utf-8") as f:
             saved = json.load(f)
+        # The tokenizer is the text encoder's: hand AutoTokenizer that config, or it would load the
+        # folder's config.json through AutoConfig and ask to trust our code a second time.
+        config_file = cached_file(pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
+                                  **hub_kwargs)
+        text_config = ClaspConfig.from_json_file(config_file).text_config if config_file else None
         return cls(
             ClaspFeatureExtractor.from_dict(saved["feature_extractor"]),
-            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, **tokenizer_kwargs),
+            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, config=text_config, **tokenizer_kwargs),
             text_prefix=saved.get("text_prefix", ""),
             text_max_length=saved.get("text_max_length", 512),
         )

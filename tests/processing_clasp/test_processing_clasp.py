@@ -1,7 +1,7 @@
 import torch
 
 from processing_clasp import ClaspProcessor
-from tiny import tiny_config, tiny_processor, tone
+from tiny import tiny_config, tiny_model, tiny_processor, tone
 
 
 def test_text_and_audio_together(tmp_path):
@@ -30,3 +30,15 @@ def test_round_trip(tmp_path):
     b = loaded(text=["the red car"], audio=tone(0.4), sampling_rate=16000)
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+
+
+def test_loads_from_a_model_folder_without_asking_to_trust_remote_code(tmp_path, capfd):
+    """A CLASP folder's config.json has an auto_map; loading our own class must not prompt for it."""
+    config = tiny_config()
+    tiny_model(config).save_pretrained(tmp_path)
+    tiny_processor(config, tmp_path).save_pretrained(tmp_path)
+    capfd.readouterr()
+    loaded = ClaspProcessor.from_pretrained(tmp_path)
+    out, err = capfd.readouterr()
+    assert "trust_remote_code" not in out + err and "custom code" not in out + err
+    assert loaded(text=["the red car"])["input_ids"].shape[0] == 1
