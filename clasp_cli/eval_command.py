@@ -50,6 +50,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--asr-model", metavar="DIR", help="Whisper folder for the ASR baseline; implies --asr-baseline (default: the offline whisper-base)"
     )
+    parser.add_argument("--asr-num-beams", type=int, default=1,
+                        help="beam width of the ASR baseline's decoding (default 1: greedy; openai's whisper uses 5)")
     parser.add_argument("--batch-size", type=int, default=16, help="clips / texts per batch (default 16)")
     parser.add_argument("--output", metavar="OUT.json", required=True, help="where to write the report (atomically)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the report as a markdown table")
@@ -97,7 +99,8 @@ def evaluate_model(args) -> int:
     if args.asr_baseline or args.asr_model:
         from evaluation.asr_baseline import WhisperTranscriber
 
-        transcriber = WhisperTranscriber(args.asr_model or default_whisper_dir(), device=device, batch_size=args.batch_size)
+        transcriber = WhisperTranscriber(args.asr_model or default_whisper_dir(), device=device, batch_size=args.batch_size,
+                                         num_beams=args.asr_num_beams)
 
     report = model_report(model, processor, pairs, batch_size=args.batch_size, soft_k=args.soft_k, seed=args.seed,
                           transcriber=transcriber)

@@ -235,3 +235,4 @@ def test_asr_baseline_with_whisper_base(clasp_dir, tmp_path):
     baseline = json.loads(output.read_text())["asr_baseline"]
     assert baseline["wer"]["all"] <= 0.2, baseline["transcripts"]  # "ill-disposed" == "ill disposed"
     assert baseline["seconds_per_clip"] > 0 and len(baseline["transcripts"]) == 2
+    assert baseline["decoding"] == {"num_beams": 1}  # greedy unless --asr-num-beams says otherwise
