@@ -37,7 +37,7 @@ $(STAMPS)/venv: setup.py
 install: $(STAMPS)/apt $(STAMPS)/venv
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 demo: install
 	$(PY) -m clasp_cli.main demo --size $(DEMO_SIZE)

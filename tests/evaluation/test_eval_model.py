@@ -1,7 +1,6 @@
 """`clasp eval --model`: a saved CLASP folder, a manifest or dataset of pairs -> the report."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -216,12 +215,10 @@ def test_error_rate_is_per_corpus_not_mean_per_sentence():
 
 
 LIBRIVOX = Path("/usr/share/pocketsphinx/test/data/librivox")
-WHISPER_BASE = Path(os.environ.get("CLASP_BACKBONES_DIR") or Path.home() / ".cache" / "clasp" / "backbones") / "whisper-base"
 
 
-@pytest.mark.skipif(not WHISPER_BASE.is_dir(), reason=f"no {WHISPER_BASE}: run `clasp backbones build`")
 @pytest.mark.skipif(not (LIBRIVOX / "transcription").is_file(), reason="apt-get install pocketsphinx-testdata")
-def test_asr_baseline_with_whisper_base(clasp_dir, tmp_path):
+def test_asr_baseline_with_whisper_base(clasp_dir, backbones, tmp_path):
     rows = []
     for line in (LIBRIVOX / "transcription").read_text().splitlines():
         text, clip_id = re.fullmatch(r"<s> (.*) </s> \((\S+)\)", line.strip()).groups()
@@ -230,7 +227,7 @@ def test_asr_baseline_with_whisper_base(clasp_dir, tmp_path):
     manifest = write_manifest(tmp_path, rows)
     output = tmp_path / "report.json"
     code = main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
-                 "--soft-k", "2", "--asr-baseline", "--asr-model", str(WHISPER_BASE)])
+                 "--soft-k", "2", "--asr-baseline", "--asr-model", str(backbones["whisper-base"])])
     assert code == 0
     baseline = json.loads(output.read_text())["asr_baseline"]
     assert baseline["wer"]["all"] <= 0.2, baseline["transcripts"]  # "ill-disposed" == "ill disposed"
