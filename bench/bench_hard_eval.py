@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import REPO_ROOT, RESULTS_DIR, best_of, print_result, run_child, write_result  # noqa: E402
+from bench.common import RESULTS_DIR, print_result, run_child, write_result  # noqa: E402
 
 SIZES = (1_000, 11_411, 50_000, 100_000)
 DIMS = (768, 384)

@@ -133,7 +133,7 @@ def main():
             "rows": rows,
         }],
         "targets": targets,
-        "notes": [f"Embedding one text query (offline-base e5-small, CPU): "
+        "notes": ["Embedding one text query (offline-base e5-small, CPU): "
                   + (f"{embed_ms:.1f} ms median." if embed_ms is not None else "not measured (no backbones built).")],
         "wall_s": time.perf_counter() - started,
     }

@@ -99,3 +99,11 @@ def tiny_model(config):
         if isinstance(module, nn.BatchNorm2d):
             nn.init.ones_(module.weight)
     return model
+
+
+def save_tiny_clasp(path, speech="whisper"):
+    """A tiny random CLASP folder (model + processor), as `clasp embed/index/search` read one."""
+    config = tiny_config(speech)
+    tiny_model(config).save_pretrained(path)
+    tiny_processor(config, path).save_pretrained(path)
+    return path

@@ -7,15 +7,12 @@ import torch
 from safetensors import safe_open
 
 from clasp_cli.main import main
-from tiny import tiny_config, tiny_model, tiny_processor, tone
+from tiny import save_tiny_clasp, tiny_config, tone
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path, config = tmp_path_factory.mktemp("tiny-clasp"), tiny_config("whisper")
-    tiny_model(config).save_pretrained(path)
-    tiny_processor(config, path).save_pretrained(path)
-    return path
+    return save_tiny_clasp(tmp_path_factory.mktemp("tiny-clasp"))
 
 
 def read_output(path):

@@ -5,14 +5,7 @@ import pytest
 import soundfile
 
 from clasp_cli.main import main
-from tiny import tiny_config, tiny_model, tiny_processor, tone
-
-
-def save_tiny_clasp(path):
-    config = tiny_config("whisper")
-    tiny_model(config).save_pretrained(path)
-    tiny_processor(config, path).save_pretrained(path)
-    return path
+from tiny import save_tiny_clasp, tone
 
 
 @pytest.fixture(scope="module")

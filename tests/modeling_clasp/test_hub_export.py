@@ -18,7 +18,6 @@ import torch
 
 from configuration_clasp import hub_code_source
 from configuration_clasp.configuration_clasp import HUB_CODE_FILES
-from modeling_clasp import ClaspModel
 from tiny import tiny_config, tiny_model, tiny_processor, tone
 
 TEXTS = ["the cat sat on the mat", "le chat est sur la mat", "der hund", "a red car"]

@@ -2,7 +2,8 @@
 
 import pytest
 
-from search_fixtures import save_tiny_clasp, write_tones
+from search_fixtures import write_tones
+from tiny import save_tiny_clasp
 
 
 @pytest.fixture(scope="session")

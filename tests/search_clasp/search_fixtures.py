@@ -5,16 +5,9 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
-from tiny import tiny_config, tiny_model, tiny_processor, tone
+from tiny import tone
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def save_tiny_clasp(path, speech="whisper"):
-    config = tiny_config(speech)
-    tiny_model(config).save_pretrained(path)
-    tiny_processor(config, path).save_pretrained(path)
-    return path
 
 
 def write_tones(folder, count, seed=0):

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from search_clasp import ClaspEmbedder, window_bounds
-from search_fixtures import save_tiny_clasp
-from tiny import tone
+from tiny import save_tiny_clasp, tone
 
 
 def test_windows_cover_the_whole_clip_and_overlap():

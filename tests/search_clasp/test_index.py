@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 from search_clasp import ClaspIndex, build_index, model_identity, read_entries
 from search_fixtures import REPO, write_tones
