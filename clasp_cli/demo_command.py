@@ -20,13 +20,14 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
 SIZES = {
-    # ~45 minutes on a 2-core CPU: the Whisper-base encoder (~0.25 s a clip) and the ASR
-    # baseline (~1–2 s a clip) dominate; training the head on cached features takes a minute.
-    "small": {"per_language": 160, "takes": 2, "epochs": 200, "batch": 256, "patience": 20},
+    # ~45 minutes on a 2-core CPU: the Whisper-base encoder (~0.15 s a clip, batched) and the ASR
+    # baseline (~1 s a clip, greedy) dominate. 8 x 640 x 2 clips leave >= 1,000 in the test split.
+    "small": {"per_language": 640, "takes": 2, "epochs": 200, "batch": 256, "patience": 20, "soft_k": 100},
     # Hours on a CPU; every stage resumes, so it can be stopped and restarted.
-    "large": {"per_language": 1200, "takes": 2, "epochs": 400, "batch": 512, "patience": 20},
-    # A minute: the CI-sized end-to-end check of the pipeline itself.
-    "tiny": {"per_language": 6, "takes": 1, "epochs": 3, "batch": 8, "patience": 3},
+    "large": {"per_language": 1200, "takes": 2, "epochs": 400, "batch": 512, "patience": 20, "soft_k": 100},
+    # A minute: the CI-sized end-to-end check of the pipeline itself (a test runs it); its test
+    # split has a handful of clips, so the soft protocol draws 1 wrong candidate.
+    "tiny": {"per_language": 15, "takes": 1, "epochs": 3, "batch": 8, "patience": 3, "soft_k": 2},
 }
 
 
@@ -37,7 +38,9 @@ def stage(title, command, done_file=None, env=None):
         return
     print(f"\n[demo] {title}\n$ {' '.join(shlex.quote(c) for c in command)}", flush=True)
     started = time.perf_counter()
-    subprocess.run(command, cwd=REPO, check=True, env={**os.environ, **(env or {})})
+    code = subprocess.run(command, cwd=REPO, env={**os.environ, **(env or {})}).returncode
+    if code != 0:
+        raise SystemExit(f"[demo] {title} failed (exit {code}); fix the cause above and rerun: finished stages are kept")
     print(f"[demo] {title}: {time.perf_counter() - started:.0f} s", flush=True)
 
 
@@ -130,6 +133,22 @@ def summary_table(eval_results, librivox=None) -> str:
     return "\n".join(lines)
 
 
+def check_work_dir(work, config) -> None:
+    """A stage counts as done when its output exists, so a work folder must only ever hold one
+    configuration's outputs: record it on the first run, refuse another one later."""
+    path = os.path.join(work, "demo_config.json")
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            recorded = json.load(f)
+        if recorded != config:
+            raise ValueError(f"{work} holds a demo run of another configuration ({recorded}, now {config}): "
+                             "delete it, or pass --work-dir")
+        return
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(config, f)
+    os.replace(path + ".tmp", path)
+
+
 def run(args) -> int:
     size = SIZES[args.size]
     languages = args.languages or LANGUAGES
@@ -137,6 +156,7 @@ def run(args) -> int:
     output = os.path.abspath(args.output or os.path.join(REPO, "artifacts", "clasp-demo"))
     data, features, model = (os.path.join(work, name) for name in ("data", "features", "model"))
     os.makedirs(work, exist_ok=True)
+    check_work_dir(work, {"size": size, "languages": languages, "fusion": args.fusion})
     started = time.perf_counter()
 
     stage("1/7 offline backbones (Whisper-base, EfficientNet-Lite0, multilingual-e5-small)", clasp("backbones", "build"))
@@ -156,7 +176,7 @@ def run(args) -> int:
           done_file=os.path.join(model, "training_summary.json"))
     eval_file = os.path.join(work, "eval_results.json")
     stage("5/7 held-out test split: CLASP vs Whisper-ASR baseline",
-          clasp("eval", "--model", model, "--data", data, "--split", "test", "--asr-baseline",
+          clasp("eval", "--model", model, "--data", data, "--split", "test", "--asr-baseline", "--soft-k", str(size["soft_k"]),
                 "--output", eval_file, "--markdown", os.path.join(work, "eval_results.md")),
           done_file=eval_file)
     librivox_file = os.path.join(work, "librivox_eval.json")
