@@ -22,7 +22,7 @@ LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
 SIZES = {
     # ~45 minutes on a 2-core CPU: the Whisper-base encoder (~0.15 s a clip, batched) and the ASR
     # baseline (~1 s a clip, greedy) dominate. 8 x 640 x 2 clips leave >= 1,000 in the test split.
-    "small": {"per_language": 640, "takes": 2, "epochs": 200, "batch": 256, "patience": 20, "soft_k": 100},
+    "small": {"per_language": 640, "takes": 2, "epochs": 60, "batch": 256, "patience": 20, "soft_k": 100},
     # Hours on a CPU; every stage resumes, so it can be stopped and restarted.
     "large": {"per_language": 1200, "takes": 2, "epochs": 400, "batch": 512, "patience": 20, "soft_k": 100},
     # A minute: the CI-sized end-to-end check of the pipeline itself (a test runs it); its test
