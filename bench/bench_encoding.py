@@ -25,14 +25,12 @@ TARGET = 2.0
 
 
 def main():
+    from clasp_cli.features_command import load_model_and_processor
     from evaluation.embed import length_batches
-    from modeling_clasp import ClaspModel
-    from modeling_clasp.modeling_clasp import resolve_backbones
-    from processing_clasp import ClaspProcessor
 
     started = time.perf_counter()
-    model = ClaspModel.from_pretrained_backbones(preset="offline-base").eval()
-    processor = ClaspProcessor.from_pretrained_backbones(**resolve_backbones(None, None, None, "offline-base"))
+    model, processor = load_model_and_processor("offline-base")
+    model.eval()
     extractor = processor.feature_extractor
     clips = speech_like_clips(NUM_CLIPS)
     audio_s = sum(len(c) for c in clips) / RATE

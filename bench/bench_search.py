@@ -45,12 +45,10 @@ def query_embedding_ms():
     try:
         import torch
 
-        from modeling_clasp import ClaspModel
-        from processing_clasp import ClaspProcessor
-        from modeling_clasp.modeling_clasp import resolve_backbones
+        from clasp_cli.features_command import load_model_and_processor
 
-        model = ClaspModel.from_pretrained_backbones(preset="offline-base").eval()
-        processor = ClaspProcessor.from_pretrained_backbones(**resolve_backbones(None, None, None, "offline-base"))
+        model, processor = load_model_and_processor("offline-base")
+        model.eval()
     except FileNotFoundError:
         return None
     times = []

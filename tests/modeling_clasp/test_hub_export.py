@@ -2,7 +2,7 @@
 
 The subprocess runs in another directory, without this repository on sys.path, with none of our
 packages importable and HF_HUB_OFFLINE=1: only the flat files in the saved folder can make it work.
-Nothing here calls AutoConfig.register, which would hide a broken export.
+Nothing here registers our classes with the Auto* factories, which would hide a broken export.
 """
 
 import json
