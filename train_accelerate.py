@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import time
 
 import numpy as np
@@ -68,6 +69,9 @@ def parse_args(argv=None):
     parser.add_argument("--early_stopping_patience", type=int, default=10, help="epochs without a better validation loss")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num_workers", type=int, default=0)
+    # Fault injection for the resume test: SIGKILL this process right after saving checkpoint N,
+    # so the kill lands at the same step however fast the machine is.
+    parser.add_argument("--kill_after_checkpoint", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -341,6 +345,8 @@ def main(argv=None):
                     accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=progress.step)
                 if args.checkpointing_steps and progress.step % args.checkpointing_steps == 0:
                     atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit)
+                    if progress.step == args.kill_after_checkpoint:
+                        os.kill(os.getpid(), signal.SIGKILL)
                 if progress.step >= max_steps:
                     break
         batches_done_in_epoch = progress.batches_in_epoch = 0

@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -130,14 +129,6 @@ def test_two_process_cpu_launch_trains_checkpoints_and_exports(tiny_setup, tmp_p
     assert sorted(os.listdir(output / "checkpoints")) == ["step_10", "step_12"]  # total limit 2
 
 
-def _wait_for(path, process, timeout=300):
-    deadline = time.time() + timeout
-    while not path.exists():
-        assert process.poll() is None, "training ended before the checkpoint appeared"
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.05)
-
-
 def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
     args = ("--num_train_epochs", "4", "--checkpointing_steps", "3")
     straight = tmp_path / "straight"
@@ -145,11 +136,12 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
                    capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    process = subprocess.Popen(_train_command(tiny_setup, killed, *args), cwd=REPO, env=_env(),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _wait_for(killed / "checkpoints" / "step_9", process)  # mid-epoch 2 (8 steps an epoch)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    # A real SIGKILL, sent by the trainer to itself right after checkpoint 9 (mid-epoch 2, 8 steps an
+    # epoch): waiting for the folder from here lost the race on a fast machine.
+    result = subprocess.run(_train_command(tiny_setup, killed, *args, "--kill_after_checkpoint", "9"), cwd=REPO,
+                            env=_env(), capture_output=True, timeout=600)
+    assert result.returncode == -signal.SIGKILL
+    assert (killed / "checkpoints" / "step_9").is_dir()
     assert not (killed / "training_summary.json").exists()
     result = subprocess.run(_train_command(tiny_setup, killed, *args, "--resume_from_checkpoint", "latest"),
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
