@@ -107,3 +107,22 @@ def save_tiny_clasp(path, speech="whisper"):
     tiny_model(config).save_pretrained(path)
     tiny_processor(config, path).save_pretrained(path)
     return path
+
+
+def oracle_index(index_dir, model_dir, clips, transcripts, languages):
+    """An index in which each clip's vector is the text embedding of its transcript.
+
+    That is what a perfectly trained CLASP would store. A tiny random model cannot put speech
+    next to its transcript, so this is how a test can know which file a text query must find first.
+    """
+    import soundfile
+
+    from search_clasp import ClaspEmbedder, ClaspIndex, model_identity
+
+    embedder = ClaspEmbedder.from_pretrained(model_dir, device="cpu")
+    index = ClaspIndex.create(index_dir, model_identity(model_dir), model_dir, embedder.model.config.projection_dim)
+    durations = [soundfile.info(clip).duration for clip in clips]
+    index.add([str(c) for c in clips], durations, embedder.embed_texts(transcripts).numpy(), transcripts, languages)
+    index.write_faiss()
+    index.close()
+    return index_dir

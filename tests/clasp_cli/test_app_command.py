@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 import soundfile
 
-from tiny import REPO, tiny_config, tiny_model, tiny_processor, tone
+from tiny import REPO, oracle_index, save_tiny_clasp, tone
 
 pytest.importorskip("gradio")
 pytest.importorskip("selenium")
@@ -31,24 +31,14 @@ TRANSCRIPTS = ["the red car", "le chat est sur la", "der hund ist", "el perro", 
 LANGUAGES = ["en", "fr", "de", "es", "en"]
 
 
-def oracle_index(root):
-    """A tiny model and an index in which clip i's vector is the text embedding of TRANSCRIPTS[i]."""
-    from search_clasp import ClaspEmbedder, ClaspIndex, model_identity
-
-    config = tiny_config("whisper")
-    tiny_model(config).save_pretrained(root / "model")
-    tiny_processor(config, root).save_pretrained(root / "model")
+def indexed_clips(root):
+    """A tiny model and an oracle index in which clip i's vector is the text embedding of TRANSCRIPTS[i]."""
+    model_dir = save_tiny_clasp(root / "model")
     clips = []
     for i in range(len(TRANSCRIPTS)):
         clips.append(root / f"clip{i}.wav")
         soundfile.write(clips[-1], tone(1 + 0.5 * i, freq=150 + 50 * i, seed=i), 16000)
-    embedder = ClaspEmbedder.from_pretrained(root / "model", device="cpu")
-    index = ClaspIndex.create(root / "index", model_identity(root / "model"), root / "model", config.projection_dim)
-    index.add([str(c) for c in clips], [1 + 0.5 * i for i in range(len(clips))], embedder.embed_texts(TRANSCRIPTS).numpy(),
-              TRANSCRIPTS, LANGUAGES)
-    index.write_faiss()
-    index.close()
-    return root / "index", clips
+    return oracle_index(root / "index", model_dir, clips, TRANSCRIPTS, LANGUAGES), clips
 
 
 def free_port():
@@ -73,7 +63,7 @@ def wait_until_serving(url, server, log, timeout=180):
 
 @pytest.fixture
 def app_url(tmp_path):
-    index, clips = oracle_index(tmp_path)
+    index, clips = indexed_clips(tmp_path)
     port, log = free_port(), tmp_path / "app.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}
     with open(log, "w") as out:

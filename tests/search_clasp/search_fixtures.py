@@ -22,20 +22,3 @@ def write_tones(folder, count, seed=0):
         paths.append(folder / f"clip{seed + i:03d}.wav")
         soundfile.write(paths[-1], clip, rate)
     return paths
-
-
-def oracle_index(index_dir, model_dir, clips, transcripts, languages):
-    """An index in which each clip's vector is the text embedding of its transcript.
-
-    That is what a perfectly trained CLASP would store. A tiny random model cannot put speech
-    next to its transcript, so this is how a test can know which file a text query must find first.
-    """
-    from search_clasp import ClaspEmbedder, ClaspIndex, model_identity
-
-    embedder = ClaspEmbedder.from_pretrained(model_dir, device="cpu")
-    index = ClaspIndex.create(index_dir, model_identity(model_dir), model_dir, embedder.model.config.projection_dim)
-    durations = [soundfile.info(clip).duration for clip in clips]
-    index.add([str(c) for c in clips], durations, embedder.embed_texts(transcripts).numpy(), transcripts, languages)
-    index.write_faiss()
-    index.close()
-    return index_dir

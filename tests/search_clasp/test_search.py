@@ -1,7 +1,8 @@
 import pytest
 
 from search_clasp import ClaspSearch
-from search_fixtures import oracle_index, write_tones
+from search_fixtures import write_tones
+from tiny import oracle_index
 
 TRANSCRIPTS = ["the red car", "le chat est sur la", "der hund ist", "el perro", "a blue house"]
 LANGUAGES = ["en", "fr", "de", "es", "en"]
