@@ -20,7 +20,10 @@ optimizer, not the number of negatives.
 Checkpoints (`--checkpointing_steps`) go to output_dir/checkpoints/step_N, written to a temporary
 folder and renamed, so a killed run never leaves a half checkpoint; `--resume_from_checkpoint
 latest` continues exactly where it stopped (same batches, same random state). The best model
-on the validation loss is kept in output_dir/best and exported to output_dir at the end.
+on the validation split is kept in output_dir/best and exported to output_dir at the end: by
+default the best mean reciprocal rank (both directions, the hard protocol, rows of one sentence
+group counting as correct for each other as in `clasp eval`), since retrieval is what CLASP is
+for and the contrastive loss keeps falling after retrieval has stopped improving.
 """
 
 import argparse
@@ -39,8 +42,9 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from data_clasp.features import CachedFeatures
+
 logger = get_logger(__name__)
-FEATURE_COLUMNS = ("speech_embeds", "spectrogram_embeds", "text_embeds")
 FEATURE_CACHE_MARKER = "clasp_features.json"  # written by `clasp features`
 
 
@@ -65,8 +69,15 @@ def parse_args(argv=None):
     parser.add_argument("--fusion", choices=["concat", "gating"], default=None, help="for a preset; default concat")
     parser.add_argument("--loss", choices=["contrastive", "contrastive_fixed", "huber"], default=None,
                         help="default contrastive for a preset, the saved one for a CLASP folder")
+    parser.add_argument("--speech_pooling", choices=["mean", "attention"], default=None,
+                        help="for a preset; default mean (the paper)")
+    parser.add_argument("--config_overrides", default=None,
+                        help='ClaspConfig fields to override, "key=value,key=value" with JSON values, e.g. '
+                             '"fusion_dropout=[0.3,0.2],logit_scale_init_value=3.0,speech_frame_stride=2"')
     parser.add_argument("--unfreeze_speech_encoder", action="store_true", help="end-to-end mode: train the speech encoder too")
-    parser.add_argument("--early_stopping_patience", type=int, default=10, help="epochs without a better validation loss")
+    parser.add_argument("--metric_for_best_model", choices=["mrr", "loss"], default="mrr",
+                        help="which validation figure chooses the best epoch and drives early stopping (default mrr)")
+    parser.add_argument("--early_stopping_patience", type=int, default=10, help="epochs without a better validation figure")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num_workers", type=int, default=0)
     # Fault injection for the resume test: SIGKILL this process right after saving checkpoint N,
@@ -76,20 +87,6 @@ def parse_args(argv=None):
 
 
 # ---- data ------------------------------------------------------------------------------------
-
-
-class CachedFeatures(Dataset):
-    """Rows of a feature cache as tensors; the whole split sits in memory (a few hundred MB at most)."""
-
-    def __init__(self, split):
-        split = split.with_format("numpy", columns=list(FEATURE_COLUMNS))
-        self.columns = {name: torch.from_numpy(np.stack(split[name]).astype(np.float32)) for name in FEATURE_COLUMNS}
-
-    def __len__(self):
-        return len(self.columns["text_embeds"])
-
-    def __getitem__(self, index):
-        return {name: column[index] for name, column in self.columns.items()}
 
 
 class AudioPairs(Dataset):
@@ -137,11 +134,30 @@ def load_model_and_processor(args):
     """A backbone preset (a fresh head) or a CLASP folder to continue, with this run's overrides."""
     from clasp_cli.features_command import load_model_and_processor as load
 
-    overrides = {"fusion": args.fusion, "loss": args.loss}
+    overrides = {"fusion": args.fusion, "loss": args.loss, "speech_pooling": args.speech_pooling}
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    overrides.update(parse_config_overrides(args.config_overrides))
     if args.unfreeze_speech_encoder:
         overrides["freeze_speech_encoder"] = False
     return load(args.model, **overrides)
+
+
+def parse_config_overrides(text):
+    """"a=1,b=[0.3,0.2],c=attention" -> {"a": 1, "b": [0.3, 0.2], "c": "attention"} (JSON values, else strings)."""
+    import re
+
+    overrides = {}
+    for item in re.split(r",(?=\s*\w+\s*=)", text or ""):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--config_overrides: {item!r} is not key=value")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value.strip()
+    return overrides
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -155,6 +171,8 @@ class TrainingProgress:
         self.epoch = 0
         self.batches_in_epoch = 0  # micro-batches of the current epoch already trained on
         self.best_val_loss = math.inf
+        self.best_score = -math.inf  # of --metric_for_best_model, higher is better (minus the loss)
+        self.best_epoch = 0
         self.epochs_without_improvement = 0
         self.history = []
 
@@ -208,9 +226,10 @@ def save_model_atomically(accelerator, model, processor, directory):
 
 
 @torch.no_grad()
-def validate(accelerator, model, dataloader):
+def validate(accelerator, model, dataloader, correct_set):
     """Validation loss (mean over batches, negatives gathered as in training) and hard-protocol
-    retrieval on the whole validation split."""
+    retrieval over the whole validation split in both directions, `correct_set` (one id per row,
+    see evaluation.protocols.correct_sets) saying which rows count as correct for each other."""
     from evaluation.protocols import rank_queries
     from evaluation.retrieval_metrics.rank_metrics import metrics_from_ranks
 
@@ -224,10 +243,22 @@ def validate(accelerator, model, dataloader):
     model.train()
     audio, text = torch.cat(audio).cpu(), torch.cat(text).cpu()
     gold = np.arange(len(audio))
-    hard, _ = rank_queries(text, audio, gold, gold)
-    metrics = metrics_from_ranks(hard)
-    return {"val_loss": torch.stack(losses).mean().item(), "val_text_to_audio_mrr": metrics["mrr"],
-            "val_text_to_audio_hits@1": metrics["hits@1"]}
+    metrics = {"val_loss": torch.stack(losses).mean().item()}
+    for direction, (queries, candidates) in {"audio_to_text": (audio, text), "text_to_audio": (text, audio)}.items():
+        hard, _ = rank_queries(queries, candidates, gold, correct_set)
+        ranks = metrics_from_ranks(hard)
+        metrics[f"val_{direction}_mrr"], metrics[f"val_{direction}_hits@1"] = ranks["mrr"], ranks["hits@1"]
+    metrics["val_mrr"] = (metrics["val_audio_to_text_mrr"] + metrics["val_text_to_audio_mrr"]) / 2
+    return metrics
+
+
+def validation_correct_set(split):
+    """Rows of one sentence group (the same sentence in any language) or of identical text count as correct."""
+    from evaluation.protocols import correct_sets
+
+    groups = split["group"] if "group" in split.column_names else None
+    texts = split["text"] if "text" in split.column_names else None
+    return correct_sets(len(split), groups, texts)
 
 
 def plot_history(history, path):
@@ -241,9 +272,10 @@ def plot_history(history, path):
     ax_loss.plot(epochs, [h["train_loss"] for h in history], label="train")
     ax_loss.plot(epochs, [h["val_loss"] for h in history], label="validation")
     ax_loss.set_xlabel("epoch"), ax_loss.set_ylabel("loss"), ax_loss.legend()
-    ax_mrr.plot(epochs, [h["val_text_to_audio_mrr"] for h in history], label="MRR")
-    ax_mrr.plot(epochs, [h["val_text_to_audio_hits@1"] for h in history], label="HITS@1")
-    ax_mrr.set_xlabel("epoch"), ax_mrr.set_title("validation, text → audio (hard)"), ax_mrr.legend()
+    for direction, name in (("text_to_audio", "text → audio"), ("audio_to_text", "audio → text")):
+        ax_mrr.plot(epochs, [h[f"val_{direction}_mrr"] for h in history], label=f"MRR, {name}")
+        ax_mrr.plot(epochs, [h[f"val_{direction}_hits@1"] for h in history], label=f"HITS@1, {name}", linestyle="--")
+    ax_mrr.set_xlabel("epoch"), ax_mrr.set_title("validation retrieval (hard protocol)"), ax_mrr.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path + ".tmp.png", dpi=100)
     plt.close(fig)
@@ -270,7 +302,9 @@ def main(argv=None):
     mode, data = load_training_data(args.train_data)
     model, processor = load_model_and_processor(args)
     if mode == "cached":
-        train_set, val_set, collate = CachedFeatures(data["train"]), CachedFeatures(data["validation"]), None
+        frames = model.config.speech_pooling == "attention"  # else the cached mean is all the head needs
+        train_set, val_set = CachedFeatures(data["train"], frames), CachedFeatures(data["validation"], frames)
+        collate = train_set.collate
     else:
         train_set, val_set, collate = AudioPairs(data["train"]), AudioPairs(data["validation"]), audio_collate(processor)
     eval_batch = args.per_device_eval_batch_size or args.per_device_train_batch_size
@@ -279,6 +313,7 @@ def main(argv=None):
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                               collate_fn=collate, num_workers=args.num_workers, generator=generator)
     val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers)
+    val_correct_set = validation_correct_set(data["validation"])
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")
 
@@ -352,21 +387,25 @@ def main(argv=None):
         batches_done_in_epoch = progress.batches_in_epoch = 0
         progress.epoch += 1
 
-        metrics = validate(accelerator, model, val_loader)
+        metrics = validate(accelerator, model, val_loader, val_correct_set)
         train_loss = accelerator.gather(torch.stack(epoch_losses).mean().reshape(1)).mean().item() if epoch_losses else float("nan")
         record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss, **metrics}
         progress.history.append(record)
         accelerator.print(f"[train] epoch {progress.epoch}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if args.with_tracking:
             accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=progress.step)
-        if metrics["val_loss"] < progress.best_val_loss:
-            progress.best_val_loss = metrics["val_loss"]
+        progress.best_val_loss = min(progress.best_val_loss, metrics["val_loss"])
+        score = metrics["val_mrr"] if args.metric_for_best_model == "mrr" else -metrics["val_loss"]
+        if score > progress.best_score:
+            progress.best_score = score
+            progress.best_epoch = progress.epoch
             progress.epochs_without_improvement = 0
             save_model_atomically(accelerator, model, processor, os.path.join(args.output_dir, "best"))
         else:
             progress.epochs_without_improvement += 1
             if progress.epochs_without_improvement >= args.early_stopping_patience:
-                accelerator.print(f"[train] early stop: no better validation loss for {args.early_stopping_patience} epochs")
+                accelerator.print(f"[train] early stop: no better validation {args.metric_for_best_model} "
+                                  f"for {args.early_stopping_patience} epochs")
                 stop = True
         if progress.step >= max_steps:
             stop = True
@@ -386,13 +425,16 @@ def main(argv=None):
             "mode": mode, "num_processes": accelerator.num_processes, "effective_batch": effective_batch,
             "negatives_per_step": args.per_device_train_batch_size * accelerator.num_processes - 1,
             "steps": progress.step, "epochs": progress.epoch, "best_val_loss": progress.best_val_loss,
+            "metric_for_best_model": args.metric_for_best_model, "best_epoch": progress.best_epoch,
+            "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
             "history": progress.history,
         }
         with open(os.path.join(args.output_dir, "training_summary.json.tmp"), "w") as f:
             json.dump(summary, f, indent=2)
         os.replace(os.path.join(args.output_dir, "training_summary.json.tmp"), os.path.join(args.output_dir, "training_summary.json"))
-        print(f"[train] done: {progress.step} steps, best val loss {progress.best_val_loss:.4f}, "
+        print(f"[train] done: {progress.step} steps, best epoch {progress.best_epoch} by validation "
+              f"{args.metric_for_best_model}, best val loss {progress.best_val_loss:.4f}, "
               f"{samples_seen / max(elapsed, 1e-9):.0f} samples/s; model in {args.output_dir}", flush=True)
     if args.with_tracking:
         accelerator.end_training()

@@ -75,14 +75,15 @@ def make_plots(model_dir, features_dir, output_dir, sample=24, seed=0):
     import torch
     from datasets import load_from_disk
 
+    from data_clasp.features import CachedFeatures
     from modeling_clasp import ClaspModel
 
     test = load_from_disk(features_dir)["test"]
     model = ClaspModel.from_pretrained(model_dir).eval()
-    columns = test.with_format("torch", columns=["speech_embeds", "spectrogram_embeds", "text_embeds"])[:]
+    cached = CachedFeatures(test, frames=model.config.speech_pooling == "attention")
     with torch.no_grad():
-        audio = model.get_audio_features(speech_embeds=columns["speech_embeds"], spectrogram_embeds=columns["spectrogram_embeds"])
-    text = torch.nn.functional.normalize(columns["text_embeds"], dim=-1)
+        out = model(**cached.collate([cached[i] for i in range(len(cached))]))
+    audio, text = out.audio_embeds, out.text_embeds
     languages = np.array(test["language"])
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(test), size=min(sample, len(test)), replace=False))

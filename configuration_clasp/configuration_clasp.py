@@ -82,6 +82,13 @@ class ClaspConfig(PretrainedConfig):
             whose output has `pooler_output`, e.g. efficientnet).
         text_config (`dict` or `PretrainedConfig`): the frozen sentence encoder's transformer.
         speech_layer (`int`): which hidden state of the speech encoder is pooled (-1 = last).
+        speech_pooling (`str`): how the speech encoder's frames become one vector: "mean" over real frames
+            (the paper) or "attention" (a learned query attends over the frames, as SigLIP's pooling head;
+            beyond the paper: a mean dilutes the few frames that carry each word).
+        speech_frame_stride (`int`): frames are averaged in windows of this many before pooling (4 turns
+            Whisper's and HuBERT's 50 frames a second into 12.5, ~ the rate of phones). The weighted mean
+            of the windows is exactly the mean of the frames, so "mean" pooling does not depend on it.
+        speech_pooling_heads (`int`): attention heads of the "attention" pooling.
         text_pooling (`str`): "mean" over real tokens, "cls", or "pooler" (the transformer's own pooler: for
             LaBSE this is sentence-transformers' Dense+tanh on the CLS token).
         text_normalize (`bool`): L2-normalise the sentence embedding, as sentence-transformers' Normalize.
@@ -115,6 +122,9 @@ class ClaspConfig(PretrainedConfig):
         spectrogram_config=None,
         text_config=None,
         speech_layer=-1,
+        speech_pooling="mean",
+        speech_frame_stride=4,
+        speech_pooling_heads=8,
         text_pooling="pooler",
         text_normalize=True,
         text_query_prefix="",
@@ -147,9 +157,14 @@ class ClaspConfig(PretrainedConfig):
             raise ValueError(f"fusion must be 'concat' or 'gating', got {fusion!r}")
         if loss not in ("contrastive", "contrastive_fixed", "huber"):
             raise ValueError(f"loss must be 'contrastive', 'contrastive_fixed' or 'huber', got {loss!r}")
+        if speech_pooling not in ("mean", "attention"):
+            raise ValueError(f"speech_pooling must be 'mean' or 'attention', got {speech_pooling!r}")
         if text_pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"text_pooling must be 'mean', 'cls' or 'pooler', got {text_pooling!r}")
         self.speech_layer = speech_layer
+        self.speech_pooling = speech_pooling
+        self.speech_frame_stride = speech_frame_stride
+        self.speech_pooling_heads = speech_pooling_heads
         self.text_pooling = text_pooling
         self.text_normalize = text_normalize
         self.text_query_prefix = text_query_prefix

@@ -1,8 +1,8 @@
 """ClaspModel: speech in, an embedding next to the text embedding of what was said.
 
-    audio ─┬─ speech encoder ── mean over real frames ── L2 ── branch MLP ─┐
-           └─ spectrogram CNN ── pooled ──────────────── L2 ── branch MLP ─┴─ fusion ── head ── L2 ── audio_embeds
-    text ──── frozen sentence encoder ── pooling (as sentence-transformers) ── L2 ───────────────────── text_embeds
+    audio ─┬─ speech encoder ── frames ── pooled (mean, or attention) ── L2 ── branch MLP ─┐
+           └─ spectrogram CNN ── pooled ─────────────────────────────── L2 ── branch MLP ─┴─ fusion ── head ── L2 ── audio_embeds
+    text ──── frozen sentence encoder ── pooling (as sentence-transformers) ── L2 ──────────────────────────────────── text_embeds
 
 Training pulls audio_embeds onto text_embeds of the transcript (symmetric contrastive loss, or the
 paper's Huber regression). The text side stays frozen, so text embeddings are those of the sentence
@@ -35,7 +35,7 @@ class ClaspOutput(ModelOutput):
         logits_per_text: `[n_text, n_audio]`, the transpose.
         audio_embeds: `[n_audio, projection_dim]` L2-normalised fused audio embeddings.
         text_embeds: `[n_text, projection_dim]` sentence-encoder embeddings of the text.
-        speech_embeds: `[n_audio, speech_hidden]` pooled, L2-normalised speech-encoder features.
+        speech_embeds: `[n_audio, speech_hidden]` pooled (config.speech_pooling), L2-normalised speech-encoder features.
         spectrogram_embeds: `[n_audio, cnn_hidden]` pooled, L2-normalised spectrogram-CNN features.
     """
 
@@ -49,11 +49,28 @@ class ClaspOutput(ModelOutput):
 
 
 def masked_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over the time axis of `[batch, time, dim]`, counting only frames where `mask` is 1."""
+    """Mean over the time axis of `[batch, time, dim]`, each frame weighted by `mask` (1 real, 0
+    padding, or a window's share of real frames; see `window_mean`)."""
     if mask is None:
         return hidden_states.mean(dim=1)
     mask = mask.to(hidden_states.dtype).unsqueeze(-1)
-    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=torch.finfo(mask.dtype).tiny)
+
+
+def window_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None, stride: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames averaged over real frames in windows of `stride`, and each window's share of real frames.
+
+    The shares are the windows' weights: `masked_mean(*window_mean(h, mask, k))` is the mean of the
+    real frames of `h` for any k, so caching the windows loses nothing "mean" pooling needs.
+    """
+    batch, time, dim = hidden_states.shape
+    if mask is None:
+        mask = torch.ones(batch, time, device=hidden_states.device)
+    mask = mask.to(hidden_states.dtype)
+    pad = (-time) % stride
+    summed = F.pad(hidden_states * mask.unsqueeze(-1), (0, 0, 0, pad)).view(batch, -1, stride, dim).sum(dim=2)
+    counts = F.pad(mask, (0, pad)).view(batch, -1, stride).sum(dim=2)
+    return summed / counts.clamp(min=1.0).unsqueeze(-1), counts / stride
 
 
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -112,6 +129,21 @@ class ClaspGate(nn.Module):
 
     def forward(self, x):
         return torch.sigmoid(self.input_gate(x)) * torch.tanh(self.candidate(x)) + torch.sigmoid(self.forget_gate(x)) * x
+
+
+class ClaspAttentionPooling(nn.Module):
+    """A learned query attends over the speech frames: SigLIP's pooling head, without its MLP (the
+    branch MLP follows). Windows with no real frame (weight 0) are masked out."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        self.probe = nn.Parameter(torch.zeros(1, 1, dim))
+        self.attention = nn.MultiheadAttention(dim, num_heads, batch_first=True)
+
+    def forward(self, frames, frame_weights):
+        probe = self.probe.expand(frames.shape[0], -1, -1).to(frames.dtype)
+        pooled, _ = self.attention(probe, frames, frames, key_padding_mask=frame_weights <= 0, need_weights=False)
+        return pooled[:, 0]
 
 
 class ClaspFusion(nn.Module):
@@ -184,6 +216,10 @@ class ClaspPreTrainedModel(PreTrainedModel):
         # The backbones are PreTrainedModels and initialise themselves; this covers the fusion head.
         if isinstance(module, ClaspModel):
             init.constant_(module.logit_scale, self.config.logit_scale_init_value)
+        elif isinstance(module, ClaspAttentionPooling):
+            init.normal_(module.probe, mean=0.0, std=0.02)
+            init.xavier_uniform_(module.attention.in_proj_weight)
+            init.zeros_(module.attention.in_proj_bias)
         elif isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=0.02)
             if module.bias is not None:
@@ -203,6 +239,8 @@ class ClaspModel(ClaspPreTrainedModel):
         self.speech_model = build_speech_encoder(config)
         self.spectrogram_model = AutoModel.from_config(config.spectrogram_config)
         self.text_model = build_text_encoder(config)
+        self.speech_pooler = (ClaspAttentionPooling(config.speech_hidden_size, config.speech_pooling_heads)
+                              if config.speech_pooling == "attention" else None)
         self.fusion = ClaspFusion(config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
         self.post_init()
@@ -271,8 +309,10 @@ class ClaspModel(ClaspPreTrainedModel):
         states[-1] = encoder.layer_norm(hidden)
         return states, frame_mask
 
-    def get_speech_embeds(self, input_values, audio_attention_mask=None) -> torch.Tensor:
-        """Speech-encoder features of each clip: the mean over its real frames, L2-normalised."""
+    def get_speech_frames(self, input_values, audio_attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The speech encoder's hidden states (`config.speech_layer`) averaged in windows of
+        `config.speech_frame_stride` frames: `[batch, windows, hidden]`, and each window's share of
+        real (unpadded) frames `[batch, windows]`. What `clasp features` caches for the speech branch."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_speech_encoder):
             if self.config.speech_is_whisper:
                 states, frame_mask = self._whisper_hidden_states(input_values, audio_attention_mask)
@@ -287,7 +327,19 @@ class ClaspModel(ClaspPreTrainedModel):
                 frame_mask = None
                 if audio_attention_mask is not None:
                     frame_mask = self.speech_model._get_feature_vector_attention_mask(hidden.shape[1], audio_attention_mask)
-            return F.normalize(masked_mean(hidden, frame_mask).float(), dim=-1)
+            return window_mean(hidden, frame_mask, self.config.speech_frame_stride)
+
+    def pool_speech(self, speech_frames, speech_frame_weights) -> torch.Tensor:
+        """One L2-normalised vector per clip from its frames (`config.speech_pooling`)."""
+        if self.speech_pooler is None:
+            pooled = masked_mean(speech_frames, speech_frame_weights)
+        else:
+            pooled = self.speech_pooler(speech_frames.to(self.speech_pooler.probe.dtype), speech_frame_weights)
+        return F.normalize(pooled.float(), dim=-1)
+
+    def get_speech_embeds(self, input_values, audio_attention_mask=None) -> torch.Tensor:
+        """Speech-encoder features of each clip, pooled over its real frames and L2-normalised."""
+        return self.pool_speech(*self.get_speech_frames(input_values, audio_attention_mask))
 
     def get_spectrogram_embeds(self, input_features) -> torch.Tensor:
         """Pooled spectrogram-CNN features of each clip's log-mel picture, L2-normalised."""
@@ -302,19 +354,34 @@ class ClaspModel(ClaspPreTrainedModel):
         input_features=None,
         speech_embeds=None,
         spectrogram_embeds=None,
+        speech_frames=None,
+        speech_frame_weights=None,
     ) -> torch.Tensor:
         """L2-normalised CLASP audio embeddings `[batch, projection_dim]`.
 
         Pass the processor's `input_values`, `audio_attention_mask` and `input_features`, or the
-        branch features cached from an earlier run (`speech_embeds`, `spectrogram_embeds`).
+        branch features cached from an earlier run: `speech_frames` and `speech_frame_weights`
+        (from `get_speech_frames`) or, for "mean" pooling, the pooled `speech_embeds`; and
+        `spectrogram_embeds`.
         """
-        return self._audio_forward(input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds)[0]
+        return self._audio_forward(input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds,
+                                   speech_frames, speech_frame_weights)[0]
 
-    def _audio_forward(self, input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds):
+    def _audio_forward(self, input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds,
+                       speech_frames=None, speech_frame_weights=None):
+        if speech_embeds is not None and self.speech_pooler is not None:
+            raise ValueError("this model pools speech frames by attention: pass `speech_frames` and "
+                             "`speech_frame_weights` (or audio), not pooled `speech_embeds`.")
         if speech_embeds is None:
-            if input_values is None:
-                raise ValueError("get_audio_features needs `input_values` (from ClaspProcessor) or `speech_embeds`.")
-            speech_embeds = self.get_speech_embeds(input_values, audio_attention_mask)
+            if speech_frames is not None:
+                if speech_frame_weights is None:
+                    raise ValueError("`speech_frames` need their `speech_frame_weights` (from get_speech_frames).")
+                speech_embeds = self.pool_speech(speech_frames, speech_frame_weights)
+            elif input_values is None:
+                raise ValueError("get_audio_features needs `input_values` (from ClaspProcessor), "
+                                 "`speech_frames` or `speech_embeds`.")
+            else:
+                speech_embeds = self.get_speech_embeds(input_values, audio_attention_mask)
         if spectrogram_embeds is None:
             if input_features is None:
                 raise ValueError("get_audio_features needs `input_features` (from ClaspProcessor) or `spectrogram_embeds`.")
@@ -355,17 +422,20 @@ class ClaspModel(ClaspPreTrainedModel):
         input_features=None,
         speech_embeds=None,
         spectrogram_embeds=None,
+        speech_frames=None,
+        speech_frame_weights=None,
         text_embeds=None,
         return_loss=None,
         return_dict=None,
         **kwargs,
     ) -> ClaspOutput | tuple:
-        has_audio = input_values is not None or speech_embeds is not None
+        has_audio = input_values is not None or speech_embeds is not None or speech_frames is not None
         has_text = input_ids is not None or text_embeds is not None
         audio_embeds = None
         if has_audio:
             audio_embeds, speech_embeds, spectrogram_embeds = self._audio_forward(
-                input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds
+                input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds,
+                speech_frames, speech_frame_weights,
             )
         if text_embeds is None and input_ids is not None:
             text_embeds = self.get_text_features(input_ids, attention_mask, token_type_ids)
@@ -531,4 +601,5 @@ def _read_tanh_dense(path_or_id, folder, dense_config) -> dict:
     return {"weight": state["linear.weight"], "bias": state["linear.bias"]}
 
 
-__all__ = ["ClaspModel", "ClaspPreTrainedModel", "ClaspOutput", "ClaspFusion", "clasp_loss", "gather_with_grad"]
+__all__ = ["ClaspModel", "ClaspPreTrainedModel", "ClaspOutput", "ClaspFusion", "ClaspAttentionPooling", "clasp_loss",
+           "gather_with_grad"]

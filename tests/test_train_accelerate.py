@@ -82,15 +82,22 @@ def tiny_setup(tmp_path_factory):
     model = tiny_model(config)
     model.save_pretrained(root / "model")
     tiny_processor(config, root).save_pretrained(root / "model")
-    rng = np.random.default_rng(0)
+    rng, frame_rng = np.random.default_rng(0), np.random.default_rng(1)
     to_speech = rng.standard_normal((config.projection_dim, config.speech_hidden_size))
     to_spectrogram = rng.standard_normal((config.projection_dim, config.spectrogram_hidden_size))
 
     def split(n):
         text = rng.standard_normal((n, config.projection_dim)).astype(np.float32)
         text /= np.linalg.norm(text, axis=1, keepdims=True)
+        speech = (text @ to_speech + 0.1 * rng.standard_normal((n, config.speech_hidden_size))).astype(np.float32)
+        # Frames: the clip's speech vector in a few noisy windows, with noise windows around it.
+        frames = [np.concatenate([frame_rng.standard_normal((int(frame_rng.integers(1, 4)), config.speech_hidden_size)),
+                                  speech[i] + 0.1 * frame_rng.standard_normal((int(frame_rng.integers(2, 6)), config.speech_hidden_size))])
+                  .astype(np.float16) for i in range(n)]
         return Dataset.from_dict({
-            "speech_embeds": (text @ to_speech + 0.1 * rng.standard_normal((n, config.speech_hidden_size))).astype(np.float32),
+            "speech_embeds": speech,
+            "speech_frames": frames,
+            "speech_frame_weights": [np.ones(len(f), np.float32) for f in frames],
             "spectrogram_embeds": (text @ to_spectrogram + 0.1 * rng.standard_normal((n, config.spectrogram_hidden_size))).astype(np.float32),
             "text_embeds": text,
             "text": [f"row {i}" for i in range(n)],
@@ -152,3 +159,30 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], atol=1e-6, rtol=0, msg=name)
     assert any(not torch.equal(expected[n], load_file(tiny_setup / "model" / "model.safetensors")[n]) for n in expected)
+
+
+def test_attention_pooling_on_cached_frames_and_the_best_epoch_by_validation_mrr(tiny_setup, tmp_path):
+    output = tmp_path / "attention"
+    result = subprocess.run(
+        _train_command(tiny_setup, output, "--num_train_epochs", "5", "--speech_pooling", "attention",
+                       "--config_overrides", "speech_pooling_heads=2,fusion_dropout=[0.2,0.05]"),
+        cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((output / "training_summary.json").read_text())
+    history = summary["history"]
+    assert summary["metric_for_best_model"] == "mrr"
+    assert summary["best_epoch"] == max(history, key=lambda h: h["val_mrr"])["epoch"]
+    assert history[-1]["val_loss"] < history[0]["val_loss"]
+    config = json.loads((output / "config.json").read_text())
+    assert config["speech_pooling"] == "attention" and config["fusion_dropout"] == [0.2, 0.05]
+    # The exported model is the best epoch's, and pools frames by attention.
+    assert any(name.startswith("speech_pooler.") for name in load_file(output / "model.safetensors"))
+
+
+def test_config_overrides_parse_json_values_and_bare_strings():
+    from train_accelerate import parse_config_overrides
+
+    assert parse_config_overrides("a=1, b=[0.3,0.2],c=attention,d=true") == {"a": 1, "b": [0.3, 0.2], "c": "attention", "d": True}
+    assert parse_config_overrides(None) == {}
+    with pytest.raises(ValueError, match="key=value"):
+        parse_config_overrides("attention")

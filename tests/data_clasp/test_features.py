@@ -54,8 +54,8 @@ def test_second_run_is_free_and_an_interrupted_run_resumes(setup, monkeypatch):
     first = load_from_disk(cache)["train"]["speech_embeds"]
 
     calls = []
-    original = model.get_speech_embeds
-    monkeypatch.setattr(model, "get_speech_embeds", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = model.get_speech_frames
+    monkeypatch.setattr(model, "get_speech_frames", lambda *a, **k: calls.append(1) or original(*a, **k))
     build_feature_cache(model, processor, data, cache, batch_size=2, chunk_size=2, progress=False)
     assert calls == []  # up to date: nothing recomputed
 
@@ -66,3 +66,34 @@ def test_second_run_is_free_and_an_interrupted_run_resumes(setup, monkeypatch):
     build_feature_cache(model, processor, data, cache, batch_size=2, chunk_size=2, progress=False)
     assert len(calls) == 1  # one model batch: the two rows of the missing chunk
     np.testing.assert_allclose(np.array(load_from_disk(cache)["train"]["speech_embeds"]), np.array(first), atol=1e-6)
+
+
+def test_cached_frames_reproduce_the_models_attention_pooled_embeddings(setup):
+    """The cache keeps the speech frames (float16); a head that pools them by attention, fed from the
+    cache through CachedFeatures, gives the embeddings it computes from the audio itself."""
+    from data_clasp.features import CachedFeatures
+    from modeling_clasp import ClaspModel
+
+    root, data, model, processor = setup
+    cache = build_feature_cache(model, processor, data, str(root / "cache3"), batch_size=3, chunk_size=2, progress=False)
+    train = load_from_disk(cache)["train"]
+    config = model.config.to_dict() | {"speech_pooling": "attention", "speech_pooling_heads": 2}
+    torch.manual_seed(1)
+    attentive = ClaspModel(type(model.config).from_dict(config)).eval()
+    attentive.load_state_dict(model.state_dict(), strict=False)  # same backbones, a fresh pooler and head
+
+    rows = CachedFeatures(train, frames=True)
+    batch = rows.collate([rows[i] for i in range(len(rows))])
+    assert batch["speech_frames"].dtype == torch.float16 and "speech_embeds" not in batch
+    lengths = (batch["speech_frame_weights"] > 0).sum(dim=1)
+    assert len(set(lengths.tolist())) > 1  # clips of different lengths, padded per batch
+    with torch.no_grad():
+        from_cache = attentive(**batch).audio_embeds
+        clips = [row["audio"]["array"] for row in data["train"]]
+        direct = attentive.get_audio_features(**processor.feature_extractor(clips, sampling_rate=16000))
+    torch.testing.assert_close(from_cache, direct, atol=2e-3, rtol=0)  # float16 frames
+    mean_rows = CachedFeatures(train, frames=False)
+    torch.testing.assert_close(mean_rows.columns["speech_embeds"],
+                               torch.nn.functional.normalize(model.pool_speech(batch["speech_frames"].float(),
+                                                                               batch["speech_frame_weights"]), dim=-1),
+                               atol=2e-3, rtol=0)

@@ -35,9 +35,10 @@ def test_shapes_and_normalisation(speech, tmp_path):
     torch.testing.assert_close(out.logits_per_audio, scale * out.audio_embeds @ out.text_embeds.T)
 
 
-def test_clip_embedding_does_not_depend_on_batch(speech, tmp_path):
-    """Padding a short clip next to a long one must not change its embedding (mean over real frames only)."""
-    config = tiny_config(speech)
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_clip_embedding_does_not_depend_on_batch(speech, pooling, tmp_path):
+    """Padding a short clip next to a long one must not change its embedding (real frames only)."""
+    config = tiny_config(speech, speech_pooling=pooling, speech_pooling_heads=2)
     model = tiny_model(config).eval()
     processor = tiny_processor(config, tmp_path)
     short = tone(0.4, freq=330, seed=2)
@@ -58,14 +59,50 @@ def test_whisper_real_length_matches_library_forward_on_30s():
     torch.testing.assert_close(ours[-1], library, atol=1e-5, rtol=1e-5)
 
 
-def test_cached_branch_features_run_the_same_fusion(tmp_path):
-    config = tiny_config()
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_cached_branch_features_run_the_same_fusion(speech, pooling, tmp_path):
+    """What `clasp features` caches (speech frames, or their mean) gives the model's own logits."""
+    config = tiny_config(speech, speech_pooling=pooling, speech_pooling_heads=2)
     model = tiny_model(config).eval()
     inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
     with torch.no_grad():
         full = model(**inputs)
-        cached = model(speech_embeds=full.speech_embeds, spectrogram_embeds=full.spectrogram_embeds, text_embeds=full.text_embeds)
-    torch.testing.assert_close(cached.logits_per_audio, full.logits_per_audio)
+        frames, weights = model.get_speech_frames(inputs["input_values"], inputs["audio_attention_mask"])
+        from_frames = model(speech_frames=frames, speech_frame_weights=weights, spectrogram_embeds=full.spectrogram_embeds,
+                            text_embeds=full.text_embeds)
+        torch.testing.assert_close(from_frames.logits_per_audio, full.logits_per_audio)
+        if pooling == "mean":
+            pooled = model(speech_embeds=full.speech_embeds, spectrogram_embeds=full.spectrogram_embeds,
+                           text_embeds=full.text_embeds)
+            torch.testing.assert_close(pooled.logits_per_audio, full.logits_per_audio)
+        else:
+            with pytest.raises(ValueError, match="speech_frames"):
+                model(speech_embeds=full.speech_embeds, spectrogram_embeds=full.spectrogram_embeds)
+
+
+@pytest.mark.parametrize("stride", [1, 3, 4])
+def test_window_mean_keeps_the_mean_of_real_frames(stride):
+    """Windows weighted by their share of real frames average to the mean of the real frames, so a
+    cache of windows serves "mean" pooling exactly, whatever the stride."""
+    from modeling_clasp.modeling_clasp import masked_mean, window_mean
+
+    torch.manual_seed(0)
+    hidden = torch.randn(3, 11, 5)
+    mask = torch.zeros(3, 11)
+    mask[0, :11], mask[1, :6], mask[2, :1] = 1, 1, 1
+    windows, weights = window_mean(hidden, mask, stride)
+    assert windows.shape == (3, -(-11 // stride), 5)
+    torch.testing.assert_close(masked_mean(windows, weights), masked_mean(hidden, mask))
+    assert (weights[2, 1:] == 0).all() and weights[0, 0] == 1.0
+
+
+def test_attention_pooler_trains_with_a_frozen_encoder(tmp_path):
+    config = tiny_config("whisper", speech_pooling="attention", speech_pooling_heads=2)
+    model = tiny_model(config).train()
+    inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
+    model(**inputs, return_loss=True).loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.speech_pooler.parameters())
+    assert all(p.grad is None for p in model.speech_model.parameters())
 
 
 def test_text_features_pool_as_sentence_transformers(tmp_path):
@@ -151,10 +188,13 @@ def test_bad_config_values_are_refused():
         tiny_config(fusion="sum")
     with pytest.raises(ValueError, match="loss"):
         tiny_config(loss="mse")
+    with pytest.raises(ValueError, match="speech_pooling"):
+        tiny_config(speech_pooling="max")
 
 
-def test_model_round_trip(tmp_path):
-    config = tiny_config()
+@pytest.mark.parametrize("pooling", ["mean", "attention"])
+def test_model_round_trip(pooling, tmp_path):
+    config = tiny_config(speech_pooling=pooling, speech_pooling_heads=2)
     model = tiny_model(config).eval()
     model.save_pretrained(tmp_path)
     loaded = ClaspModel.from_pretrained(tmp_path).eval()
