@@ -52,6 +52,9 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--asr-num-beams", type=int, default=1,
                         help="beam width of the ASR baseline's decoding (default 1: greedy; openai's whisper uses 5)")
+    parser.add_argument("--asr-cache", metavar="FILE.jsonl",
+                        help="keep the ASR baseline's transcripts here, one line a clip: a killed evaluation resumes, "
+                             "and another model evaluated on the same clips reuses them")
     parser.add_argument("--batch-size", type=int, default=16, help="clips / texts per batch (default 16)")
     parser.add_argument("--output", metavar="OUT.json", required=True, help="where to write the report (atomically)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the report as a markdown table")
@@ -64,7 +67,7 @@ def run(args) -> int:
     if args.model is not None:
         return evaluate_model(args)
     model_only = (("--manifest", args.manifest), ("--data", args.data), ("--asr-baseline", args.asr_baseline),
-                  ("--asr-model", args.asr_model))
+                  ("--asr-model", args.asr_model), ("--asr-cache", args.asr_cache))
     for flag, value in model_only:
         if value:
             args.parser.error(f"{flag} goes with --model, not --embeddings")  # exits with code 2
@@ -103,7 +106,7 @@ def evaluate_model(args) -> int:
                                          num_beams=args.asr_num_beams)
 
     report = model_report(model, processor, pairs, batch_size=args.batch_size, soft_k=args.soft_k, seed=args.seed,
-                          transcriber=transcriber)
+                          transcriber=transcriber, asr_cache=args.asr_cache if transcriber else None)
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"

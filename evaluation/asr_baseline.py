@@ -6,6 +6,8 @@ audio in the same retrieval protocol: audio -> text is transcript query vs refer
 text -> audio is text query vs transcripts. The paper's baseline was HuBERT-CTC -> LaBSE.
 """
 
+import hashlib
+import json
 import os
 import time
 import unicodedata
@@ -84,6 +86,8 @@ class WhisperTranscriber:
                 f"{model_dir}: no Whisper model folder; build it with `clasp backbones build` or pass --asr-model"
             )
         self.pipeline = pipeline("automatic-speech-recognition", model=str(model_dir), device=device)
+        # What a transcript depends on besides the clip: which Whisper, and how it decodes.
+        self.identity = f"{os.path.realpath(model_dir)}|num_beams={num_beams}|{self.MAX_TOKENS_PER_SECOND}tok/s"
         self.batch_size = batch_size
         # transformers' ASR pipeline decodes with 5 beams by default (as openai's whisper does); greedy
         # is ~5x cheaper on a CPU and what CLASP's speed is compared with unless asked otherwise.
@@ -105,30 +109,90 @@ class WhisperTranscriber:
         return [output["text"] for output in outputs]
 
 
-def transcribe_pairs(pairs, lengths, transcriber, feature_extractor, batch_size: int) -> tuple[list[str], float]:
+class TranscriptCache:
+    """Transcripts already made, one JSON line per clip, appended as each batch is transcribed.
+
+    The ASR baseline is the slow part of an evaluation (about a second a clip on a CPU): with a
+    cache, an evaluation that was killed resumes where it stopped, and a second CLASP model
+    evaluated on the same clips reuses the transcripts (and their measured seconds). A line is
+    keyed by the clip (its name, length and language) and the transcriber's identity, so another
+    Whisper or another decoding never reads it. A cut-off last line (a kill mid-write) is ignored.
+    """
+
+    def __init__(self, path, transcriber):
+        self.path = path
+        self.transcriber = getattr(transcriber, "identity", type(transcriber).__qualname__)
+        self.entries = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    try:
+                        entry = json.loads(line)
+                        self.entries[entry["key"]] = (entry["text"], entry["seconds"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        continue
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.file = open(path, "a", encoding="utf-8")
+        if self.file.tell() and not open(path, "rb").read()[-1:] == b"\n":
+            self.file.write("\n")  # end the line a killed run left half-written
+
+    def key(self, pair, length) -> str:
+        clip = f"{pair['name']}|{length}|{pair.get('language') or ''}|{self.transcriber}"
+        return hashlib.sha256(clip.encode()).hexdigest()
+
+    def get(self, key):
+        return self.entries.get(key)
+
+    def add(self, key, text, seconds):
+        self.entries[key] = (text, seconds)
+        self.file.write(json.dumps({"key": key, "text": text, "seconds": seconds}, ensure_ascii=False) + "\n")
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def transcribe_pairs(pairs, lengths, transcriber, feature_extractor, batch_size: int, cache_path=None) -> tuple[list[str], float]:
     """Transcripts in the pairs' order, and the seconds spent transcribing (waveform in memory ->
-    text). Batches hold one language each, so the language can be forced per batch."""
+    text). Batches hold one language each, so the language can be forced per batch. With
+    `cache_path` (see TranscriptCache), clips transcribed before are not transcribed again and
+    count with the seconds they took then."""
     transcripts = [""] * len(pairs)
     transcribe_s = 0.0
+    cache = TranscriptCache(cache_path, transcriber) if cache_path else None
+    keys = [cache.key(pair, length) for pair, length in zip(pairs, lengths)] if cache else None
     by_language = defaultdict(list)
     for index, pair in enumerate(pairs):
-        by_language[pair["language"] or None].append(index)
-    with tqdm(total=len(pairs), desc="transcribing", unit="clip") as bar:
-        for language, indices in by_language.items():
-            indices = np.asarray(indices)
-            for batch in length_batches(np.asarray(lengths)[indices], batch_size):
-                batch = indices[batch]
-                waveforms = [prepared_clip(pairs[i], feature_extractor).numpy() for i in batch]
-                started = time.perf_counter()
-                texts = transcriber(waveforms, language)
-                transcribe_s += time.perf_counter() - started
-                for i, text in zip(batch, texts):
-                    transcripts[i] = text.strip()
-                bar.update(len(batch))
+        if cache and cache.get(keys[index]) is not None:
+            transcripts[index], seconds = cache.get(keys[index])
+            transcribe_s += seconds
+        else:
+            by_language[pair["language"] or None].append(index)
+    try:
+        with tqdm(total=len(pairs), initial=len(pairs) - sum(map(len, by_language.values())), desc="transcribing",
+                  unit="clip") as bar:
+            for language, indices in by_language.items():
+                indices = np.asarray(indices)
+                for batch in length_batches(np.asarray(lengths)[indices], batch_size):
+                    batch = indices[batch]
+                    waveforms = [prepared_clip(pairs[i], feature_extractor).numpy() for i in batch]
+                    started = time.perf_counter()
+                    texts = transcriber(waveforms, language)
+                    seconds = time.perf_counter() - started
+                    transcribe_s += seconds
+                    for i, text in zip(batch, texts):
+                        transcripts[i] = text.strip()
+                        if cache:
+                            cache.add(keys[i], transcripts[i], seconds / len(batch))
+                    bar.update(len(batch))
+    finally:
+        if cache:
+            cache.close()
     return transcripts, transcribe_s
 
 
-def asr_baseline_report(model, processor, pairs, lengths, text_embeds, transcriber, *, batch_size: int, **report_kwargs) -> dict:
+def asr_baseline_report(model, processor, pairs, lengths, text_embeds, transcriber, *, batch_size: int, cache_path=None,
+                        **report_kwargs) -> dict:
     """The retrieval report with transcripts in place of audio, plus transcripts, WER and speed.
 
     text_embeds: the CLASP text embeddings of the pairs' texts (already computed for the model's
@@ -136,7 +200,8 @@ def asr_baseline_report(model, processor, pairs, lengths, text_embeds, transcrib
     breakdowns, cross_lingual, soft_k, seed), so both reports use the same protocol and draws.
     """
     started = time.perf_counter()
-    transcripts, transcribe_s = transcribe_pairs(pairs, lengths, transcriber, processor.feature_extractor, batch_size)
+    transcripts, transcribe_s = transcribe_pairs(pairs, lengths, transcriber, processor.feature_extractor, batch_size,
+                                                 cache_path=cache_path)
     transcript_embeds = embed_texts(model, processor, transcripts, batch_size, desc="transcripts")
     report = retrieval_report(transcript_embeds, text_embeds, embed_s=time.perf_counter() - started, **report_kwargs)
     report["transcripts"] = transcripts

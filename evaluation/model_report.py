@@ -13,10 +13,11 @@ from evaluation.protocols import correct_sets, retrieval_report, sample_wrong_ca
 BREAKDOWNS = ("source", "category")  # by_language is always there; these when the pairs have them
 
 
-def model_report(model, processor, pairs, *, batch_size=16, soft_k=100, seed=0, transcriber=None) -> dict:
+def model_report(model, processor, pairs, *, batch_size=16, soft_k=100, seed=0, transcriber=None, asr_cache=None) -> dict:
     """The report of `retrieval_report` for the model's embeddings of `pairs`, plus
     "failed" ([{path, reason}] of clips left out), timing["audio_embed_s_per_clip"], and
-    "asr_baseline" when a `transcriber` (see `asr_baseline.WhisperTranscriber`) is given.
+    "asr_baseline" when a `transcriber` (see `asr_baseline.WhisperTranscriber`) is given; `asr_cache`: a
+    transcript cache file (asr_baseline.TranscriptCache) to resume from and add to.
     ValueError when no clip can be used or the soft protocol's k is too large for the pairs.
     """
     lengths, failed, kept = usable_clips(pairs, processor.feature_extractor)
@@ -42,6 +43,7 @@ def model_report(model, processor, pairs, *, batch_size=16, soft_k=100, seed=0, 
     report["failed"] = failed
     if transcriber is not None:
         report["asr_baseline"] = asr_baseline_report(
-            model, processor, pairs, lengths, embedded["text_embeds"], transcriber, batch_size=batch_size, **report_kwargs
+            model, processor, pairs, lengths, embedded["text_embeds"], transcriber, batch_size=batch_size,
+            cache_path=asr_cache, **report_kwargs
         )
     return report

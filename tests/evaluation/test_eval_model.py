@@ -179,6 +179,50 @@ def test_asr_baseline_with_a_fake_transcriber(loaded, manifest):
     assert baseline["audio_to_text"]["hits@1"] >= 6 / 7  # a right transcript finds its own text
 
 
+def test_asr_transcript_cache_resumes_and_is_reused(loaded, manifest, tmp_path):
+    """A killed evaluation resumes from the transcripts on file; another model reuses them all;
+    another transcriber (identity) or a cut-off line never serves a transcript."""
+    model, processor = loaded
+    pairs = manifest_pairs(manifest)
+    lengths, _, kept = usable_clips(pairs, processor.feature_extractor)
+    pairs = [pairs[i] for i in kept]
+    transcribed = []
+
+    class Transcriber:
+        identity = "fake-whisper|greedy"
+
+        def __call__(self, waveforms, language):
+            transcribed.extend(len(w) for w in waveforms)
+            if len(transcribed) > 4 and self.fail:
+                raise KeyboardInterrupt  # killed half-way
+            return [f"clip of {len(w)} samples" for w in waveforms]
+
+    from evaluation.asr_baseline import transcribe_pairs
+
+    cache = tmp_path / "asr.jsonl"
+    first = Transcriber()
+    first.fail = True
+    with pytest.raises(KeyboardInterrupt):
+        transcribe_pairs(pairs, lengths, first, processor.feature_extractor, batch_size=2, cache_path=cache)
+    done_before = len(cache.read_text().splitlines())
+    assert 0 < done_before < len(pairs)
+    with open(cache, "a") as f:
+        f.write('{"key": "cut off')  # a kill in the middle of a line
+    transcribed.clear()
+    second = Transcriber()
+    second.fail = False
+    texts, seconds = transcribe_pairs(pairs, lengths, second, processor.feature_extractor, batch_size=2, cache_path=cache)
+    assert len(transcribed) == len(pairs) - done_before  # only the clips not on file
+    assert texts == [f"clip of {n} samples" for n in lengths] and seconds > 0
+    transcribed.clear()
+    again, _ = transcribe_pairs(pairs, lengths, second, processor.feature_extractor, batch_size=2, cache_path=cache)
+    assert transcribed == [] and again == texts
+    other = Transcriber()
+    other.fail, other.identity = False, "fake-whisper|beams=5"
+    transcribe_pairs(pairs, lengths, other, processor.feature_extractor, batch_size=2, cache_path=cache)
+    assert len(transcribed) == len(pairs)
+
+
 def test_clip_longer_than_whisper_takes_is_skipped():
     processor = tiny_processor(tiny_config("whisper"), None)
     pairs = [{"name": "long.wav", "read": lambda: (tone(31, rate=8000), 8000)},
