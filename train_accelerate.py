@@ -66,7 +66,7 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoints_total_limit", type=int, default=2)
     parser.add_argument("--resume_from_checkpoint", default=None, help="a checkpoint folder, or 'latest'")
     parser.add_argument("--with_tracking", action="store_true", help="log to TensorBoard in output_dir/logs")
-    parser.add_argument("--fusion", choices=["concat", "gating"], default=None, help="for a preset; default concat")
+    parser.add_argument("--fusion", choices=["concat", "gating", "speech_only", "spectrogram_only"], default=None, help="for a preset; default concat")
     parser.add_argument("--loss", choices=["contrastive", "contrastive_fixed", "huber"], default=None,
                         help="default contrastive for a preset, the saved one for a CLASP folder")
     parser.add_argument("--speech_pooling", choices=["mean", "attention"], default=None,

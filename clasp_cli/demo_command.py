@@ -212,7 +212,7 @@ def register(subparsers):
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="small")
     parser.add_argument("--languages", help=f"comma-separated (default {LANGUAGES})")
-    parser.add_argument("--fusion", choices=["concat", "gating"], default="concat")
+    parser.add_argument("--fusion", choices=["concat", "gating", "speech_only", "spectrogram_only"], default="concat")
     parser.add_argument("--work-dir", help="intermediate files (default artifacts/demo-SIZE)")
     parser.add_argument("--output", help="the Hub-ready model folder (default artifacts/clasp-demo)")
     parser.set_defaults(func=run)

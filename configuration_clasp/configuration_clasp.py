@@ -72,6 +72,9 @@ PAPER_SPECTROGRAM = dict(width_coefficient=2.0, depth_coefficient=3.1, image_siz
 PAPER_TEXT = dict(vocab_size=501153, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
 
 
+FUSIONS = ("concat", "gating", "speech_only", "spectrogram_only")
+
+
 class ClaspConfig(PretrainedConfig):
     r"""
     Configuration of a [`ClaspModel`].
@@ -96,7 +99,8 @@ class ClaspConfig(PretrainedConfig):
         text_max_length (`int`): longer transcripts are truncated to this many tokens.
         sampling_rate, spectrogram_n_fft, spectrogram_hop_length, spectrogram_n_mels, spectrogram_top_db:
             the log-mel spectrogram fed to the CNN (it is resized to the CNN's `image_size`).
-        fusion (`str`): "concat" or "gating" (the paper's two heads).
+        fusion (`str`): "concat" or "gating" (the paper's two heads), or one branch alone, the paper's
+            ablations: "speech_only" (the speech encoder) or "spectrogram_only" (the spectrogram CNN).
         fusion_branch_dims (`list[int]`): widths of each branch's MLP; the last is the branch output.
         fusion_head_dims (`list[int]`): hidden widths of the MLP after concatenation.
         fusion_dropout (`list[float]`): dropout after the first two branch layers.
@@ -153,8 +157,8 @@ class ClaspConfig(PretrainedConfig):
         self.speech_config = _as_config(speech_config, "hubert", PAPER_SPEECH)
         self.spectrogram_config = _as_config(spectrogram_config, "efficientnet", PAPER_SPECTROGRAM)
         self.text_config = _as_config(text_config, "bert", PAPER_TEXT)
-        if fusion not in ("concat", "gating"):
-            raise ValueError(f"fusion must be 'concat' or 'gating', got {fusion!r}")
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
         if loss not in ("contrastive", "contrastive_fixed", "huber"):
             raise ValueError(f"loss must be 'contrastive', 'contrastive_fixed' or 'huber', got {loss!r}")
         if speech_pooling not in ("mean", "attention"):
@@ -193,6 +197,14 @@ class ClaspConfig(PretrainedConfig):
             {"AutoConfig": "configuration_clasp.ClaspConfig", "AutoModel": "modeling_clasp.ClaspModel"},
         )
         super().__init__(**kwargs)
+
+    @property
+    def uses_speech(self) -> bool:
+        return self.fusion != "spectrogram_only"
+
+    @property
+    def uses_spectrogram(self) -> bool:
+        return self.fusion != "speech_only"
 
     @property
     def speech_is_whisper(self) -> bool:

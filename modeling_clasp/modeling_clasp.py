@@ -151,14 +151,17 @@ class ClaspFusion(nn.Module):
 
     concat: [speech; spectrogram] → head.  gating: each branch gated, then a softmax over the two
     branches (per dimension, from Linear(2H, 2H) of both) weights their sum → head.
+    speech_only / spectrogram_only (the paper's ablations): that branch alone → head.
     The head is the paper's Linear-BN-LeakyReLU-Linear-LeakyReLU-Linear.
     """
 
     def __init__(self, config: ClaspConfig):
         super().__init__()
         branch_dim = config.fusion_branch_dims[-1]
-        self.speech_mlp = ClaspBranchMLP(config.speech_hidden_size, config.fusion_branch_dims, config.fusion_dropout)
-        self.spectrogram_mlp = ClaspBranchMLP(config.spectrogram_hidden_size, config.fusion_branch_dims, config.fusion_dropout)
+        if config.uses_speech:
+            self.speech_mlp = ClaspBranchMLP(config.speech_hidden_size, config.fusion_branch_dims, config.fusion_dropout)
+        if config.uses_spectrogram:
+            self.spectrogram_mlp = ClaspBranchMLP(config.spectrogram_hidden_size, config.fusion_branch_dims, config.fusion_dropout)
         self.fusion = config.fusion
         if config.fusion == "gating":
             self.speech_gate = ClaspGate(branch_dim)
@@ -166,7 +169,7 @@ class ClaspFusion(nn.Module):
             self.branch_weights = nn.Linear(2 * branch_dim, 2 * branch_dim)
             head_in = branch_dim
         else:
-            head_in = 2 * branch_dim
+            head_in = 2 * branch_dim if config.fusion == "concat" else branch_dim
         hidden1, hidden2 = config.fusion_head_dims
         self.head = nn.Sequential(
             nn.Linear(head_in, hidden1), nn.BatchNorm1d(hidden1), nn.LeakyReLU(),
@@ -175,6 +178,10 @@ class ClaspFusion(nn.Module):
         )
 
     def forward(self, speech_embeds, spectrogram_embeds):
+        if self.fusion == "speech_only":
+            return self.head(self.speech_mlp(speech_embeds))
+        if self.fusion == "spectrogram_only":
+            return self.head(self.spectrogram_mlp(spectrogram_embeds))
         speech = self.speech_mlp(speech_embeds)
         spectrogram = self.spectrogram_mlp(spectrogram_embeds)
         if self.fusion == "concat":
@@ -372,7 +379,7 @@ class ClaspModel(ClaspPreTrainedModel):
         if speech_embeds is not None and self.speech_pooler is not None:
             raise ValueError("this model pools speech frames by attention: pass `speech_frames` and "
                              "`speech_frame_weights` (or audio), not pooled `speech_embeds`.")
-        if speech_embeds is None:
+        if speech_embeds is None and self.config.uses_speech:
             if speech_frames is not None:
                 if speech_frame_weights is None:
                     raise ValueError("`speech_frames` need their `speech_frame_weights` (from get_speech_frames).")
@@ -382,15 +389,15 @@ class ClaspModel(ClaspPreTrainedModel):
                                  "`speech_frames` or `speech_embeds`.")
             else:
                 speech_embeds = self.get_speech_embeds(input_values, audio_attention_mask)
-        if spectrogram_embeds is None:
+        if spectrogram_embeds is None and self.config.uses_spectrogram:
             if input_features is None:
                 raise ValueError("get_audio_features needs `input_features` (from ClaspProcessor) or `spectrogram_embeds`.")
             spectrogram_embeds = self.get_spectrogram_embeds(input_features)
         head_dtype = self.fusion.head[0].weight.dtype
-        fused = self.fusion(
-            F.normalize(speech_embeds, dim=-1).to(head_dtype), F.normalize(spectrogram_embeds, dim=-1).to(head_dtype)
-        )
-        return F.normalize(fused.float(), dim=-1), speech_embeds, spectrogram_embeds
+        # A branch the fusion does not use (speech_only / spectrogram_only) is neither run nor required.
+        speech = F.normalize(speech_embeds, dim=-1).to(head_dtype) if self.config.uses_speech else None
+        spectrogram = F.normalize(spectrogram_embeds, dim=-1).to(head_dtype) if self.config.uses_spectrogram else None
+        return F.normalize(self.fusion(speech, spectrogram).float(), dim=-1), speech_embeds, spectrogram_embeds
 
     # ---- text branch ---------------------------------------------------------------------
 
@@ -429,7 +436,7 @@ class ClaspModel(ClaspPreTrainedModel):
         return_dict=None,
         **kwargs,
     ) -> ClaspOutput | tuple:
-        has_audio = input_values is not None or speech_embeds is not None or speech_frames is not None
+        has_audio = any(x is not None for x in (input_values, speech_embeds, speech_frames, input_features, spectrogram_embeds))
         has_text = input_ids is not None or text_embeds is not None
         audio_embeds = None
         if has_audio:

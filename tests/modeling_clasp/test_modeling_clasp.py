@@ -118,7 +118,7 @@ def test_text_features_pool_as_sentence_transformers(tmp_path):
     torch.testing.assert_close(alone, F.normalize(hidden.mean(dim=1), dim=-1))
 
 
-@pytest.mark.parametrize("fusion", ["concat", "gating"])
+@pytest.mark.parametrize("fusion", ["concat", "gating", "speech_only", "spectrogram_only"])
 @pytest.mark.parametrize("loss", ["contrastive", "contrastive_fixed", "huber"])
 def test_gradients_reach_only_trainable_parts(fusion, loss, tmp_path):
     config = tiny_config(fusion=fusion, loss=loss)
@@ -135,6 +135,24 @@ def test_gradients_reach_only_trainable_parts(fusion, loss, tmp_path):
     assert (model.logit_scale.grad is not None) == (loss == "contrastive")
     # frozen backbones stay in eval mode (batch norm statistics untouched) while the head trains
     assert model.fusion.training and not model.spectrogram_model.training
+
+
+@pytest.mark.parametrize("fusion", ["speech_only", "spectrogram_only"])
+def test_one_branch_ablation_needs_and_runs_only_its_branch(fusion, tmp_path, monkeypatch):
+    """The paper's ablations: one branch alone. The other branch is neither run nor required."""
+    config = tiny_config("whisper", fusion=fusion)
+    model = tiny_model(config).eval()
+    inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
+    unused = "get_spectrogram_embeds" if fusion == "speech_only" else "get_speech_embeds"
+    monkeypatch.setattr(model, unused, lambda *a, **k: pytest.fail(f"{unused} ran"))
+    with torch.no_grad():
+        full = model(**inputs)
+        if fusion == "speech_only":
+            cached = model(speech_embeds=full.speech_embeds, text_embeds=full.text_embeds)
+        else:
+            cached = model(spectrogram_embeds=full.spectrogram_embeds, text_embeds=full.text_embeds)
+    torch.testing.assert_close(cached.logits_per_audio, full.logits_per_audio)
+    assert not hasattr(model.fusion, "spectrogram_mlp" if fusion == "speech_only" else "speech_mlp")
 
 
 def test_unfrozen_speech_encoder_gets_gradients(tmp_path):
