@@ -2,7 +2,8 @@
 
 The folder is what `save_pretrained` writes (config with auto_map, safetensors, the flat remote
 code, processor and tokenizer files) plus README.md, a model card made with huggingface_hub's
-ModelCard / ModelCardData. It is built in a temporary folder and renamed into place, so an
+ModelCard / ModelCardData. With `--widget`, the card's widget shows example clips (copied into
+samples/) with candidate labels and the scores this model gives them, computed here. It is built in a temporary folder and renamed into place, so an
 interrupted export never leaves a half-written model behind.
 """
 
@@ -23,7 +24,7 @@ archive can be searched with text in any language the sentence encoder knows, wi
 
 | part | this model |
 |---|---|
-| speech encoder | {speech} (mean-pooled over real frames) |
+| speech encoder | {speech} ({speech_pooling}) |
 | spectrogram CNN | {spectrogram} (on the log-mel spectrogram) |
 | text encoder (frozen) | {text} ({text_pooling} pooling, prefix `{text_prefix}`) |
 | fusion | {fusion}, output {projection_dim}-d |
@@ -78,8 +79,43 @@ DEFAULT_LIMITATIONS = (
 )
 
 
+SPEECH_POOLING = {"mean": "mean-pooled over real frames", "attention": "attention-pooled over real frames"}
+
+
+def widget_examples(model, processor, path, repo, samples_dir) -> list[dict]:
+    """The card's widget entries for the clips of a JSONL file of {"audio", "candidate_labels",
+    "example_title"}: each clip is copied into `samples_dir` and scored by this model as the
+    zero-shot-audio-classification pipeline scores it (softmax over the labels, the sentence
+    encoder's prompt before each label)."""
+    import torch
+
+    from clasp_cli.audio_files import load_audio
+
+    os.makedirs(samples_dir, exist_ok=True)
+    entries = []
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    for number, row in enumerate(rows, 1):
+        audio = row["audio"] if os.path.isabs(row["audio"]) else os.path.join(os.path.dirname(os.path.abspath(path)), row["audio"])
+        labels = list(row["candidate_labels"])
+        samples, rate = load_audio(audio)
+        inputs = processor(text=[processor.text_prefix + label for label in labels], audio=[samples], sampling_rate=rate)
+        with torch.no_grad():
+            scores = model(**inputs).logits_per_audio[0].softmax(dim=-1).tolist()
+        name = f"{number:02d}-{os.path.basename(audio)}"
+        shutil.copyfile(audio, os.path.join(samples_dir, name))
+        entries.append({
+            "src": f"https://huggingface.co/{repo}/resolve/main/samples/{name}",
+            "example_title": row.get("example_title") or f"example {number}",
+            "candidate_labels": ", ".join(labels),
+            "output": [{"label": label, "score": round(score, 4)}
+                       for label, score in sorted(zip(labels, scores), key=lambda pair: -pair[1])],
+        })
+    return entries
+
+
 def build_model_card(model, processor, repo, languages, license, datasets, eval_results=None, dataset_name=None,
-                     limitations=DEFAULT_LIMITATIONS):
+                     limitations=DEFAULT_LIMITATIONS, widget=None):
     from huggingface_hub import ModelCard, ModelCardData
 
     config = model.config
@@ -91,6 +127,7 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
         datasets=datasets or None,
         tags=["clasp", "speech", "audio-retrieval", "multilingual", "custom_code"],
         model_name=repo,
+        **({"widget": widget} if widget else {}),
     )
     evaluation = "Not evaluated yet."
     if eval_results is not None:
@@ -104,6 +141,7 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
             model_name=repo,
             repo=repo,
             speech=config.speech_config.model_type,
+            speech_pooling=SPEECH_POOLING[config.speech_pooling],
             spectrogram=config.spectrogram_config.model_type,
             text=config.text_config.model_type,
             text_pooling=config.text_pooling,
@@ -118,11 +156,11 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
 
 
 def export(model_dir, output_dir, repo=None, languages=(), license="mit", datasets=(), eval_results_path=None,
-           dataset_name=None):
+           dataset_name=None, widget_path=None):
     from modeling_clasp import ClaspModel
     from processing_clasp import ClaspProcessor
 
-    model = ClaspModel.from_pretrained(model_dir)
+    model = ClaspModel.from_pretrained(model_dir).eval()
     processor = ClaspProcessor.from_pretrained(model_dir)
     eval_results = None
     if eval_results_path is not None:
@@ -135,8 +173,10 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
     try:
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
-        card = build_model_card(model, processor, repo or os.path.basename(output_dir), list(languages), license,
-                                list(datasets), eval_results, dataset_name)
+        repo = repo or os.path.basename(output_dir)
+        widget = widget_examples(model, processor, widget_path, repo, os.path.join(staging, "samples")) if widget_path else None
+        card = build_model_card(model, processor, repo, list(languages), license, list(datasets), eval_results,
+                                dataset_name, widget=widget)
         card.save(os.path.join(staging, "README.md"))
         if eval_results is not None:
             shutil.copyfile(eval_results_path, os.path.join(staging, "eval_results.json"))
@@ -158,7 +198,8 @@ def run(args) -> int:
     languages = [code for code in (args.language or "").split(",") if code]
     datasets = [name for name in (args.dataset or "").split(",") if name]
     path = export(args.model, args.output, repo=args.repo, languages=languages, license=args.license,
-                  datasets=datasets, eval_results_path=args.eval_results, dataset_name=args.dataset_name)
+                  datasets=datasets, eval_results_path=args.eval_results, dataset_name=args.dataset_name,
+                  widget_path=args.widget)
     print(f"exported {args.model} → {path}")
     return 0
 
@@ -176,4 +217,7 @@ def register(subparsers):
     parser.add_argument("--dataset", help="comma-separated dataset names for the card")
     parser.add_argument("--eval-results", help="a `clasp eval` JSON report: its hard-protocol figures go into model-index")
     parser.add_argument("--dataset-name", help="name of the evaluated data in model-index")
+    parser.add_argument("--widget", metavar="FILE.jsonl",
+                        help='widget examples, one JSON object a line: {"audio": path, "candidate_labels": [...], '
+                             '"example_title": ...}; scored by the model, the clips copied into samples/')
     parser.set_defaults(func=run)

@@ -57,6 +57,42 @@ def test_export_writes_a_hub_folder_with_a_model_card(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".export-")]  # no staging left behind
 
 
+def test_widget_examples_carry_this_models_scores(tmp_path):
+    import soundfile
+
+    from processing_clasp import ClaspProcessor
+    from tiny import tone
+
+    config = tiny_config()
+    torch.manual_seed(3)
+    source = tmp_path / "trained"
+    tiny_model(config).eval().save_pretrained(source)
+    tiny_processor(config, tmp_path).save_pretrained(source)
+    soundfile.write(tmp_path / "hello.wav", tone(0.8, rate=22050), 22050)
+    labels = ["the cat sat", "der hund ist", "el perro"]
+    (tmp_path / "widget.jsonl").write_text(json.dumps({"audio": "hello.wav", "candidate_labels": labels,
+                                                       "example_title": "a tone"}) + "\n")
+    result = clasp("export", "--model", str(source), "--output", str(tmp_path / "hub"), "--repo", "me/clasp-tiny",
+                   "--widget", str(tmp_path / "widget.jsonl"))
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    hub = tmp_path / "hub"
+    (entry,) = ModelCard.load(hub / "README.md").data.widget
+    assert entry["src"] == "https://huggingface.co/me/clasp-tiny/resolve/main/samples/01-hello.wav"
+    assert (hub / "samples" / "01-hello.wav").read_bytes() == (tmp_path / "hello.wav").read_bytes()
+    assert entry["candidate_labels"] == "the cat sat, der hund ist, el perro"
+    # The scores are this model's: softmax of its logits over the labels (with the encoder's prompt).
+    model, processor = ClaspModel.from_pretrained(hub).eval(), ClaspProcessor.from_pretrained(hub)
+    samples, rate = soundfile.read(tmp_path / "hello.wav", dtype="float32")
+    with torch.no_grad():
+        logits = model(**processor(text=[processor.text_prefix + label for label in labels], audio=[samples],
+                                   sampling_rate=rate)).logits_per_audio[0]
+    expected = dict(zip(labels, logits.softmax(dim=-1).tolist()))
+    assert [o["label"] for o in entry["output"]] == sorted(labels, key=lambda label: -expected[label])
+    for output in entry["output"]:
+        assert abs(output["score"] - expected[output["label"]]) < 1e-3
+
+
 def test_export_of_a_missing_folder_fails_cleanly(tmp_path):
     result = clasp("export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "hub"))
     assert result.returncode != 0 and not (tmp_path / "hub").exists()
