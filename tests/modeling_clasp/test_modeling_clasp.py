@@ -96,6 +96,30 @@ def test_window_mean_keeps_the_mean_of_real_frames(stride):
     assert (weights[2, 1:] == 0).all() and weights[0, 0] == 1.0
 
 
+def test_attention_pooling_is_multihead_attention_with_one_query():
+    """The pooler's shortcut (no frame is projected) gives nn.MultiheadAttention's output exactly."""
+    from modeling_clasp.modeling_clasp import ClaspAttentionPooling
+
+    torch.manual_seed(0)
+    pooler = ClaspAttentionPooling(dim=16, num_heads=4)
+    for parameter in pooler.parameters():
+        torch.nn.init.normal_(parameter, std=0.3)
+    reference = torch.nn.MultiheadAttention(16, 4, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([pooler.q_proj.weight, pooler.k_proj.weight, pooler.v_proj.weight]))
+        # Any key bias: it adds one constant to every frame's score, which the softmax ignores.
+        reference.in_proj_bias.copy_(torch.cat([pooler.q_proj.bias, torch.randn(16), pooler.v_proj.bias]))
+        reference.out_proj.load_state_dict(pooler.out_proj.state_dict())
+    frames, weights = torch.randn(3, 7, 16), torch.ones(3, 7)
+    weights[1, 4:], weights[2, 1:] = 0, 0
+    with torch.no_grad():
+        ours = pooler(frames, weights)
+        expected = reference(pooler.probe.expand(3, 1, 16), frames, frames, key_padding_mask=weights == 0)[0][:, 0]
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="divide"):
+        ClaspAttentionPooling(dim=16, num_heads=3)
+
+
 def test_attention_pooler_trains_with_a_frozen_encoder(tmp_path):
     config = tiny_config("whisper", speech_pooling="attention", speech_pooling_heads=2)
     model = tiny_model(config).train()
