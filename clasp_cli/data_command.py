@@ -90,6 +90,6 @@ def run_import(args) -> int:
         dataset, skipped = loaders.load_hf(load_from_disk(args.hf), language=args.language, text_column=args.text_column)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    dataset.save_to_disk(args.output)
+    loaders.save_dataset(dataset, args.output)
     print(dataset)
     return 0

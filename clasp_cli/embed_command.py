@@ -29,7 +29,7 @@ def register(subparsers):
 
 def run(args) -> int:
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
     from tqdm.auto import tqdm
 
     from search_clasp.embedding import ClaspEmbedder
@@ -57,9 +57,15 @@ def run(args) -> int:
     output = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     temporary = f"{output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written file
-    save_file({"embeddings": torch.cat(embeddings).contiguous()}, temporary,
-              metadata={"paths": json.dumps(paths), "failed": json.dumps(failed)})
-    os.replace(temporary, output)
+    try:
+        with open(temporary, "wb") as f:  # a Python file: a full disk raises here, at the write
+            f.write(save({"embeddings": torch.cat(embeddings).contiguous()},
+                         metadata={"paths": json.dumps(paths), "failed": json.dumps(failed)}))
+        os.replace(temporary, output)
+    except Exception as error:  # a full disk: leave no partial file, and say which output failed
+        if os.path.lexists(temporary):
+            os.unlink(temporary)
+        raise OSError(f"{output}: could not be written ({error})") from error
     print(f"embedded {len(paths)} file(s) into {output}" + (f"; {len(failed)} failed (listed in its metadata)" if failed else ""),
           file=sys.stderr)
     return 0

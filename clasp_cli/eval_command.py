@@ -81,11 +81,10 @@ def run(args) -> int:
 def evaluate_model(args) -> int:
     import torch
 
+    from clasp_cli.features_command import load_model_and_processor
     from evaluation.model_report import model_report
     from evaluation.pairs import dataset_pairs, manifest_pairs
     from evaluation.report import format_report, report_to_markdown
-    from modeling_clasp import ClaspModel
-    from processing_clasp import ClaspProcessor
 
     if (args.manifest is None) == (args.data is None):
         args.parser.error("--model needs the pairs to embed: --manifest FILE.jsonl or --data DIR")
@@ -96,8 +95,8 @@ def evaluate_model(args) -> int:
     if not pairs:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = ClaspModel.from_pretrained(args.model).to(device).eval()
-    processor = ClaspProcessor.from_pretrained(args.model)
+    model, processor = load_model_and_processor(args.model)  # weights that do not fit the config are refused
+    model = model.to(device).eval()
     transcriber = None
     if args.asr_baseline or args.asr_model:
         from evaluation.asr_baseline import WhisperTranscriber

@@ -12,13 +12,16 @@ Manifest mistakes made by a person (bad JSON, missing columns) are errors, with 
 """
 
 import csv
-import io
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
+import numpy as np
 from datasets import Audio, Dataset, DatasetDict, Value
+
+from processing_clasp.feature_extraction_clasp import MAX_FLOAT_PEAK
 
 from .schema import COLUMNS, FEATURES, SAMPLING_RATE, SPLITS, split_of_groups, text_group, translations_list
 
@@ -37,22 +40,40 @@ LOADING_FEATURES["split"] = Value("string")  # "" when the source has no split o
 
 
 def decode_error(audio: dict):
-    """Why this clip can't be decoded, or None. soundfile first (fast), torchcodec for the rest."""
-    source = audio.get("bytes") or audio.get("path")
-    if not source:
+    """Why this clip can't be used, or None.
+
+    It is decoded as the dataset will decode it (datasets' Audio, resampled to 16 kHz by FFmpeg):
+    a clip of a few milliseconds at 96 kHz reads fine with soundfile and comes out of FFmpeg's
+    resampler empty, which `clasp features` would only find hours later.
+    """
+    if not (audio.get("bytes") or audio.get("path")):
         return "no audio"
     try:
-        import soundfile
+        samples = Audio(sampling_rate=SAMPLING_RATE).decode_example(audio).get_all_samples().data.numpy()
+    except Exception as error:
+        return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+    if samples.size == 0:
+        return f"no samples at {SAMPLING_RATE} Hz"
+    # A NaN would pass every step until the model, and poison a whole batch of features there.
+    if not np.isfinite(samples).all():
+        return "NaN or infinite samples"
+    peak = float(np.abs(samples).max())
+    return f"samples reach {peak:.3g}, 120 dB past full scale: not audio in [-1, 1]" if peak > MAX_FLOAT_PEAK else None
 
-        frames = len(soundfile.read(io.BytesIO(source) if isinstance(source, bytes) else source)[0])
-    except Exception:
-        try:
-            from torchcodec.decoders import AudioDecoder  # what datasets itself decodes with
 
-            frames = AudioDecoder(source).get_all_samples().data.shape[-1]
-        except Exception as error:
-            return f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
-    return None if frames > 0 else "no samples"
+def save_dataset(dataset: DatasetDict, folder) -> None:
+    """`save_to_disk` into FOLDER.partial, then rename: FOLDER only ever holds a whole dataset.
+
+    A killed save_to_disk leaves some of its files; a reader of FOLDER must never see that.
+    """
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()) and not (folder / "dataset_dict.json").is_file():
+        raise ValueError(f"{folder} exists and holds something else than a saved dataset: choose another folder")
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)  # from a run killed while saving
+    dataset.save_to_disk(str(partial))
+    shutil.rmtree(folder, ignore_errors=True)  # a kill here leaves no dataset (rerun to make it), never half of one
+    os.replace(partial, folder)
 
 
 def _with_errors(batch):

@@ -280,7 +280,7 @@ def write_dataset(output: Path, clips: list, translations: dict):
     """manifest.jsonl (atomically) and dataset/ from the kept clips, split by group."""
     import datasets
 
-    from .loaders import load_manifest
+    from .loaders import load_manifest, save_dataset
 
     split_of = split_of_groups(c["group"] for c in clips)
     manifest = output / "manifest.jsonl"
@@ -300,8 +300,7 @@ def write_dataset(output: Path, clips: list, translations: dict):
         dataset, skipped = load_manifest(manifest)
         if skipped:
             raise RuntimeError(f"{len(skipped)} written clips do not decode, e.g. {skipped[:3]}")
-        shutil.rmtree(output / "dataset", ignore_errors=True)
-        dataset.save_to_disk(str(output / "dataset"))
+        save_dataset(dataset, output / "dataset")
     finally:
         if bars_were_on:
             datasets.enable_progress_bars()

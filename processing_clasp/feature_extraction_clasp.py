@@ -24,6 +24,9 @@ from transformers.audio_utils import mel_filter_bank
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
+# Float samples past ±1 (a loud mix, int16 values stored as floats) are taken as they are, but beyond
+# this the spectrogram's power overflows float32 (at ~1e16) long before anything is audio.
+MAX_FLOAT_PEAK = 1e6
 
 
 def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
@@ -53,6 +56,10 @@ def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
         raise ValueError(f"{name}: the clip is empty (0 samples)")
     if not np.isfinite(audio).all():
         raise ValueError(f"{name}: the clip contains NaN or infinite samples")
+    peak = float(np.abs(audio).max())
+    if peak > MAX_FLOAT_PEAK:
+        raise ValueError(f"{name}: samples reach {peak:.3g}, 120 dB past full scale: not audio in [-1, 1] "
+                         "(integer samples are scaled by their type; float samples are taken as they are)")
     return torch.from_numpy(np.ascontiguousarray(audio))
 
 

@@ -10,6 +10,7 @@ This file is also published flat on the Hub: it imports only transformers and th
 
 import json
 import os
+import warnings
 
 from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
@@ -49,7 +50,17 @@ class ClaspProcessor(ProcessorMixin):
             if not isinstance(t, str):
                 raise TypeError(f"text[{i}]: expected a string, got {type(t).__name__}")
         kwargs = {"padding": True, "truncation": True, "max_length": self.text_max_length, **kwargs}
-        return self.tokenizer([self.text_prefix + t for t in texts], return_tensors=return_tensors, **kwargs)
+        texts = [self.text_prefix + t for t in texts]
+        tokens = self.tokenizer(texts, return_tensors=return_tensors, **kwargs)
+        # Say which texts lost their end: the sentence encoder only ever sees max_length tokens. Only a
+        # text that fills the limit can have been cut; tokenizing it alone tells.
+        for i, mask in enumerate(tokens.get("attention_mask", []) if kwargs["truncation"] and kwargs["max_length"] else []):
+            if int(sum(mask)) >= kwargs["max_length"]:
+                full = len(self.tokenizer(texts[i], truncation=False)["input_ids"])
+                if full > kwargs["max_length"]:
+                    warnings.warn(f"text[{i}]: {full} tokens, truncated to the sentence encoder's limit of "
+                                  f"{kwargs['max_length']}; the rest is not embedded", stacklevel=2)
+        return tokens
 
     @property
     def model_input_names(self):

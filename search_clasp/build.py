@@ -57,10 +57,13 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     """
     from tqdm.auto import tqdm
 
+    from clasp_cli.features_command import check_checkpoint
+
     from .embedding import ClaspEmbedder
 
     index_dir = Path(os.path.abspath(index_dir))
     identity = model_identity(model_dir)  # before loading anything: a wrong model is refused at once
+    check_checkpoint(model_dir)  # and a broken one before a .partial index is started with its identity
     entries, failed = read_entries(inputs)
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)

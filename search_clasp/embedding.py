@@ -73,13 +73,10 @@ class ClaspEmbedder:
 
     @classmethod
     def from_pretrained(cls, model_dir, **kwargs):
-        from modeling_clasp import ClaspModel
-        from processing_clasp import ClaspProcessor
+        from clasp_cli.features_command import load_model_and_processor
 
-        # Our own classes load the folder, and its tokenizer is a standard one: no remote code to trust
-        # (left unset, transformers would stop and ask on the terminal).
-        processor = ClaspProcessor.from_pretrained(model_dir, trust_remote_code=False)
-        return cls(ClaspModel.from_pretrained(model_dir), processor, **kwargs)
+        # Checked first: weights that do not fit the folder's config are refused, naming the difference.
+        return cls(*load_model_and_processor(os.fspath(model_dir)), **kwargs)
 
     def waveform(self, samples, rate: int, name: str = "audio") -> torch.Tensor:
         """One clip (any channels, type, rate) as mono float32 at the model's rate; ValueError if unusable."""
@@ -109,9 +106,9 @@ class ClaspEmbedder:
         sums.index_add_(0, torch.tensor(owners), torch.stack(window_embeds) * torch.tensor(weights)[:, None])
         return F.normalize(sums, dim=-1)
 
-    def embed_audio(self, samples, rate: int) -> torch.Tensor:
-        """`[projection_dim]` for one clip as an array or tensor."""
-        return self.embed_waveforms([self.waveform(samples, rate)])[0]
+    def embed_audio(self, samples, rate: int, name: str = "audio") -> torch.Tensor:
+        """`[projection_dim]` for one clip as an array or tensor; `name` is how an unusable clip is reported."""
+        return self.embed_waveforms([self.waveform(samples, rate, name)])[0]
 
     @torch.inference_mode()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:

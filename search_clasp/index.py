@@ -154,13 +154,16 @@ class ClaspIndex:
         embeddings = np.asarray(embeddings, dtype="<f4")
         texts = texts or [None] * len(paths)
         languages = languages or [None] * len(paths)
-        with self.lock, self.db:
-            start = self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
-            self.db.executemany(
-                "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)",
-                [(start + i, p, float(d), t, lang, e.tobytes())
-                 for i, (p, d, t, lang, e) in enumerate(zip(paths, durations, texts, languages, embeddings))],
-            )
+        try:
+            with self.lock, self.db:
+                start = self.db.execute("SELECT COUNT(*) FROM items").fetchone()[0]
+                self.db.executemany(
+                    "INSERT INTO items VALUES (?, ?, ?, ?, ?, ?)",
+                    [(start + i, p, float(d), t, lang, e.tobytes())
+                     for i, (p, d, t, lang, e) in enumerate(zip(paths, durations, texts, languages, embeddings))],
+                )
+        except sqlite3.OperationalError as error:  # "database or disk is full": the transaction was rolled back
+            raise OSError(f"{self.directory / METADATA_FILE}: {error}; nothing of this chunk was kept: rerun when fixed") from error
 
     def embeddings(self, start=0, stop=None, step=1) -> np.ndarray:
         """`[n, dim]` float32: rows start, start + step, ... before stop, in position order."""
@@ -219,8 +222,18 @@ class ClaspIndex:
         for start in range(index.ntotal, count, 65536):
             index.add(self.embeddings(start=start, stop=start + 65536))
         temporary = path.with_name(f"{FAISS_FILE}.tmp{os.getpid()}")
-        faiss.write_index(index, str(temporary))
-        os.replace(temporary, path)
+        try:
+            # Through a Python file: faiss.write_index only prints a full disk's error when it closes
+            # the file, and would leave a cut-short index to rename into place.
+            with open(temporary, "wb") as f:
+                faiss.write_index(index, faiss.PyCallbackIOWriter(f.write))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        except Exception as error:  # a full disk: the old index.faiss stays as it was, and a rerun finishes
+            if os.path.lexists(temporary):
+                os.unlink(temporary)
+            raise OSError(f"{path}: could not be written ({error}); the committed rows are kept: rerun when fixed") from error
         self._faiss = index
 
     def search(self, queries, k=10, nprobe=None, ef=None) -> list[list[dict]]:

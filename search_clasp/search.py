@@ -45,7 +45,7 @@ class ClaspSearch:
     def audio(self, path, k=10, nprobe=None, ef=None) -> list[dict]:
         """Query by example: files that sound like they say what `path` says."""
         samples, rate = load_audio(path)
-        return self._search(lambda: self.embedder.embed_audio(samples, rate), k, nprobe, ef)
+        return self._search(lambda: self.embedder.embed_audio(samples, rate, name=str(path)), k, nprobe, ef)
 
     def classify(self, path, labels: list[str]) -> dict[str, float]:
         """Zero-shot classification: a softmax over the model's scaled cosine with each label's text."""
@@ -53,7 +53,7 @@ class ClaspSearch:
         if not labels:
             raise ValueError("give at least one label")
         samples, rate = load_audio(path)
-        audio = self.embedder.embed_audio(samples, rate)
+        audio = self.embedder.embed_audio(samples, rate, name=str(path))
         with torch.inference_mode():
             scale = self.embedder.model.logit_scale_value().cpu()
             probabilities = (scale * self.embedder.embed_texts(labels) @ audio).softmax(dim=0)

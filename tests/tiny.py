@@ -72,7 +72,9 @@ def tiny_feature_extractor(config):
 
 
 def tiny_processor(config, tmp_path):
-    return ClaspProcessor(tiny_feature_extractor(config), tiny_tokenizer(tmp_path), text_prefix="")
+    # Texts are cut at the tiny BERT's positions, as a real processor cuts at its sentence encoder's.
+    return ClaspProcessor(tiny_feature_extractor(config), tiny_tokenizer(tmp_path), text_prefix="",
+                          text_max_length=config.text_config.max_position_embeddings)
 
 
 def tone(seconds, rate=16000, freq=220.0, seed=0):

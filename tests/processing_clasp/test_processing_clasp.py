@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from processing_clasp import ClaspProcessor
@@ -42,3 +43,24 @@ def test_loads_from_a_model_folder_without_asking_to_trust_remote_code(tmp_path,
     out, err = capfd.readouterr()
     assert "trust_remote_code" not in out + err and "custom code" not in out + err
     assert loaded(text=["the red car"])["input_ids"].shape[0] == 1
+
+
+BAD_TEXTS = ["", "   \t\n", "the cat 猫 кот le chat القط", "the red car 🚗🐱👍🏽", "\x00the\x07 cat\tsat\x1b on\x7f\r\n",
+             "the cat sat on the mat " * 435]  # the last: 10k characters
+
+
+def test_any_text_embeds_and_a_long_one_is_truncated_with_a_warning(tmp_path):
+    config = tiny_config()
+    processor, model = tiny_processor(config, tmp_path), tiny_model(config).eval()
+    limit = processor.text_max_length
+    with pytest.warns(UserWarning, match=rf"text\[5\]: 2\d\d\d tokens, truncated to the sentence encoder's limit of {limit}") as caught:
+        tokens = processor(text=BAD_TEXTS)
+    assert len([w for w in caught if "truncated" in str(w.message)]) == 1  # only the long one
+    assert tokens["input_ids"].shape == (len(BAD_TEXTS), limit)
+    with torch.no_grad():
+        embeds = model.get_text_features(**tokens)
+    assert torch.isfinite(embeds).all() and torch.allclose(embeds.norm(dim=-1), torch.ones(len(BAD_TEXTS)), atol=1e-5)
+    # Control characters are dropped by the tokenizer, not turned into tokens.
+    torch.testing.assert_close(processor(text=[BAD_TEXTS[4]])["input_ids"], processor(text=["the cat sat on"])["input_ids"])
+    with pytest.raises(TypeError, match=r"text\[1\]: expected a string, got NoneType"):
+        processor(text=["the cat", None])

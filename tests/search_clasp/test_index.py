@@ -161,3 +161,56 @@ def test_a_killed_build_and_a_killed_add_resume_to_the_same_index(model_dir, aud
     assert resumed[0] == reference[0] and len(resumed[0]) == 11
     np.testing.assert_allclose(resumed[1], reference[1], atol=1e-6)
     np.testing.assert_allclose(resumed[2], reference[2], atol=1e-6)
+
+
+def test_a_full_disk_while_writing_index_faiss_keeps_what_was_committed(model_dir, audio_dir, tmp_path):
+    """A real ENOSPC: the temporary index.faiss is a link to /dev/full, which takes no byte."""
+    def disk_full_from_now_on(chunk, seen=[]):
+        seen.append(chunk)
+        if len(seen) == 1:
+            (tmp_path / "index.partial" / f"index.faiss.tmp{os.getpid()}").symlink_to("/dev/full")
+
+    with pytest.raises(OSError, match=r"index\.faiss: could not be written \(\[Errno 28\] No space left on device\)"):
+        build_index(tmp_path / "index", model_dir, [audio_dir], files_per_chunk=4, on_chunk=disk_full_from_now_on, **QUIET)
+    assert sorted(os.listdir(tmp_path / "index.partial")) == ["metadata.sqlite"]  # no cut-short index.faiss, no temporary
+    assert len(ClaspIndex(tmp_path / "index.partial")) == 6  # every chunk committed
+    assert not (tmp_path / "index").exists()
+    summary = build_index(tmp_path / "index", model_dir, [audio_dir], files_per_chunk=4, **QUIET)  # space again
+    assert (summary.added, summary.skipped) == (0, 6)
+    reference = stored(build_index(tmp_path / "reference", model_dir, [audio_dir], **QUIET).index_dir)
+    resumed = stored(tmp_path / "index")
+    assert resumed[0] == reference[0]
+    np.testing.assert_allclose(resumed[2], reference[2], atol=1e-6)
+
+
+def test_a_full_disk_while_adding_rows_rolls_the_chunk_back(model_dir, audio_dir, tmp_path, monkeypatch, capsys):
+    """SQLite's own "database or disk is full" (max_page_count: the file may not grow) during `clasp index --add`."""
+    import sqlite3
+
+    from clasp_cli.main import main
+
+    build_index(tmp_path / "index", model_dir, [audio_dir], **QUIET)
+    more = write_tones(tmp_path / "more", 2, seed=30)
+    manifest = tmp_path / "more.jsonl"  # long transcripts: rows that need new pages
+    manifest.write_text("".join(json.dumps({"audio": str(p), "text": "the cat sat " * 500}) + "\n" for p in more))
+    connect = sqlite3.connect
+
+    def no_room_to_grow(*args, **kwargs):
+        db = connect(*args, **kwargs)
+        db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+        return db
+
+    monkeypatch.setattr("search_clasp.index.sqlite3.connect", no_room_to_grow)
+    arguments = ["index", "--model", str(model_dir), "--audio", str(audio_dir), str(manifest), "--output",
+                 str(tmp_path / "index"), "--add"]
+    assert main(arguments) == 2
+    assert f"clasp index: error: {tmp_path / 'index' / 'metadata.sqlite'}: database or disk is full" in capsys.readouterr().err
+    monkeypatch.undo()
+    index = ClaspIndex(tmp_path / "index")
+    assert len(index) == index.faiss.ntotal == 6  # the failed chunk left nothing behind; the index still answers
+    assert index.search(index.embeddings(stop=1), k=1)[0][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    assert main(arguments) == 0
+    reference = stored(build_index(tmp_path / "reference", model_dir, [audio_dir, manifest], **QUIET).index_dir)
+    resumed = stored(tmp_path / "index")
+    assert resumed[0] == reference[0] and len(resumed[0]) == 8
+    np.testing.assert_allclose(resumed[2], reference[2], atol=1e-6)
