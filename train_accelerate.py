@@ -19,8 +19,10 @@ optimizer, not the number of negatives.
 
 Checkpoints (`--checkpointing_steps`) go to output_dir/checkpoints/step_N, written to a temporary
 folder and renamed, so a killed run never leaves a half checkpoint; `--resume_from_checkpoint
-latest` continues exactly where it stopped (same batches, same random state). The best model
-on the validation split is kept in output_dir/best and exported to output_dir at the end: by
+latest` continues exactly where it stopped (same batches, same random state). Checkpoints and
+the best epoch's weights (output_dir/trained_weights.safetensors) hold only what training
+changes: the frozen backbones (~570 MB for offline-base) are the preset's, loaded again on resume.
+The best epoch on the validation split is exported to output_dir as a Hub folder at the end: by
 default the best mean reciprocal rank (both directions, the hard protocol, rows of one sentence
 group counting as correct for each other as in `clasp eval`), since retrieval is what CLASP is
 for and the contrastive loss keeps falling after retrieval has stopped improving.
@@ -210,16 +212,75 @@ def list_checkpoints(output_dir):
     return [os.path.join(checkpoints, f"step_{s}") for s in sorted(steps)]
 
 
-def save_model_atomically(accelerator, model, processor, directory):
+TRAINED_WEIGHTS = "trained_weights.safetensors"
+
+
+def frozen_prefixes(model) -> tuple:
+    """State-dict prefixes of the frozen backbones: what training never changes."""
+    frozen = model._frozen_modules()
+    return tuple(f"{name}." for name, child in model.named_children() if any(child is module for module in frozen))
+
+
+def trained_state(model) -> dict:
+    """The weights and buffers training changes (head, pooler, scale, unfrozen encoders; batch-norm statistics)."""
+    prefixes = frozen_prefixes(model)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+
+
+def leave_frozen_weights_out_of_checkpoints(accelerator, model):
+    prefixes = frozen_prefixes(accelerator.unwrap_model(model))
+
+    def drop_frozen(models, weights, output_dir):
+        for state in weights:
+            for key in [k for k in state if k.removeprefix("module.").startswith(prefixes)]:
+                del state[key]
+
+    accelerator.register_save_state_pre_hook(drop_frozen)
+
+
+def resume(accelerator, model, checkpoint):
+    """load_state from a checkpoint without the frozen weights; refuse one that lacks a trained weight."""
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(checkpoint, "model.safetensors"), framework="pt") as f:
+        stored = {key.removeprefix("module.") for key in f.keys()}
+    missing = set(trained_state(accelerator.unwrap_model(model))) - stored
+    if missing:
+        raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
+    accelerator.load_state(checkpoint, strict=False)  # strict=False: the frozen backbones are not in it
+
+
+def save_trained_weights(accelerator, model, path):
+    if accelerator.is_main_process:
+        from safetensors.torch import save_file
+
+        save_file(trained_state(accelerator.unwrap_model(model)), path + ".tmp")
+        os.replace(path + ".tmp", path)
+
+
+def export_best(accelerator, model, processor, output_dir):
+    """The best epoch's weights into the model, saved as a Hub folder in output_dir (beside
+    checkpoints/ and logs/), each file renamed into place whole."""
     if not accelerator.is_main_process:
         return
-    staging = directory.rstrip("/") + ".tmp"
+    from safetensors.torch import load_file
+
+    unwrapped = accelerator.unwrap_model(model)
+    best = load_file(os.path.join(output_dir, TRAINED_WEIGHTS))
+    missing = set(trained_state(unwrapped)) - set(best)
+    if missing:
+        raise ValueError(f"{output_dir}/{TRAINED_WEIGHTS} lacks {sorted(missing)[:5]}")
+    unwrapped.load_state_dict(best, strict=False)
+    staging = os.path.join(output_dir, ".export")
     shutil.rmtree(staging, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(staging)
+    unwrapped.save_pretrained(staging)
     processor.save_pretrained(staging)
-    if os.path.isdir(directory):
-        shutil.rmtree(directory)
-    os.replace(staging, directory)
+    for name in os.listdir(staging):
+        target = os.path.join(output_dir, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        os.replace(os.path.join(staging, name), target)
+    os.rmdir(staging)
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -329,6 +390,7 @@ def main(argv=None):
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
     progress = TrainingProgress()
     accelerator.register_for_checkpointing(progress)
+    leave_frozen_weights_out_of_checkpoints(accelerator, model)
 
     effective_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
     logger.info(
@@ -347,7 +409,7 @@ def main(argv=None):
     if args.resume_from_checkpoint:
         checkpoint = list_checkpoints(args.output_dir)[-1:] if args.resume_from_checkpoint == "latest" else [args.resume_from_checkpoint]
         if checkpoint:
-            accelerator.load_state(checkpoint[0])
+            resume(accelerator, model, checkpoint[0])
             batches_done_in_epoch = progress.batches_in_epoch
             accelerator.print(f"[train] resumed from {checkpoint[0]} at step {progress.step}")
         else:
@@ -400,7 +462,7 @@ def main(argv=None):
             progress.best_score = score
             progress.best_epoch = progress.epoch
             progress.epochs_without_improvement = 0
-            save_model_atomically(accelerator, model, processor, os.path.join(args.output_dir, "best"))
+            save_trained_weights(accelerator, model, os.path.join(args.output_dir, TRAINED_WEIGHTS))
         else:
             progress.epochs_without_improvement += 1
             if progress.epochs_without_improvement >= args.early_stopping_patience:
@@ -416,10 +478,7 @@ def main(argv=None):
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        best = os.path.join(args.output_dir, "best")
-        for name in os.listdir(best):  # the best model becomes the exported Hub folder
-            shutil.copy2(os.path.join(best, name), os.path.join(args.output_dir, name + ".tmp"))
-            os.replace(os.path.join(args.output_dir, name + ".tmp"), os.path.join(args.output_dir, name))
+        export_best(accelerator, model, processor, args.output_dir)
         plot_history(progress.history, os.path.join(args.output_dir, "training_curves.png"))
         summary = {
             "mode": mode, "num_processes": accelerator.num_processes, "effective_batch": effective_batch,
