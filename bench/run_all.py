@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -20,6 +21,7 @@ from bench.common import REPO_ROOT, RESULTS_DIR, format_table  # noqa: E402
 
 BENCH_DIR = os.path.join(REPO_ROOT, "bench")
 REPORT = os.path.join(REPO_ROOT, "BENCHMARKS.md")
+FULL_RUN = os.path.join(RESULTS_DIR, "make_bench.json")  # the last full run's wall time (not a benchmark)
 
 
 def report() -> str:
@@ -33,14 +35,21 @@ def report() -> str:
         "GPU figures (one H100, bf16: encoding, Whisper real length vs 30 s, training) come from",
         "`scripts/gpu_run.py` and are in `bench/gpu_results_h100.json` and the README.",
     ]
-    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "*.json"))):
+    if os.path.exists(FULL_RUN):
+        with open(FULL_RUN, encoding="utf-8") as f:
+            run = json.load(f)
+        minutes, seconds = divmod(round(run["wall_s"]), 60)
+        parts += ["", f"Last full run (`make bench`, every script below): {minutes} min {seconds} s, finished {run['finished']}"
+                  + (f"; failed: {', '.join(run['failed'])}." if run["failed"] else ".")]
+    for path in sorted(glob.glob(os.path.join(RESULTS_DIR, "bench_*.json"))):
         with open(path, encoding="utf-8") as f:
             result = json.load(f)
         machine = result["machine"]
         measured = result.get("measured", "at an unrecorded date")
         parts += ["", f"## {result['title']}", "",
                   f"`{result['command']}` on {machine['nproc']} × {machine['cpu']}, torch {machine['torch']} "
-                  f"({machine['torch_threads']} threads), measured {measured}, {result.get('wall_s', 0):.0f} s.", ""]
+                  f"({machine['torch_threads']} thread{'s' if machine['torch_threads'] != 1 else ''}), measured {measured}, "
+                  f"{result.get('wall_s', 0):.0f} s.", ""]
         for table in result["tables"]:
             if table.get("caption"):
                 parts += [table["caption"], ""]
@@ -58,10 +67,17 @@ def main() -> int:
     args = parser.parse_args()
     failed = []
     if not args.report:
+        started = time.perf_counter()
         for script in sorted(glob.glob(os.path.join(BENCH_DIR, "bench_*.py"))):
             print(f"\n$ {sys.executable} {os.path.relpath(script, REPO_ROOT)}", flush=True)
             if subprocess.run([sys.executable, script], cwd=REPO_ROOT).returncode != 0:
                 failed.append(os.path.basename(script))
+        run = {"wall_s": time.perf_counter() - started, "failed": failed,
+               "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        with open(FULL_RUN + ".tmp", "w", encoding="utf-8") as f:
+            json.dump(run, f, indent=2)
+        os.replace(FULL_RUN + ".tmp", FULL_RUN)
+        print(f"\nmake bench: {run['wall_s']:.0f} s for every benchmark", flush=True)
     temporary = REPORT + ".tmp"
     with open(temporary, "w", encoding="utf-8") as f:
         f.write(report())
