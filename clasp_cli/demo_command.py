@@ -1,7 +1,8 @@
 """`clasp demo` (what `make demo` runs): the whole product, end to end, on the embedded default.
 
     backbones → synthetic multilingual speech → cached features → accelerate training →
-    evaluation against the Whisper-ASR baseline → Hub export with a model card → plots → summary
+    evaluation against the Whisper-ASR baseline → Hub export with a model card → plots →
+    search: English speech indexed, queried with French text → summary
 
 Every stage is one of our ordinary commands, printed before it runs, and each one resumes: a
 stage whose output is complete is skipped, an interrupted one continues where it stopped. So a
@@ -22,12 +23,15 @@ LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
 SIZES = {
     # ~45 minutes on a 2-core CPU: the Whisper-base encoder (~0.15 s a clip, batched) and the ASR
     # baseline (~1 s a clip, greedy) dominate. 8 x 640 x 2 clips leave >= 1,000 in the test split.
-    "small": {"per_language": 640, "takes": 2, "epochs": 60, "batch": 256, "patience": 20, "soft_k": 100},
+    "small": {"per_language": 640, "takes": 2, "epochs": 60, "batch": 256, "patience": 15, "learning_rate": 1e-3,
+              "speech_pooling": "attention", "soft_k": 100},
     # Hours on a CPU; every stage resumes, so it can be stopped and restarted.
-    "large": {"per_language": 1200, "takes": 2, "epochs": 400, "batch": 512, "patience": 20, "soft_k": 100},
+    "large": {"per_language": 1200, "takes": 2, "epochs": 100, "batch": 256, "patience": 15, "learning_rate": 1e-3,
+              "speech_pooling": "attention", "soft_k": 100},
     # A minute: the CI-sized end-to-end check of the pipeline itself (a test runs it); its test
     # split has a handful of clips, so the soft protocol draws 1 wrong candidate.
-    "tiny": {"per_language": 15, "takes": 1, "epochs": 3, "batch": 8, "patience": 3, "soft_k": 2},
+    "tiny": {"per_language": 15, "takes": 1, "epochs": 3, "batch": 8, "patience": 3, "learning_rate": 1e-3,
+             "speech_pooling": "attention", "soft_k": 2},
 }
 
 
@@ -134,67 +138,153 @@ def summary_table(eval_results, librivox=None) -> str:
     return "\n".join(lines)
 
 
-def check_work_dir(work, config) -> None:
+def check_work_dir(work, config, trained_outputs) -> None:
     """A stage counts as done when its output exists, so a work folder must only ever hold one
-    configuration's outputs: record it on the first run, refuse another one later."""
+    configuration's outputs: record it on the first run, refuse another one later. The data
+    (speech and features: most of the time) and the training are recorded apart: once the outputs
+    of an earlier training (`trained_outputs`) are deleted, another training setting may reuse the data."""
     path = os.path.join(work, "demo_config.json")
     if os.path.exists(path):
         with open(path, encoding="utf-8") as f:
             recorded = json.load(f)
-        if recorded != config:
-            raise ValueError(f"{work} holds a demo run of another configuration ({recorded}, now {config}): "
-                             "delete it, or pass --work-dir")
-        return
+        if recorded.get("data") != config["data"]:
+            raise ValueError(f"{work} holds a demo run of another configuration (data {recorded.get('data')}, now "
+                             f"{config['data']}): delete it, or pass --work-dir")
+        stale = [p for p in trained_outputs if os.path.exists(p)]
+        if recorded == config:
+            return
+        if stale:
+            raise ValueError(f"{work} holds a demo run of another configuration (training {recorded.get('training')}, "
+                             f"now {config['training']}): delete {', '.join(stale)} (the speech and features can "
+                             "stay), or pass --work-dir")
     with open(path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(config, f)
     os.replace(path + ".tmp", path)
+
+
+def test_rows(data):
+    """The test split's rows of the synthesised manifest, audio paths made absolute."""
+    with open(os.path.join(data, "manifest.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    return [{**row, "audio": os.path.join(data, row["audio"])} for row in rows if row["split"] == "test"]
+
+
+def write_widget_examples(rows, path, count=3, distractors=2):
+    """The card's widget: test clips in `count` languages, each with its sentence in another language
+    (French, or English for French speech) among `distractors` other test sentences in that language."""
+    examples, languages = [], []
+    for row in rows:
+        target = "en" if row["language"] == "fr" else "fr"
+        if row["language"] in languages or target not in row["translations"]:
+            continue
+        others = [r["translations"][target] for r in rows if r["group"] != row["group"] and target in r["translations"]]
+        labels = [row["translations"][target], *others[len(examples) * distractors:(len(examples) + 1) * distractors]]
+        examples.append({"audio": row["audio"], "candidate_labels": sorted(labels),
+                         "example_title": f"{row['language']} speech, {target} labels"})
+        languages.append(row["language"])
+        if len(examples) == count:
+            break
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples))
+    os.replace(path + ".tmp", path)
+
+
+def search_english_with_french(index_dir, rows, result_file, k=10):
+    """#8's check: the English test speech indexed, searched with the French translations of its
+    sentences. A hit is right when it is a reading of that sentence (any take of its group)."""
+    import numpy as np
+
+    from search_clasp import ClaspSearch
+
+    search = ClaspSearch(index_dir, device="cpu")
+    group_of = {os.path.abspath(row["audio"]): row["group"] for row in rows if row["language"] == "en"}
+    queries = {row["group"]: row["translations"]["fr"] for row in rows if row["language"] == "en" and "fr" in row["translations"]}
+    ranks, latency = [], []
+    for group, query in queries.items():
+        hits = search.text(query, k=k)
+        latency.append(search.last_timing["embed_s"] + search.last_timing["search_s"])
+        ranks.append(next((hit["rank"] for hit in hits if group_of.get(os.path.abspath(hit["path"])) == group), k + 1))
+    ranks = np.array(ranks, dtype=float)
+    result = {"indexed_clips": len(search.index), "queries": len(ranks), "query_language": "fr", "speech_language": "en"}
+    if len(ranks):
+        result.update({"top1": float((ranks == 1).mean()), f"hits@{k}": float((ranks <= k).mean()),
+                       f"mrr@{k}": float(np.where(ranks <= k, 1.0 / ranks, 0.0).mean()),
+                       "median_query_ms": 1000 * float(np.median(latency))})
+    with open(result_file + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    os.replace(result_file + ".tmp", result_file)
+    return result
 
 
 def run(args) -> int:
     size = SIZES[args.size]
     languages = args.languages or LANGUAGES
     work = os.path.abspath(args.work_dir or os.path.join(REPO, "artifacts", f"demo-{args.size}"))
-    output = os.path.abspath(args.output or os.path.join(REPO, "artifacts", "clasp-demo"))
+    default_output = "clasp-demo" if args.size == "small" else f"clasp-demo-{args.size}"
+    output = os.path.abspath(args.output or os.path.join(REPO, "artifacts", default_output))
     data, features, model = (os.path.join(work, name) for name in ("data", "features", "model"))
+    eval_file, asr_cache = os.path.join(work, "eval_results.json"), os.path.join(work, "asr_transcripts.jsonl")
+    librivox_file, search_file = os.path.join(work, "librivox_eval.json"), os.path.join(work, "search_en_fr.json")
+    search_index = os.path.join(work, "search-en.index")
     os.makedirs(work, exist_ok=True)
-    check_work_dir(work, {"size": size, "languages": languages, "fusion": args.fusion})
+    training = {k: size[k] for k in ("epochs", "batch", "patience", "learning_rate", "speech_pooling", "soft_k")}
+    check_work_dir(work, {"data": {"per_language": size["per_language"], "takes": size["takes"], "languages": languages},
+                          "training": {**training, "fusion": args.fusion}},
+                   trained_outputs=[model, eval_file, librivox_file, search_index, search_file])
     started = time.perf_counter()
 
-    stage("1/7 offline backbones (Whisper-base, EfficientNet-Lite0, multilingual-e5-small)", clasp("backbones", "build"))
-    stage("2/7 synthetic multilingual speech (espeak-ng)",
+    stage("1/8 offline backbones (Whisper-base, EfficientNet-Lite0, multilingual-e5-small)", clasp("backbones", "build"))
+    stage("2/8 synthetic multilingual speech (espeak-ng)",
           clasp("data", "synth", "--languages", languages, "--per-language", str(size["per_language"]),
                 "--takes", str(size["takes"]), "--seed", "0", "--output", data),
           done_file=os.path.join(data, "dataset", "dataset_dict.json"))
-    stage("3/7 frozen-backbone features", clasp("features", "--model", "offline-base", "--data", data, "--output", features),
+    stage("3/8 frozen-backbone features", clasp("features", "--model", "offline-base", "--data", data, "--output", features),
           done_file=os.path.join(features, "clasp_features.json"))
-    stage("4/7 training the fusion head (accelerate)",
+    stage("4/8 training the fusion head (accelerate)",
           [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "train_accelerate.py",
            "--train_data", features, "--model", "offline-base", "--output_dir", model, "--fusion", args.fusion,
-           "--per_device_train_batch_size", str(size["batch"]), "--learning_rate", "1e-3",
-           "--num_train_epochs", str(size["epochs"]), "--early_stopping_patience", str(size["patience"]),
-           "--checkpointing_steps", "100", "--with_tracking", "--resume_from_checkpoint", "latest", "--seed", "0"],
+           "--speech_pooling", size["speech_pooling"], "--per_device_train_batch_size", str(size["batch"]),
+           "--learning_rate", str(size["learning_rate"]), "--num_train_epochs", str(size["epochs"]),
+           "--early_stopping_patience", str(size["patience"]), "--checkpointing_steps", "1000", "--with_tracking",
+           "--resume_from_checkpoint", "latest", "--seed", "0"],
           done_file=os.path.join(model, "training_summary.json"))
-    eval_file = os.path.join(work, "eval_results.json")
-    stage("5/7 held-out test split: CLASP vs Whisper-ASR baseline",
-          clasp("eval", "--model", model, "--data", data, "--split", "test", "--asr-baseline", "--soft-k", str(size["soft_k"]),
-                "--output", eval_file, "--markdown", os.path.join(work, "eval_results.md")),
+    stage("5/8 held-out test split: CLASP vs Whisper-ASR baseline",
+          clasp("eval", "--model", model, "--data", data, "--split", "test", "--asr-baseline", "--asr-cache", asr_cache,
+                "--soft-k", str(size["soft_k"]), "--output", eval_file, "--markdown", os.path.join(work, "eval_results.md")),
           done_file=eval_file)
-    librivox_file = os.path.join(work, "librivox_eval.json")
     manifest = os.path.join(work, "librivox.jsonl")
     if librivox_manifest(manifest):
-        stage("6/7 zero-shot on real read speech (LibriVox clips of pocketsphinx-testdata)",
-              clasp("eval", "--model", model, "--manifest", manifest, "--asr-baseline", "--soft-k", "5",
-                    "--output", librivox_file), done_file=librivox_file)
-    stage("7/7 Hub export with model card",
+        stage("6/8 zero-shot on real read speech (LibriVox clips of pocketsphinx-testdata)",
+              clasp("eval", "--model", model, "--manifest", manifest, "--asr-baseline", "--asr-cache", asr_cache,
+                    "--soft-k", "5", "--output", librivox_file), done_file=librivox_file)
+    rows = test_rows(data)
+    widget = os.path.join(work, "widget.jsonl")
+    write_widget_examples(rows, widget)
+    stage("7/8 Hub export with model card",
           clasp("export", "--model", model, "--output", output, "--eval-results", eval_file, "--language", languages,
                 "--dataset", "synthetic-espeak-ng-multilingual-speech", "--dataset-name", "espeak-ng multilingual (held-out test)",
-                "--repo", "clasp-offline-base"))
+                "--repo", "clasp-offline-base", "--widget", widget))
     make_plots(model, features, output)
     for name in ("training_curves.png", "training_summary.json"):
         if os.path.exists(os.path.join(model, name)):
             subprocess.run(["cp", os.path.join(model, name), output], check=True)
-    for name in ("librivox_eval.json", "eval_results.md"):
+    english = os.path.join(work, "search-en.jsonl")
+    with open(english + ".tmp", "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps({"audio": r["audio"], "text": r["text"], "language": "en"}, ensure_ascii=False) + "\n"
+                        for r in rows if r["language"] == "en"))
+    os.replace(english + ".tmp", english)
+    search = None
+    if os.path.getsize(english):
+        stage("8/8 search: the English test speech indexed, searched with French sentences",
+              clasp("index", "--model", output, "--audio", english, "--output", search_index),
+              done_file=os.path.join(search_index, "index.faiss"))
+        if os.path.exists(search_file):
+            with open(search_file, encoding="utf-8") as f:
+                search = json.load(f)
+        else:
+            search = search_english_with_french(search_index, rows, search_file)
+    for name in ("librivox_eval.json", "eval_results.md", "search_en_fr.json"):
         if os.path.exists(os.path.join(work, name)):
             subprocess.run(["cp", os.path.join(work, name), output], check=True)
 
@@ -203,6 +293,10 @@ def run(args) -> int:
     librivox = json.load(open(librivox_file)) if os.path.exists(librivox_file) else None
     print(f"\n[demo] CLASP offline-base, {eval_results['num_queries']} held-out test clips, hard protocol")
     print(summary_table(eval_results, librivox))
+    if search and search["queries"]:
+        print(f"\n[demo] search: {search['indexed_clips']} English test clips indexed, {search['queries']} French "
+              f"queries: right file first for {search['top1']:.0%}, in the top 10 for {search['hits@10']:.0%} "
+              f"(median {search['median_query_ms']:.0f} ms a query)")
     print(f"\n[demo] done in {time.perf_counter() - started:.0f} s; Hub-ready model in {os.path.relpath(output, REPO)}")
     return 0
 

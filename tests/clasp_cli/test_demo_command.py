@@ -7,7 +7,9 @@ accelerate training → evaluation against the Whisper ASR baseline → Hub expo
 import json
 
 import pytest
+from huggingface_hub import ModelCard
 
+from clasp_cli.demo_command import check_work_dir
 from clasp_cli.main import main
 
 
@@ -33,6 +35,20 @@ def test_tiny_demo_produces_a_hub_folder_report_and_plots(tiny_demo):
                  "eval_results.json", "training_curves.png", "similarity_heatmap.png", "embedding_map.png"):
         assert (out / name).is_file(), name
     assert "model-index" in (out / "README.md").read_text()
+    # The search stage: every English test clip indexed, searched with the French sentences.
+    rows = [json.loads(line) for line in (root / "work" / "data" / "manifest.jsonl").read_text().splitlines()]
+    english = [r for r in rows if r["split"] == "test" and r["language"] == "en"]
+    search = json.loads((out / "search_en_fr.json").read_text())
+    assert search["indexed_clips"] == len(english) >= 1
+    assert search["queries"] == len({r["group"] for r in english if "fr" in r["translations"]})
+    if search["queries"]:
+        assert 0 <= search["top1"] <= search["hits@10"] <= 1
+    # The card's widget: the examples the demo picked from the test split, each scored over its labels.
+    examples = [json.loads(line) for line in (root / "work" / "widget.jsonl").read_text().splitlines()]
+    widget = ModelCard.load(out / "README.md").data.widget or []
+    assert len(widget) == len(examples)
+    for entry, example in zip(widget, examples):
+        assert sorted(o["label"] for o in entry["output"]) == sorted(example["candidate_labels"])
 
 
 def test_rerun_skips_finished_stages_and_another_configuration_is_refused(tiny_demo, capsys):
@@ -41,8 +57,24 @@ def test_rerun_skips_finished_stages_and_another_configuration_is_refused(tiny_d
     capsys.readouterr()
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "2/7 synthetic multilingual speech (espeak-ng): done already" in out
-    assert "4/7 training the fusion head (accelerate): done already" in out
+    assert "2/8 synthetic multilingual speech (espeak-ng): done already" in out
+    assert "4/8 training the fusion head (accelerate): done already" in out
+    assert "8/8 search: the English test speech indexed, searched with French sentences: done already" in out
     assert (root / "work" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert main([*argv[:4], "en,de", *argv[5:]]) == 2  # same work folder, other languages
     assert "holds a demo run of another configuration" in capsys.readouterr().err
+
+
+def test_a_new_training_setting_reuses_the_data_once_the_old_model_is_deleted(tmp_path):
+    data, first, second = {"per_language": 5}, {"epochs": 3}, {"epochs": 4}
+    model = tmp_path / "model"
+    model.mkdir()
+    check_work_dir(str(tmp_path), {"data": data, "training": first}, [str(model)])
+    check_work_dir(str(tmp_path), {"data": data, "training": first}, [str(model)])  # the same: fine
+    with pytest.raises(ValueError, match="delete .*model"):
+        check_work_dir(str(tmp_path), {"data": data, "training": second}, [str(model)])
+    model.rmdir()
+    check_work_dir(str(tmp_path), {"data": data, "training": second}, [str(model)])
+    assert json.loads((tmp_path / "demo_config.json").read_text())["training"] == second
+    with pytest.raises(ValueError, match="another configuration"):
+        check_work_dir(str(tmp_path), {"data": {"per_language": 6}, "training": second}, [str(model)])
