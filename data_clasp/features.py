@@ -96,6 +96,11 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     model_fp = backbone_fingerprint(model)
     chunks_dir = os.path.join(output_dir, "chunks")
     os.makedirs(chunks_dir, exist_ok=True)
+    if state.is_main_process:  # datasets' temporary files of chunks a killed run left unfinished
+        for name in os.listdir(chunks_dir):
+            if name.startswith("tmp"):
+                os.remove(os.path.join(chunks_dir, name))
+    state.wait_for_everyone()
     marker = os.path.join(output_dir, MARKER)
     if os.path.exists(marker):
         with open(marker) as f:
@@ -136,6 +141,8 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         features = concatenate_datasets(parts)
         metadata = data[split].remove_columns([c for c in ("audio",) if c in data[split].column_names])
         assembled[split] = concatenate_datasets([metadata, features], axis=1)
+    if os.path.exists(marker):  # an outdated cache: while its files are swapped it must not look finished
+        os.remove(marker)
     staging = output_dir.rstrip("/") + ".assembling"
     shutil.rmtree(staging, ignore_errors=True)
     DatasetDict(assembled).save_to_disk(staging)
