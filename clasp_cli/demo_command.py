@@ -23,13 +23,15 @@ LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
 SIZES = {
     # ~45 minutes on a 2-core CPU: the Whisper-base encoder (~0.15 s a clip, batched) and the ASR
     # baseline (~1 s a clip, greedy) dominate. 8 x 640 x 2 clips leave >= 1,000 in the test split.
+    # Mean pooling: attention pooling was behind it on the validation split (README, ablations).
     "small": {"per_language": 640, "takes": 2, "epochs": 60, "batch": 256, "patience": 15, "learning_rate": 1e-3,
-              "speech_pooling": "attention", "soft_k": 100},
+              "speech_pooling": "mean", "soft_k": 100},
     # Hours on a CPU; every stage resumes, so it can be stopped and restarted.
     "large": {"per_language": 1200, "takes": 2, "epochs": 100, "batch": 256, "patience": 15, "learning_rate": 1e-3,
-              "speech_pooling": "attention", "soft_k": 100},
+              "speech_pooling": "mean", "soft_k": 100},
     # A minute: the CI-sized end-to-end check of the pipeline itself (a test runs it); its test
     # split has a handful of clips, so the soft protocol draws 1 wrong candidate.
+    # Attention pooling here, so the test runs that path end to end (frames cached, trained, exported).
     "tiny": {"per_language": 15, "takes": 1, "epochs": 3, "batch": 8, "patience": 3, "learning_rate": 1e-3,
              "speech_pooling": "attention", "soft_k": 2},
 }
