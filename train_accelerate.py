@@ -184,8 +184,27 @@ class TrainingProgress:
     def load_state_dict(self, state):
         vars(self).update(state)
 
+    # JSON beside accelerate's files, not `accelerator.register_for_checkpointing`: accelerate reads
+    # those back with torch.load(weights_only=False), i.e. it would unpickle whatever the file holds.
+    FILE = "training_progress.json"
 
-def atomic_save_state(accelerator, output_dir, step, limit):
+    def save(self, folder):
+        with open(os.path.join(folder, self.FILE), "w", encoding="utf-8") as f:
+            json.dump(self.state_dict(), f)
+
+    def load(self, folder):
+        path = os.path.join(folder, self.FILE)
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                self.load_state_dict(json.load(f))
+        elif os.path.exists(os.path.join(folder, "custom_checkpoint_0.pkl")):
+            # Checkpoints of earlier versions: plain numbers and lists, which weights_only=True reads.
+            self.load_state_dict(torch.load(os.path.join(folder, "custom_checkpoint_0.pkl"), map_location="cpu", weights_only=True))
+        else:
+            raise ValueError(f"{folder}: not a checkpoint of train_accelerate.py; it lacks {self.FILE}")
+
+
+def atomic_save_state(accelerator, output_dir, step, limit, progress):
     """save_state into a temporary folder, then rename: a kill never leaves a half checkpoint."""
     checkpoints = os.path.join(output_dir, "checkpoints")
     final = os.path.join(checkpoints, f"step_{step}")
@@ -197,6 +216,7 @@ def atomic_save_state(accelerator, output_dir, step, limit):
     accelerator.save_state(staging)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        progress.save(staging)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
         for old in list_checkpoints(output_dir)[:-limit] if limit else []:
@@ -238,7 +258,7 @@ def leave_frozen_weights_out_of_checkpoints(accelerator, model):
     accelerator.register_save_state_pre_hook(drop_frozen)
 
 
-def resume(accelerator, model, checkpoint):
+def resume(accelerator, model, checkpoint, progress):
     """load_state from a checkpoint without the frozen weights; refuse one that lacks a trained weight."""
     from safetensors import safe_open
 
@@ -247,6 +267,7 @@ def resume(accelerator, model, checkpoint):
     missing = set(trained_state(accelerator.unwrap_model(model))) - stored
     if missing:
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
+    progress.load(checkpoint)
     accelerator.load_state(checkpoint, strict=False)  # strict=False: the frozen backbones are not in it
 
 
@@ -389,7 +410,6 @@ def main(argv=None):
     )
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
     progress = TrainingProgress()
-    accelerator.register_for_checkpointing(progress)
     leave_frozen_weights_out_of_checkpoints(accelerator, model)
 
     effective_batch = args.per_device_train_batch_size * accelerator.num_processes * args.gradient_accumulation_steps
@@ -409,7 +429,7 @@ def main(argv=None):
     if args.resume_from_checkpoint:
         checkpoint = list_checkpoints(args.output_dir)[-1:] if args.resume_from_checkpoint == "latest" else [args.resume_from_checkpoint]
         if checkpoint:
-            resume(accelerator, model, checkpoint[0])
+            resume(accelerator, model, checkpoint[0], progress)
             batches_done_in_epoch = progress.batches_in_epoch
             accelerator.print(f"[train] resumed from {checkpoint[0]} at step {progress.step}")
         else:
@@ -441,7 +461,7 @@ def main(argv=None):
                 if args.with_tracking:
                     accelerator.log({"train_loss": loss.item(), "lr": scheduler.get_last_lr()[0]}, step=progress.step)
                 if args.checkpointing_steps and progress.step % args.checkpointing_steps == 0:
-                    atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit)
+                    atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit, progress)
                     if progress.step == args.kill_after_checkpoint:
                         os.kill(os.getpid(), signal.SIGKILL)
                 if progress.step >= max_steps:
@@ -472,7 +492,7 @@ def main(argv=None):
         if progress.step >= max_steps:
             stop = True
         if args.checkpointing_steps:  # an epoch boundary is a clean place to resume from
-            atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit)
+            atomic_save_state(accelerator, args.output_dir, progress.step, args.checkpoints_total_limit, progress)
     bar.close()
     elapsed = time.perf_counter() - started
 

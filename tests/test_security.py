@@ -13,9 +13,11 @@ from pathlib import Path
 
 from tiny import REPO
 
-# Each of these runs code from the file it reads (allow_pickle=True: numpy's pickled object arrays).
+# Each of these runs code from the file it reads (allow_pickle=True: numpy's pickled object arrays;
+# accelerate reads what register_for_checkpointing saved with torch.load(weights_only=False)).
 PICKLE_LOADERS = re.compile(r"\b(import (c?pickle|dill|joblib|shelve)|from (c?pickle|dill|joblib) import|pickle\.loads?\(|"
-                            r"joblib\.load\(|read_pickle\(|allow_pickle\s*=\s*True|marshal\.loads?\()")
+                            r"joblib\.load\(|read_pickle\(|allow_pickle\s*=\s*True|marshal\.loads?\(|"
+                            r"register_for_checkpointing\()")
 
 
 def python_files():
@@ -53,6 +55,7 @@ def test_nothing_loads_a_pickle():
 
 def test_the_check_finds_what_it_looks_for():
     """The two checks above on a file that breaks them: they are not vacuous."""
+    assert PICKLE_LOADERS.search("accelerator.register_for_checkpointing(progress)")
     bad = 'import pickle\nx = torch.load(\n    path,\n    map_location="cpu")\ny = torch.load(p, weights_only=True)\n'
     assert PICKLE_LOADERS.search(bad) and [a for a in calls(bad, "torch.load") if "weights_only=True" not in a] == [
         '\n    path,\n    map_location="cpu"']

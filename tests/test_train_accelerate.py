@@ -149,6 +149,10 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
                             env=_env(), capture_output=True, timeout=600)
     assert result.returncode == -signal.SIGKILL
     assert (killed / "checkpoints" / "step_9").is_dir()
+    # Where training stood is JSON; accelerate's own custom-object file (a pickle it reads with
+    # weights_only=False) is not written.
+    assert json.loads((killed / "checkpoints" / "step_9" / "training_progress.json").read_text())["step"] == 9
+    assert not list((killed / "checkpoints" / "step_9").glob("custom_checkpoint*"))
     assert not (killed / "training_summary.json").exists()
     result = subprocess.run(_train_command(tiny_setup, killed, *args, "--resume_from_checkpoint", "latest"),
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
