@@ -60,7 +60,29 @@ def run_one(name, extra, features, output, epochs, patience, batch, seed) -> dic
             "val_text_to_audio_hits@1": best["val_text_to_audio_hits@1"], "val_text_to_audio_mrr": best["val_text_to_audio_mrr"],
             "val_audio_to_text_hits@1": best["val_audio_to_text_hits@1"], "val_audio_to_text_mrr": best["val_audio_to_text_mrr"],
             "train_loss": best["train_loss"], "val_loss": best["val_loss"],
-            "samples_per_second": summary["samples_per_second_this_run"]}
+            "samples_per_second": summary["samples_per_second_this_run"], "finished": True}
+
+
+def unfinished_row(name, extra, output):
+    """A row whose run was stopped before early stopping or its last epoch: its best epoch so far,
+    read from its latest checkpoint (None when it has none)."""
+    sys.path.insert(0, REPO)
+    from train_accelerate import TrainingProgress, list_checkpoints
+
+    folder = os.path.join(output, slug(name))
+    checkpoints = list_checkpoints(folder)
+    if not checkpoints:
+        return None
+    progress = TrainingProgress()
+    progress.load(checkpoints[-1])
+    best = next((h for h in progress.history if h["epoch"] == progress.best_epoch), None)
+    if best is None:
+        return None
+    return {"name": f"{name} (unfinished: stopped after epoch {progress.epoch})", "arguments": " ".join(extra) or "(defaults)",
+            "best_epoch": progress.best_epoch, "epochs": progress.epoch, "val_mrr": best["val_mrr"],
+            **{k: best[k] for k in ("val_text_to_audio_hits@1", "val_text_to_audio_mrr", "val_audio_to_text_hits@1",
+                                    "val_audio_to_text_mrr", "train_loss", "val_loss")},
+            "samples_per_second": None, "finished": False}
 
 
 def markdown(rows, features, command) -> str:
@@ -70,7 +92,8 @@ def markdown(rows, features, command) -> str:
     for r in rows:
         lines.append(f"| {r['name']} | {r['val_text_to_audio_hits@1']:.3f} | {r['val_text_to_audio_mrr']:.3f} | "
                      f"{r['val_audio_to_text_hits@1']:.3f} | {r['val_audio_to_text_mrr']:.3f} | {r['best_epoch']} of "
-                     f"{r['epochs']} | {r['train_loss']:.2f} / {r['val_loss']:.2f} | {r['samples_per_second']:,.0f} |")
+                     f"{r['epochs']} | {r['train_loss']:.2f} / {r['val_loss']:.2f} | "
+                     + (f"{r['samples_per_second']:,.0f} |" if r["samples_per_second"] else "– |"))
     return "\n".join(lines) + "\n"
 
 
@@ -89,12 +112,22 @@ def main():
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: tabulate the finished rows, and the unfinished ones from their latest checkpoint")
     args = parser.parse_args()
     chosen = [ABLATIONS[int(i) - 1] for i in args.only.split(",")] if args.only else ABLATIONS
     os.makedirs(args.output, exist_ok=True)
     started = time.perf_counter()
-    rows = [run_one(name, extra, args.features, args.output, args.epochs, args.patience, args.batch, args.seed)
-            for name, extra in chosen]
+    if args.report:
+        rows = []
+        for name, extra in chosen:
+            if os.path.exists(os.path.join(args.output, slug(name), "training_summary.json")):
+                rows.append(run_one(name, extra, args.features, args.output, args.epochs, args.patience, args.batch, args.seed))
+            elif (row := unfinished_row(name, extra, args.output)) is not None:
+                rows.append(row)
+    else:
+        rows = [run_one(name, extra, args.features, args.output, args.epochs, args.patience, args.batch, args.seed)
+                for name, extra in chosen]
     command = "python scripts/ablations.py " + " ".join(sys.argv[1:])
     write_atomically(os.path.join(args.output, "ablations.json"), json.dumps(rows, indent=2) + "\n")
     table = markdown(rows, args.features, command)
