@@ -179,8 +179,11 @@ def write_widget_examples(rows, path, count=3, distractors=2):
         target = "en" if row["language"] == "fr" else "fr"
         if row["language"] in languages or target not in row["translations"]:
             continue
-        others = [r["translations"][target] for r in rows if r["group"] != row["group"] and target in r["translations"]]
-        labels = [row["translations"][target], *others[len(examples) * distractors:(len(examples) + 1) * distractors]]
+        answer = row["translations"][target]
+        # Distinct wrong labels (two sentence groups can share a translation: "Django administration").
+        others = list(dict.fromkeys(r["translations"][target] for r in rows
+                                    if r["group"] != row["group"] and r["translations"].get(target, answer) != answer))
+        labels = [answer, *others[len(examples) * distractors:(len(examples) + 1) * distractors]]
         examples.append({"audio": row["audio"], "candidate_labels": sorted(labels),
                          "example_title": f"{row['language']} speech, {target} labels"})
         languages.append(row["language"])

@@ -9,7 +9,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from clasp_cli.demo_command import check_work_dir
+from clasp_cli.demo_command import check_work_dir, write_widget_examples
 from clasp_cli.main import main
 
 
@@ -78,3 +78,22 @@ def test_a_new_training_setting_reuses_the_data_once_the_old_model_is_deleted(tm
     assert json.loads((tmp_path / "demo_config.json").read_text())["training"] == second
     with pytest.raises(ValueError, match="another configuration"):
         check_work_dir(str(tmp_path), {"data": {"per_language": 6}, "training": second}, [str(model)])
+
+
+def test_widget_labels_are_distinct_and_hold_the_answer_once(tmp_path):
+    """Two sentence groups can share a translation ("Site d'administration de Django" for two
+    English strings): the card's candidate labels must still be distinct, the answer among them once."""
+    rows = [
+        {"audio": "a.wav", "language": "en", "group": 1, "translations": {"fr": "Un objet JSON"}},
+        {"audio": "b.wav", "language": "en", "group": 2, "translations": {"fr": "Site d'administration"}},
+        {"audio": "c.wav", "language": "es", "group": 3, "translations": {"fr": "Site d'administration"}},
+        {"audio": "d.wav", "language": "de", "group": 4, "translations": {"fr": "Un objet JSON"}},
+        {"audio": "e.wav", "language": "de", "group": 5, "translations": {"fr": "Enregistrer"}},
+    ]
+    path = tmp_path / "widget.jsonl"
+    write_widget_examples(rows, str(path), count=3, distractors=2)
+    examples = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [e["example_title"] for e in examples] == ["en speech, fr labels", "es speech, fr labels", "de speech, fr labels"]
+    for example, answer in zip(examples, ["Un objet JSON", "Site d'administration", "Un objet JSON"]):
+        labels = example["candidate_labels"]
+        assert len(labels) == len(set(labels)) and labels.count(answer) == 1
