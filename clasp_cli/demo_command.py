@@ -295,7 +295,10 @@ def run(args) -> int:
 
     with open(eval_file) as f:
         eval_results = json.load(f)
-    librivox = json.load(open(librivox_file)) if os.path.exists(librivox_file) else None
+    librivox = None
+    if os.path.exists(librivox_file):
+        with open(librivox_file, encoding="utf-8") as f:
+            librivox = json.load(f)
     print(f"\n[demo] CLASP offline-base, {eval_results['num_queries']} held-out test clips, hard protocol")
     print(summary_table(eval_results, librivox))
     if search and search["queries"]:
