@@ -194,14 +194,24 @@ class TrainingProgress:
 
     def load(self, folder):
         path = os.path.join(folder, self.FILE)
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                self.load_state_dict(json.load(f))
-        elif os.path.exists(os.path.join(folder, "custom_checkpoint_0.pkl")):
-            # Checkpoints of earlier versions: plain numbers and lists, which weights_only=True reads.
-            self.load_state_dict(torch.load(os.path.join(folder, "custom_checkpoint_0.pkl"), map_location="cpu", weights_only=True))
-        else:
+        if not os.path.exists(path):
             raise ValueError(f"{folder}: not a checkpoint of train_accelerate.py; it lacks {self.FILE}")
+        with open(path, encoding="utf-8") as f:
+            self.load_state_dict(json.load(f))
+
+    @classmethod
+    def migrate(cls, folder):
+        """A checkpoint of an earlier version kept this state in accelerate's custom_checkpoint_0.pkl
+        (plain numbers and lists, which weights_only=True reads): rewrite it as JSON and remove the
+        pickle, which accelerate would otherwise count against the registered objects (none)."""
+        old = os.path.join(folder, "custom_checkpoint_0.pkl")
+        if os.path.exists(os.path.join(folder, cls.FILE)) or not os.path.exists(old):
+            return
+        state = torch.load(old, map_location="cpu", weights_only=True)
+        with open(os.path.join(folder, cls.FILE + ".tmp"), "w", encoding="utf-8") as f:
+            json.dump(state, f)
+        os.replace(os.path.join(folder, cls.FILE + ".tmp"), os.path.join(folder, cls.FILE))
+        os.remove(old)
 
 
 def atomic_save_state(accelerator, output_dir, step, limit, progress):
@@ -267,6 +277,9 @@ def resume(accelerator, model, checkpoint, progress):
     missing = set(trained_state(accelerator.unwrap_model(model))) - stored
     if missing:
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
+    if accelerator.is_main_process:
+        TrainingProgress.migrate(checkpoint)
+    accelerator.wait_for_everyone()
     progress.load(checkpoint)
     accelerator.load_state(checkpoint, strict=False)  # strict=False: the frozen backbones are not in it
 

@@ -153,11 +153,16 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
     # weights_only=False) is not written.
     assert json.loads((killed / "checkpoints" / "step_9" / "training_progress.json").read_text())["step"] == 9
     assert not list((killed / "checkpoints" / "step_9").glob("custom_checkpoint*"))
+    # A checkpoint of an earlier version (that state in accelerate's pickle) still resumes.
+    step_9 = killed / "checkpoints" / "step_9"
+    torch.save(json.loads((step_9 / "training_progress.json").read_text()), step_9 / "custom_checkpoint_0.pkl")
+    (step_9 / "training_progress.json").unlink()
     assert not (killed / "training_summary.json").exists()
     result = subprocess.run(_train_command(tiny_setup, killed, *args, "--resume_from_checkpoint", "latest"),
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     assert "resumed from" in result.stdout + result.stderr
+    assert "at step 9" in result.stdout + result.stderr  # the old pickle's progress was read
 
     expected, resumed = load_file(straight / "model.safetensors"), load_file(killed / "model.safetensors")
     for name in expected:
