@@ -74,6 +74,7 @@ def unfinished_row(name, extra, output):
     if not checkpoints:
         return None
     progress = TrainingProgress()
+    TrainingProgress.migrate(checkpoints[-1])  # a checkpoint of an earlier version
     progress.load(checkpoints[-1])
     best = next((h for h in progress.history if h["epoch"] == progress.best_epoch), None)
     if best is None:
