@@ -207,10 +207,9 @@ class TrainingProgress:
         old = os.path.join(folder, "custom_checkpoint_0.pkl")
         if os.path.exists(os.path.join(folder, cls.FILE)) or not os.path.exists(old):
             return
-        state = torch.load(old, map_location="cpu", weights_only=True)
-        with open(os.path.join(folder, cls.FILE + ".tmp"), "w", encoding="utf-8") as f:
-            json.dump(state, f)
-        os.replace(os.path.join(folder, cls.FILE + ".tmp"), os.path.join(folder, cls.FILE))
+        from clasp_cli.eval_command import write_atomically
+
+        write_atomically(os.path.join(folder, cls.FILE), json.dumps(torch.load(old, map_location="cpu", weights_only=True)))
         os.remove(old)
 
 
@@ -251,10 +250,17 @@ def frozen_prefixes(model) -> tuple:
     return tuple(f"{name}." for name, child in model.named_children() if any(child is module for module in frozen))
 
 
-def trained_state(model) -> dict:
-    """The weights and buffers training changes (head, pooler, scale, unfrozen encoders; batch-norm statistics)."""
+def trained_keys(model) -> set:
+    """State-dict names of the weights and buffers training changes (head, pooler, scale, unfrozen
+    encoders; batch-norm statistics)."""
     prefixes = frozen_prefixes(model)
-    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    return {k for k in model.state_dict() if not k.startswith(prefixes)}
+
+
+def trained_state(model) -> dict:
+    """The values of `trained_keys`, copied."""
+    keys = trained_keys(model)
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k in keys}
 
 
 def leave_frozen_weights_out_of_checkpoints(accelerator, model):
@@ -274,7 +280,7 @@ def resume(accelerator, model, checkpoint, progress):
 
     with safe_open(os.path.join(checkpoint, "model.safetensors"), framework="pt") as f:
         stored = {key.removeprefix("module.") for key in f.keys()}
-    missing = set(trained_state(accelerator.unwrap_model(model))) - stored
+    missing = trained_keys(accelerator.unwrap_model(model)) - stored
     if missing:
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
     if accelerator.is_main_process:
@@ -301,7 +307,7 @@ def export_best(accelerator, model, processor, output_dir):
 
     unwrapped = accelerator.unwrap_model(model)
     best = load_file(os.path.join(output_dir, TRAINED_WEIGHTS))
-    missing = set(trained_state(unwrapped)) - set(best)
+    missing = trained_keys(unwrapped) - set(best)
     if missing:
         raise ValueError(f"{output_dir}/{TRAINED_WEIGHTS} lacks {sorted(missing)[:5]}")
     unwrapped.load_state_dict(best, strict=False)

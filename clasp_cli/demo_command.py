@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 
+from clasp_cli.eval_command import write_atomically
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
 SIZES = {
@@ -159,9 +161,7 @@ def check_work_dir(work, config, trained_outputs) -> None:
             raise ValueError(f"{work} holds a demo run of another configuration (training {recorded.get('training')}, "
                              f"now {config['training']}): delete {', '.join(stale)} (the speech and features can "
                              "stay), or pass --work-dir")
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(config, f)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, json.dumps(config))
 
 
 def test_rows(data):
@@ -189,9 +189,7 @@ def write_widget_examples(rows, path, count=3, distractors=2):
         languages.append(row["language"])
         if len(examples) == count:
             break
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples))
-    os.replace(path + ".tmp", path)
+    write_atomically(path, "".join(json.dumps(example, ensure_ascii=False) + "\n" for example in examples))
 
 
 def search_english_with_french(index_dir, rows, result_file, k=10):
@@ -215,9 +213,7 @@ def search_english_with_french(index_dir, rows, result_file, k=10):
         result.update({"top1": float((ranks == 1).mean()), f"hits@{k}": float((ranks <= k).mean()),
                        f"mrr@{k}": float(np.where(ranks <= k, 1.0 / ranks, 0.0).mean()),
                        "median_query_ms": 1000 * float(np.median(latency))})
-    with open(result_file + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    os.replace(result_file + ".tmp", result_file)
+    write_atomically(result_file, json.dumps(result, indent=2))
     return result
 
 
@@ -275,10 +271,8 @@ def run(args) -> int:
         if os.path.exists(os.path.join(model, name)):
             subprocess.run(["cp", os.path.join(model, name), output], check=True)
     english = os.path.join(work, "search-en.jsonl")
-    with open(english + ".tmp", "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps({"audio": r["audio"], "text": r["text"], "language": "en"}, ensure_ascii=False) + "\n"
-                        for r in rows if r["language"] == "en"))
-    os.replace(english + ".tmp", english)
+    write_atomically(english, "".join(json.dumps({"audio": r["audio"], "text": r["text"], "language": "en"},
+                                                 ensure_ascii=False) + "\n" for r in rows if r["language"] == "en"))
     search = None
     if os.path.getsize(english):
         stage("8/8 search: the English test speech indexed, searched with French sentences",

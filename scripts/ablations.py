@@ -17,6 +17,8 @@ import subprocess
 import sys
 import time
 
+from clasp_cli.eval_command import write_atomically
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (name, train_accelerate.py arguments on top of the common ones). The first row is the paper's
@@ -96,12 +98,6 @@ def markdown(rows, features, command) -> str:
                      f"{r['epochs']} | {r['train_loss']:.2f} / {r['val_loss']:.2f} | "
                      + (f"{r['samples_per_second']:,.0f} |" if r["samples_per_second"] else "– |"))
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path, text):
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
 
 
 def main():
