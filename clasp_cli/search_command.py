@@ -31,7 +31,8 @@ def run(args) -> int:
 
     if args.k < 1:
         raise ValueError(f"-k must be at least 1, got {args.k}")
-    search = ClaspSearch(args.index, args.model, device=args.device)
+    # A text query needs only the sentence encoder: the audio backbones are not loaded for it.
+    search = ClaspSearch(args.index, args.model, device=args.device, text_only=args.query is not None)
     if args.query is not None:
         hits = search.text(args.query, k=args.k, nprobe=args.nprobe, ef=args.ef)
     else:

@@ -290,7 +290,7 @@ class ClaspModel(ClaspPreTrainedModel):
             (self.config.freeze_spectrogram_encoder, self.spectrogram_model),
             (self.config.freeze_text_encoder, self.text_model),
         )
-        return [module for is_frozen, module in frozen if is_frozen]
+        return [module for is_frozen, module in frozen if is_frozen and module is not None]  # None: not loaded (text only)
 
     def train(self, mode: bool = True):
         # A frozen backbone keeps its batch-norm statistics and runs without dropout.

@@ -46,7 +46,13 @@ def test_query_by_example_finds_the_same_file_first(indexed, capsys, clip_number
         assert "text" not in hits[0] and "language" not in hits[0]
 
 
-def test_text_query_prints_a_table_of_every_file_when_k_is_large(indexed, capsys):
+def test_text_query_prints_a_table_of_every_file_when_k_is_large(indexed, capsys, monkeypatch):
+    from search_clasp import ClaspEmbedder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a text query loaded the audio backbones too")
+
+    monkeypatch.setattr(ClaspEmbedder, "from_pretrained", refuse)
     _, index, clips = indexed
     code, out, err = search(capsys, "--index", str(index), "--query", "le chat", "-k", "50")
     assert code == 0

@@ -1,6 +1,7 @@
 import pytest
+import torch
 
-from search_clasp import ClaspSearch
+from search_clasp import ClaspEmbedder, ClaspSearch
 from search_fixtures import write_tones
 from tiny import oracle_index
 
@@ -39,3 +40,21 @@ def test_zero_shot_classification_gives_a_distribution_over_the_labels(search):
     assert sum(scores.values()) == pytest.approx(1.0, abs=1e-5) and all(0 < s < 1 for s in scores.values())
     with pytest.raises(ValueError, match="at least one label"):
         search.classify(clips[0], [" ", ""])
+
+
+def test_a_text_only_search_builds_no_audio_backbone_and_embeds_text_as_the_full_model(search, monkeypatch):
+    search, clips = search
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the whole model was loaded for a text query")
+
+    monkeypatch.setattr(ClaspEmbedder, "from_pretrained", refuse)
+    text_only = ClaspSearch(search.index.directory, device="cpu", text_only=True)
+    model = text_only.embedder.model
+    assert model.speech_model is None and model.spectrogram_model is None
+    assert not any(p.is_meta for p in model.parameters()) and not any(b.is_meta for b in model.buffers())
+    queries = ["the red car", "DER Hund ist", "le chat est sur la table et le chien"]
+    torch.testing.assert_close(text_only.embedder.embed_texts(queries), search.embedder.embed_texts(queries), rtol=0, atol=1e-6)
+    assert [h["path"] for h in text_only.text("el perro", k=5)] == [h["path"] for h in search.text("el perro", k=5)]
+    with pytest.raises(ValueError, match="text queries only"):
+        text_only.audio(clips[0])
