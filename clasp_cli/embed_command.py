@@ -7,10 +7,16 @@ The file holds the tensor `embeddings` [N, D] (L2-normalised) and, as safetensor
 used is reported on stderr and in `failed`, and the others are embedded: exit 0 when at least
 one was, 2 when none was (or with --strict, at the first failure). Long audio is embedded by
 overlapping windows (see search_clasp/embedding.py), never truncated.
+
+Under `accelerate launch` with several processes, each embeds a length-balanced share on its own
+device into OUT.safetensors.shards/ (kept per shard until the end, so a rerun redoes only the
+shards a killed process left unfinished), and the main process writes the same file as one
+process would (see search_clasp/shards.py).
 """
 
 import json
 import os
+import shutil
 import sys
 
 
@@ -33,28 +39,44 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from search_clasp.embedding import ClaspEmbedder
-    from search_clasp.index import read_entries
+    from search_clasp.index import model_identity, read_entries
+    from search_clasp.shards import embed_across_processes, process_state
 
+    state = process_state()
     entries, failed = read_entries(args.audio)
     for failure in failed:
         if args.strict:
             raise ValueError(f"{failure['path']}: {failure['reason']}")
-        print(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
-    embedder = ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
-                                             hop_s=args.hop_s, device=args.device)
+        if state.is_main_process:
+            print(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
+    output = os.path.abspath(args.output)
     paths, embeddings = [], []
-    with tqdm(total=len(entries), unit="file", desc="Embedding", disable=None) as bar:
-        for chunk in embedder.embed_files([entry.path for entry in entries], strict=args.strict, progress=bar):
-            for failure in chunk.failed:
-                tqdm.write(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
-            paths += chunk.paths
-            embeddings.append(chunk.embeddings)
-            failed += chunk.failed
+    if state.num_processes > 1:
+        identity = model_identity(args.model) if os.path.isdir(args.model) else args.model
+        merged = embed_across_processes(
+            [entry.path for entry in entries], f"{output}.shards", json.dumps([identity, args.window_s, args.hop_s]),
+            lambda: ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
+                                                  hop_s=args.hop_s, device=args.device or state.device),
+            strict=args.strict)
+        if merged is None:  # not the main process: it writes the result
+            return 0
+        for failure in merged.failed:
+            print(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
+        paths, embeddings, failed = merged.paths, [merged.embeddings], failed + merged.failed
+    else:
+        embedder = ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
+                                                 hop_s=args.hop_s, device=args.device)
+        with tqdm(total=len(entries), unit="file", desc="Embedding", disable=None) as bar:
+            for chunk in embedder.embed_files([entry.path for entry in entries], strict=args.strict, progress=bar):
+                for failure in chunk.failed:
+                    tqdm.write(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
+                paths += chunk.paths
+                embeddings.append(chunk.embeddings)
+                failed += chunk.failed
     if not paths:
         print(f"clasp embed: error: none of the {len(failed)} inputs could be embedded; nothing written",
               file=sys.stderr)
         return 2
-    output = os.path.abspath(args.output)
     os.makedirs(os.path.dirname(output), exist_ok=True)
     temporary = f"{output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written file
     try:
@@ -66,6 +88,7 @@ def run(args) -> int:
         if os.path.lexists(temporary):
             os.unlink(temporary)
         raise OSError(f"{output}: could not be written ({error})") from error
+    shutil.rmtree(f"{output}.shards", ignore_errors=True)  # the shards of a multi-process run: merged now
     print(f"embedded {len(paths)} file(s) into {output}" + (f"; {len(failed)} failed (listed in its metadata)" if failed else ""),
           file=sys.stderr)
     return 0

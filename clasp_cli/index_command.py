@@ -5,6 +5,8 @@
 A manifest is JSONL: {"audio": path, "text"?: transcript, "language"?: code} a line; its text and
 language are shown with search results. The build is resumable: rerun the same command after an
 interruption and it continues where it stopped. `--add` appends files the index does not hold yet.
+`accelerate launch [--num_processes N] -m clasp_cli.main index ...` embeds in N processes, each on
+its own device, and builds the same index (see search_clasp/shards.py).
 """
 
 import sys
@@ -34,6 +36,8 @@ def run(args) -> int:
     summary = build_index(args.output, args.model, args.audio, add=args.add, kind=args.kind, nlist=args.nlist, m=args.m,
                           window_s=args.window_s, hop_s=args.hop_s, batch_size=args.batch_size,
                           files_per_chunk=args.chunk_files, device=args.device)
+    if summary is None:  # a process of a multi-process launch other than the main one, which reports
+        return 0
     for failure in summary.failed:
         print(f"clasp index: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
     print(f"{summary.index_dir}: {summary.total} file(s); added {summary.added}, already there {summary.skipped}, "

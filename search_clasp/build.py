@@ -4,8 +4,14 @@ A new index grows in INDEX_DIR.partial and is renamed to INDEX_DIR at the end; a
 kill finds the .partial folder and continues it (files already committed are skipped). `add=True`
 extends a finished index in place: each chunk is one SQLite transaction and index.faiss is
 replaced atomically, so an interrupted --add is also finished by running it again.
+
+Under `accelerate launch` with several processes, the files the index lacks are embedded in
+length-balanced shards, one a process (search_clasp/shards.py, resumable per shard, in
+INDEX_DIR[.partial]/shards/), and the main process adds them in input order in one transaction:
+the same index as one process builds.
 """
 
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -48,18 +54,20 @@ def open_or_create(index_dir: Path, add: bool, identity: str, model_dir, setting
 
 
 def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, m=None, window_s=None, hop_s=None,
-                batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary:
+                batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary | None:
     """Embed the audio of `inputs` (directories, files, JSONL manifests) into the index at `index_dir`.
 
     Settings left as None are the existing index's (or the defaults for a new one). `on_chunk(chunk)`
     is called after each chunk is committed (for reporting, and for tests that kill the build
-    mid-way). Raises ValueError when a new index would hold nothing.
+    mid-way). Raises ValueError when a new index would hold nothing. Under a multi-process
+    `accelerate launch`, returns None on every process but the main one.
     """
     from tqdm.auto import tqdm
 
     from clasp_cli.features_command import check_checkpoint
 
     from .embedding import ClaspEmbedder
+    from .shards import embed_across_processes, process_state
 
     index_dir = Path(os.path.abspath(index_dir))
     identity = model_identity(model_dir)  # before loading anything: a wrong model is refused at once
@@ -68,12 +76,30 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)
     settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s)
-    index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
+    state = process_state()
+    with state.main_process_first():  # the main process starts a new index; the others then open it
+        index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
     summary = BuildSummary(index_dir, failed=failed)
     present = index.paths()
     todo = [entry for entry in entries if entry.path not in present]
     summary.skipped = len(entries) - len(todo)
-    if todo:
+    if todo and state.num_processes > 1:
+        shard_dir = index.directory / "shards"
+        merged = embed_across_processes(
+            [entry.path for entry in todo], shard_dir, json.dumps([index.info[k] for k in ("model_identity", "window_s", "hop_s")]),
+            lambda: ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
+                                                  hop_s=index.info["hop_s"], device=device or state.device),
+            files_per_chunk=files_per_chunk, progress=progress)
+        if merged is None:  # not the main process: it writes the index
+            index.close()
+            return None
+        by_path = {entry.path: entry for entry in todo}
+        if merged.paths:  # one transaction: a kill leaves all of them in the index, or none
+            index.add(merged.paths, merged.durations, merged.embeddings.numpy(),
+                      [by_path[p].text for p in merged.paths], [by_path[p].language for p in merged.paths])
+        summary.added, summary.failed = len(merged.paths), summary.failed + merged.failed
+        shutil.rmtree(shard_dir)
+    elif todo:
         embedder = ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
                                                  hop_s=index.info["hop_s"], device=device)
         by_path = {entry.path: entry for entry in todo}
