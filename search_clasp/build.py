@@ -90,15 +90,13 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
             lambda: ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
                                                   hop_s=index.info["hop_s"], device=device or state.device),
             files_per_chunk=files_per_chunk, progress=progress)
-        if merged is None:  # not the main process: it writes the index
-            index.close()
-            return None
-        by_path = {entry.path: entry for entry in todo}
-        if merged.paths:  # one transaction: a kill leaves all of them in the index, or none
-            index.add(merged.paths, merged.durations, merged.embeddings.numpy(),
-                      [by_path[p].text for p in merged.paths], [by_path[p].language for p in merged.paths])
-        summary.added, summary.failed = len(merged.paths), summary.failed + merged.failed
-        shutil.rmtree(shard_dir)
+        if merged is not None:  # the main process adds all rows in one transaction: a kill leaves all or none
+            by_path = {entry.path: entry for entry in todo}
+            if merged.paths:
+                index.add(merged.paths, merged.durations, merged.embeddings.numpy(),
+                          [by_path[p].text for p in merged.paths], [by_path[p].language for p in merged.paths])
+            summary.added, summary.failed = len(merged.paths), summary.failed + merged.failed
+            shutil.rmtree(shard_dir)
     elif todo:
         embedder = ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
                                                  hop_s=index.info["hop_s"], device=device)
@@ -113,6 +111,9 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
             if on_chunk is not None:
                 on_chunk(chunk)
         bar.close()
+    if not state.is_main_process:  # the main process finishes the index
+        index.close()
+        return None
     summary.total = len(index)
     if summary.total == 0:  # only a new index can be empty: leave nothing behind
         index.close()

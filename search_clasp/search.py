@@ -23,7 +23,7 @@ def load_text_model(model_dir):
     encoder is built for real but not initialised (transformers' `no_init_weights`), so that its
     non-persistent buffers (position ids) exist; then every weight but the speech and spectrogram
     backbones' is read with safetensors' `safe_open` and assigned. `speech_model` and
-    `spectrogram_model` are None. ValueError if the weights do not fit the folder's config.
+    `spectrogram_model` are None. ValueError naming the folder if the weights do not fit its config.
     """
     import glob
     import os
@@ -31,12 +31,10 @@ def load_text_model(model_dir):
     from safetensors import safe_open
     from transformers.initialization import no_init_weights
 
-    from clasp_cli.features_command import check_checkpoint
     from configuration_clasp import ClaspConfig
     from modeling_clasp import ClaspModel
     from modeling_clasp.modeling_clasp import build_text_encoder
 
-    check_checkpoint(model_dir)  # names and shapes, from the headers: what is read below fits
     config = ClaspConfig.from_pretrained(model_dir)
     with torch.device("meta"):
         model = ClaspModel(config)
@@ -44,10 +42,13 @@ def load_text_model(model_dir):
         model.text_model = build_text_encoder(config)
     model.speech_model = model.spectrogram_model = None
     weights = {}
-    for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))):
-        with safe_open(path, framework="pt") as f:
-            weights.update({name: f.get_tensor(name) for name in f.keys() if not name.startswith(AUDIO_BACKBONES)})
-    model.load_state_dict(weights, strict=True, assign=True)
+    try:
+        for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))):
+            with safe_open(path, framework="pt") as f:
+                weights.update({name: f.get_tensor(name) for name in f.keys() if not name.startswith(AUDIO_BACKBONES)})
+        model.load_state_dict(weights, strict=True, assign=True)  # every name and shape, or an error naming them
+    except Exception as error:  # SafetensorError (a damaged file), RuntimeError (weights of another config)
+        raise ValueError(f"{model_dir}: the weights cannot be loaded for its config.json ({error})") from None
     return model.eval()
 
 

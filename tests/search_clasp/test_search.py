@@ -1,7 +1,12 @@
+import json
+import re
+import shutil
+
 import pytest
 import torch
 
 from search_clasp import ClaspEmbedder, ClaspSearch
+from search_clasp.search import load_text_model
 from search_fixtures import write_tones
 from tiny import oracle_index
 
@@ -58,3 +63,12 @@ def test_a_text_only_search_builds_no_audio_backbone_and_embeds_text_as_the_full
     assert [h["path"] for h in text_only.text("el perro", k=5)] == [h["path"] for h in search.text("el perro", k=5)]
     with pytest.raises(ValueError, match="text queries only"):
         text_only.audio(clips[0])
+
+
+def test_text_only_loading_refuses_weights_of_another_config_naming_the_folder(model_dir, tmp_path):
+    shutil.copytree(model_dir, tmp_path / "model")
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    config["text_config"]["intermediate_size"] += 1
+    (tmp_path / "model" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=f"(?s){re.escape(str(tmp_path / 'model'))}: the weights cannot be loaded.*intermediate"):
+        load_text_model(tmp_path / "model")
