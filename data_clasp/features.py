@@ -62,11 +62,11 @@ def encode_rows(model, processor, batch_size: int):
             chunk = order[start : start + batch_size]
             if len({rates[i] for i in chunk}) > 1:
                 raise ValueError("a dataset with mixed sampling rates: cast its audio column to one rate first")
-            inputs = processor.feature_extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]])
-            inputs = {k: v.to(model.device) for k, v in inputs.items()}
-            speech_frames, frame_weights = model.get_speech_frames(inputs["input_values"], inputs["audio_attention_mask"])
+            extractor = processor.feature_extractor
+            inputs = extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]]).to(model.device)
+            speech_frames, frame_weights = model.get_speech_frames(inputs[extractor.speech_input_name], inputs["attention_mask"])
             speech_out = torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1).cpu()
-            spectrogram_out = model.get_spectrogram_embeds(inputs["input_features"].to(model.dtype)).cpu()
+            spectrogram_out = model.get_spectrogram_embeds(inputs["pixel_values"].to(model.dtype)).cpu()
             speech_frames, frame_weights = speech_frames.cpu(), frame_weights.float().cpu()
             for j, i in enumerate(chunk):
                 speech[i], spectrogram[i] = speech_out[j].numpy(), spectrogram_out[j].numpy()
@@ -74,7 +74,7 @@ def encode_rows(model, processor, batch_size: int):
                 frames[i] = speech_frames[j, :real].to(torch.float16).numpy()
                 weights[i] = frame_weights[j, :real].numpy()
         text_inputs = {k: v.to(model.device) for k, v in processor.tokenize(rows["text"]).items()}
-        text = model.get_text_features(**text_inputs).cpu().numpy()
+        text = model.get_text_features(**text_inputs).pooler_output.cpu().numpy()
         return {"speech_embeds": speech, "spectrogram_embeds": spectrogram, "text_embeds": list(text),
                 "speech_frames": frames, "speech_frame_weights": weights}
 
