@@ -79,7 +79,8 @@ class ClaspEmbedder:
         return cls(*load_model_and_processor(os.fspath(model_dir)), **kwargs)
 
     def waveform(self, samples, rate: int, name: str = "audio") -> torch.Tensor:
-        """One clip (any channels, type, rate) as mono float32 at the model's rate; ValueError if unusable."""
+        """One clip (1-D, or 2-D `(channels, samples)` as `load_audio` returns it; any sample type and
+        rate) as mono float32 at the model's rate; ValueError if unusable."""
         waveform = to_float_mono(samples, name)
         if rate != self.rate:
             waveform = torchaudio.functional.resample(waveform, rate, self.rate)
