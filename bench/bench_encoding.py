@@ -98,7 +98,7 @@ def main():
     @torch.inference_mode()
     def encode(groups):
         for group in groups:
-            model.get_audio_features(**processor(audio=[clips[i] for i in group], sampling_rate=RATE))
+            model.get_audio_features(**extractor([clips[i] for i in group], sampling_rate=RATE))
 
     # ---- the contest, default threads, wall clock
     contenders = {"one clip at a time, real length (notebook loop)": one_at_a_time,
@@ -113,7 +113,7 @@ def main():
 
     # ---- the profile, one thread, CPU seconds by stage
     def real_length(inputs):
-        return model.get_speech_embeds(inputs["input_features"], inputs["attention_mask"])
+        return model.get_speech_embeds(inputs["input_features"], inputs["input_features_mask"])
 
     def padded_to_30s(inputs):  # one clip at a time, so no mask is needed
         mel_frames = inputs["input_features"].shape[-1]

@@ -64,7 +64,8 @@ def encode_rows(model, processor, batch_size: int):
                 raise ValueError("a dataset with mixed sampling rates: cast its audio column to one rate first")
             extractor = processor.feature_extractor
             inputs = extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]]).to(model.device)
-            speech_frames, frame_weights = model.get_speech_frames(inputs[extractor.speech_input_name], inputs["attention_mask"])
+            speech = extractor.speech_input_name
+            speech_frames, frame_weights = model.get_speech_frames(inputs[speech], inputs[f"{speech}_mask"])
             speech_out = torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1).cpu()
             spectrogram_out = model.get_spectrogram_embeds(inputs["pixel_values"].to(model.dtype)).cpu()
             speech_frames, frame_weights = speech_frames.cpu(), frame_weights.float().cpu()

@@ -48,7 +48,7 @@ def embed_audio(model, processor, pairs, lengths, batch_size: int) -> tuple[torc
         for batch in length_batches(lengths, batch_size):
             waveforms = [prepared_clip(pairs[i], feature_extractor) for i in batch]
             started = time.perf_counter()
-            inputs = processor(audio=waveforms, sampling_rate=feature_extractor.sampling_rate).to(model.device)
+            inputs = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate).to(model.device)
             embeds[batch] = model.get_audio_features(**inputs).pooler_output.cpu()  # .cpu() waits for the GPU
             encode_s += time.perf_counter() - started
             bar.update(len(batch))

@@ -8,9 +8,10 @@ For each clip, independently of the others in its batch:
   3. `pixel_values` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
      to the CNN's square input and normalised with its ImageNet mean/std (3 channels) — the tensor
      version of the paper's plotted spectrogram picture.
-Then the speech input is padded to the longest clip and `attention_mask` marks the real part (as
-Wav2Vec2FeatureExtractor / WhisperFeatureExtractor return it; ClaspProcessor renames it, because
-the tokenizer's output owns `attention_mask`).
+Then the speech input is padded to the longest clip and its mask, `input_values_mask` or
+`input_features_mask`, marks the real part. transformers' speech-text feature extractors name it
+so (Gemma 3n/4, Granite Speech, Parakeet: `input_features_mask`); `attention_mask` belongs to the
+tokenizer, and the zero-shot-audio-classification pipeline passes both outputs to the model.
 
 Channel layout, decided by whoever decoded the audio, never guessed from the shape: one clip is
 1-D (samples, mono) or 2-D (channels, samples), as torchaudio, torchcodec and soundfile's
@@ -145,7 +146,7 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
 
     @property
     def model_input_names(self) -> list[str]:
-        return [self.speech_input_name, "attention_mask", "pixel_values"]
+        return [self.speech_input_name, f"{self.speech_input_name}_mask", "pixel_values"]
 
     # ---- per clip --------------------------------------------------------------------------
 
@@ -231,9 +232,9 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         sampling_rate: the rate of `audio`; it is resampled to `self.sampling_rate`.
 
         Returns a BatchFeature of `input_values` `[batch, samples]` (waveform encoders) or
-        `input_features` `[batch, n_mels, frames]` (Whisper), padded with `padding_value`;
-        `attention_mask` `[batch, samples or frames]` (1 real, 0 padding); `pixel_values`
-        `[batch, 3, image_size, image_size]`.
+        `input_features` `[batch, n_mels, frames]` (Whisper), padded with `padding_value`; its mask
+        `input_values_mask` / `input_features_mask` `[batch, samples or frames]` (1 real, 0
+        padding); `pixel_values` `[batch, 3, image_size, image_size]`.
         """
         if sampling_rate is None:
             warnings.warn(
@@ -247,13 +248,13 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         speech = [self.speech_input(w) for w in waveforms]
         longest = max(s.shape[-1] for s in speech)
         speech_inputs = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
-        attention_mask = torch.zeros(len(speech), longest, dtype=torch.long)
+        mask = torch.zeros(len(speech), longest, dtype=torch.long)
         for i, s in enumerate(speech):
             speech_inputs[i, ..., : s.shape[-1]] = s
-            attention_mask[i, : s.shape[-1]] = 1
+            mask[i, : s.shape[-1]] = 1
         features = {
             self.speech_input_name: speech_inputs,
-            "attention_mask": attention_mask,
+            f"{self.speech_input_name}_mask": mask,
             "pixel_values": torch.stack([self.spectrogram_image(w) for w in waveforms]),
         }
         if return_tensors in (None, "np"):

@@ -2,10 +2,8 @@
 
 `processor(text=..., audio=..., sampling_rate=...)` returns everything `ClaspModel` takes:
 `input_ids`/`attention_mask` for text; for audio the speech encoder's `input_values` (waveform) or
-`input_features` (Whisper's log-mel), its mask `input_values_mask` / `input_features_mask`, and the
-spectrogram picture `pixel_values`. The audio mask is the feature extractor's `attention_mask`
-renamed after the input it masks, as transformers 5's audio-text processors rename it (GLM-ASR,
-Gemma 4, Qwen3-ASR: `input_features_mask`), since `attention_mask` is the tokenizer's.
+`input_features` (Whisper's log-mel), its mask `input_values_mask` / `input_features_mask` (not
+`attention_mask`: that is the tokenizer's), and the spectrogram picture `pixel_values`.
 Texts get the sentence encoder's prompt (e5 expects "query: "), so the model sees text exactly as
 the sentence encoder was trained to.
 
@@ -45,15 +43,8 @@ class ClaspProcessor(ProcessorMixin):
         if text is not None:
             outputs.update(self.tokenize(text, return_tensors=return_tensors, **tokenizer_kwargs))
         if audio is not None:
-            features = self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors)
-            features[self.audio_mask_name] = features.pop("attention_mask")
-            outputs.update(features)
+            outputs.update(self.feature_extractor(audio, sampling_rate=sampling_rate, return_tensors=return_tensors))
         return BatchFeature(outputs)
-
-    @property
-    def audio_mask_name(self) -> str:
-        """`input_values_mask` or `input_features_mask`: the feature extractor's `attention_mask`, renamed."""
-        return f"{self.feature_extractor.speech_input_name}_mask"
 
     def tokenize(self, text, return_tensors="pt", **kwargs):
         texts = [text] if isinstance(text, str) else list(text)
@@ -75,8 +66,7 @@ class ClaspProcessor(ProcessorMixin):
 
     @property
     def model_input_names(self):
-        audio_names = [self.audio_mask_name if n == "attention_mask" else n for n in self.feature_extractor.model_input_names]
-        return list(dict.fromkeys(self.tokenizer.model_input_names + audio_names))
+        return list(dict.fromkeys(self.tokenizer.model_input_names + self.feature_extractor.model_input_names))
 
     @classmethod
     def from_pretrained_backbones(cls, speech, spectrogram, text, text_prefix=None, text_max_length=None):

@@ -99,7 +99,7 @@ class ClaspEmbedder:
         window_embeds = [None] * len(windows)
         for first in range(0, len(by_length), self.batch_size):
             batch = by_length[first : first + self.batch_size]
-            inputs = self.processor(audio=[windows[i] for i in batch], sampling_rate=self.rate).to(self.device)
+            inputs = self.feature_extractor([windows[i] for i in batch], sampling_rate=self.rate).to(self.device)
             embeds = self.model.get_audio_features(**inputs).pooler_output.cpu()
             for i, embed in zip(batch, embeds):
                 window_embeds[i] = embed

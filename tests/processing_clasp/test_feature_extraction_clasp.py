@@ -15,9 +15,9 @@ def extractor():
 def test_outputs_and_shapes(extractor):
     out = extractor([tone(1.0), tone(0.5)], sampling_rate=16000)
     assert out["input_values"].shape == (2, 16000)
-    assert out["attention_mask"].sum(dim=1).tolist() == [16000, 8000]
+    assert out["input_values_mask"].sum(dim=1).tolist() == [16000, 8000]
     assert out["pixel_values"].shape == (2, 3, 64, 64)
-    assert set(out) == {"input_values", "attention_mask", "pixel_values"} == set(extractor.model_input_names)
+    assert set(out) == {"input_values", "input_values_mask", "pixel_values"} == set(extractor.model_input_names)
     assert extractor.sampling_rate == 16000
 
 

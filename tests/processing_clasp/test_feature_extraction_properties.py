@@ -52,7 +52,7 @@ def test_any_finite_clip_gives_finite_features_of_the_documented_shapes(first, s
     assert [w.shape[0] for w in waveforms] == lengths and all(torch.isfinite(w).all() for w in waveforms)
     for extractor in (WAVEFORM, WHISPER):
         out = extractor(waveforms, sampling_rate=16000)
-        values, mask, pictures = out[extractor.speech_input_name], out["attention_mask"], out["pixel_values"]
+        values, mask, pictures = out[extractor.speech_input_name], out[f"{extractor.speech_input_name}_mask"], out["pixel_values"]
         for tensor in (values, pictures):
             assert torch.isfinite(tensor).all()
         assert pictures.shape == (2, 3, 32, 32)
