@@ -62,10 +62,9 @@ def encode_rows(model, processor, batch_size: int):
             chunk = order[start : start + batch_size]
             if len({rates[i] for i in chunk}) > 1:
                 raise ValueError("a dataset with mixed sampling rates: cast its audio column to one rate first")
-            extractor = processor.feature_extractor
-            inputs = extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]]).to(model.device)
-            speech = extractor.speech_input_name
-            speech_frames, frame_weights = model.get_speech_frames(inputs[speech], inputs[f"{speech}_mask"])
+            inputs = processor.feature_extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]]).to(model.device)
+            name = processor.feature_extractor.speech_input_name  # input_values, or Whisper's input_features
+            speech_frames, frame_weights = model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])
             speech_out = torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1).cpu()
             spectrogram_out = model.get_spectrogram_embeds(inputs["pixel_values"].to(model.dtype)).cpu()
             speech_frames, frame_weights = speech_frames.cpu(), frame_weights.float().cpu()
