@@ -117,3 +117,20 @@ def test_round_trip(tmp_path, extractor):
     extractor.save_pretrained(tmp_path)
     loaded = ClaspFeatureExtractor.from_pretrained(tmp_path)
     assert loaded.to_dict() == extractor.to_dict()
+
+
+def test_a_processor_saved_by_an_earlier_version_loads_with_the_new_names():
+    """The saved settings did not change with the input names (a preprocessor_config.json of the
+    version that still said `audio_attention_mask`), so old folders load and give the new names."""
+    saved = {"auto_map": {"AutoFeatureExtractor": "feature_extraction_clasp.ClaspFeatureExtractor",
+                          "AutoProcessor": "processing_clasp.ClaspProcessor"},
+             "do_normalize": False, "feature_extractor_type": "ClaspFeatureExtractor", "feature_size": 8,
+             "image_mean": [0.485, 0.456, 0.406], "image_size": 32, "image_std": [0.229, 0.224, 0.225],
+             "max_samples": 480000, "min_samples": 400, "padding_side": "right", "padding_value": 0.0,
+             "return_attention_mask": True, "sampling_rate": 16000, "spectrogram_hop_length": 320,
+             "spectrogram_n_fft": 1024, "spectrogram_n_mels": 16, "spectrogram_top_db": 80.0,
+             "speech_features": "whisper_log_mel", "whisper_hop_length": 160, "whisper_n_fft": 400}
+    extractor = ClaspFeatureExtractor.from_dict(saved)
+    assert extractor.to_dict() == saved
+    out = extractor([tone(0.5)], sampling_rate=16000)
+    assert list(out) == extractor.model_input_names == ["input_features", "input_features_mask", "pixel_values"]
