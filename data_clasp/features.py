@@ -91,9 +91,10 @@ def encode_rows(model, processor, batch_size: int):
             inputs = processor.feature_extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]])
             # Floating inputs in the model's dtype (bfloat16 with `clasp features --bf16`), masks as they are.
             inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
-            speech_frames, frame_weights = model.get_speech_frames(inputs["input_values"], inputs["audio_attention_mask"])
+            name = processor.feature_extractor.speech_input_name  # input_values, or Whisper's input_features
+            speech_frames, frame_weights = model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])
             speech_out = torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1).cpu()
-            spectrogram_out = model.get_spectrogram_embeds(inputs["input_features"]).float().cpu()
+            spectrogram_out = model.get_spectrogram_embeds(inputs["pixel_values"]).float().cpu()
             speech_frames, frame_weights = speech_frames.cpu(), frame_weights.float().cpu()
             for j, i in enumerate(chunk):
                 speech[i], spectrogram[i] = speech_out[j].numpy(), spectrogram_out[j].numpy()
@@ -101,7 +102,7 @@ def encode_rows(model, processor, batch_size: int):
                 frames[i] = speech_frames[j, :real].to(torch.float16).numpy()
                 weights[i] = frame_weights[j, :real].numpy()
         text_inputs = {k: v.to(model.device) for k, v in processor.tokenize(rows["text"]).items()}
-        text = model.get_text_features(**text_inputs).float().cpu().numpy()
+        text = model.get_text_features(**text_inputs).pooler_output.float().cpu().numpy()
         return {"speech_embeds": speech, "spectrogram_embeds": spectrogram, "text_embeds": list(text),
                 "speech_frames": frames, "speech_frame_weights": weights}
 

@@ -2,13 +2,20 @@
 
 For each clip, independently of the others in its batch:
   1. samples → float32 in [-1, 1], channels averaged to mono, resampled to 16 kHz;
-  2. `input_values` for the speech encoder: the normalised waveform (HuBERT / wav2vec2 / WavLM), or
+  2. the speech encoder's input, named as transformers names it: `input_values`, the normalised
+     waveform (HuBERT / wav2vec2 / WavLM, as Wav2Vec2FeatureExtractor), or `input_features`,
      Whisper's log-mel (same filters and scaling as WhisperFeatureExtractor) at the clip's real length;
-  3. `input_features` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
+  3. `pixel_values` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
      to the CNN's square input and normalised with its ImageNet mean/std (3 channels) — the tensor
      version of the paper's plotted spectrogram picture.
-Then `input_values` are padded to the longest clip and `audio_attention_mask` marks the real part.
-The mask is not called `attention_mask`: that name belongs to the tokenizer's output.
+Then the speech input is padded to the longest clip and its mask, `input_values_mask` or
+`input_features_mask`, marks the real part. transformers' speech-text feature extractors name it
+so (Gemma 3n/4, Granite Speech, Parakeet: `input_features_mask`); `attention_mask` belongs to the
+tokenizer, and the zero-shot-audio-classification pipeline passes both outputs to the model.
+
+Channel layout, decided by whoever decoded the audio, never guessed from the shape: one clip is
+1-D (samples, mono) or 2-D (channels, samples), as torchaudio, torchcodec and soundfile's
+`always_2d=True` transposed return it.
 
 This file is also published flat on the Hub: it imports only numpy, torch, torchaudio, transformers.
 """
@@ -27,14 +34,20 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # Float samples past ±1 (a loud mix, int16 values stored as floats) are taken as they are, but beyond
 # this the spectrogram's power overflows float32 (at ~1e16) long before anything is audio.
 MAX_FLOAT_PEAK = 1e6
+# More rows than this in a 2-D clip is a (samples, channels) array, not channels: FFmpeg's channel
+# layouts stop at 64 (7th-order ambisonics).
+MAX_CHANNELS = 64
 
 
 def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
     """One clip as a 1-D float32 tensor in [-1, 1].
 
+    `audio`: 1-D (samples) or 2-D (channels, samples) — torchaudio's and torchcodec's layout; the
+    channels are averaged. The layout is not guessed from the shape (a 2-sample stereo clip and an
+    8-channel clip of 1 sample are both valid); a 2-D array with more than MAX_CHANNELS rows is
+    refused as most likely (samples, channels) — soundfile.read's layout — asking for a transpose.
     Integer samples are scaled by their type's range (uint8 is offset binary, as in WAV files).
-    A 2-D clip is (channels, samples) or (samples, channels): the shorter axis is taken as
-    channels, and the channels are averaged.
+    Raises ValueError naming `name` for any other shape, an empty or non-finite clip.
     """
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
@@ -48,8 +61,10 @@ def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
     else:
         raise ValueError(f"{name}: unsupported sample type {audio.dtype}")
     if audio.ndim == 2:
-        channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
-        audio = audio.mean(axis=channel_axis)
+        if audio.shape[0] > MAX_CHANNELS:
+            raise ValueError(f"{name}: a 2-D clip is (channels, samples); shape {audio.shape} would be "
+                             f"{audio.shape[0]} channels (at most {MAX_CHANNELS}): transpose a (samples, channels) array")
+        audio = audio.mean(axis=0)
     if audio.ndim != 1:
         raise ValueError(f"{name}: expected 1-D (samples) or 2-D (channels × samples) audio, got shape {audio.shape}")
     if audio.size == 0:
@@ -77,7 +92,6 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         image_size, image_mean, image_std: the CNN's input size and normalisation.
     """
 
-    model_input_names = ["input_values", "audio_attention_mask", "input_features"]
 
     def __init__(
         self,
@@ -124,6 +138,15 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         self.image_size = image_size
         self.image_mean = list(image_mean or IMAGENET_MEAN)
         self.image_std = list(image_std or IMAGENET_STD)
+
+    @property
+    def speech_input_name(self) -> str:
+        """What transformers calls the speech encoder's input: `input_features` (log-mel), `input_values` (waveform)."""
+        return "input_features" if self.speech_features == "whisper_log_mel" else "input_values"
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [self.speech_input_name, f"{self.speech_input_name}_mask", "pixel_values"]
 
     # ---- per clip --------------------------------------------------------------------------
 
@@ -202,10 +225,16 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
     def __call__(self, audio, sampling_rate=None, return_tensors="pt", **kwargs) -> BatchFeature:
         """Features of one clip or a list of clips.
 
-        audio: a 1-D array/tensor/list (one mono clip), a list of clips (each 1-D, or 2-D with
-            channels), or a 2-D array (a batch of equal-length mono clips, the transformers convention).
+        audio: a 1-D array/tensor/list (one mono clip), a list of clips (each 1-D mono or 2-D
+            (channels, samples), see `to_float_mono`), or a 2-D array (a batch of equal-length mono
+            clips, the transformers convention: never one multichannel clip; wrap that in a list).
             Any sample type: int8/uint8/int16/int32 are scaled to [-1, 1]; floats are taken as they are.
         sampling_rate: the rate of `audio`; it is resampled to `self.sampling_rate`.
+
+        Returns a BatchFeature of `input_values` `[batch, samples]` (waveform encoders) or
+        `input_features` `[batch, n_mels, frames]` (Whisper), padded with `padding_value`; its mask
+        `input_values_mask` / `input_features_mask` `[batch, samples or frames]` (1 real, 0
+        padding); `pixel_values` `[batch, 3, image_size, image_size]`.
         """
         if sampling_rate is None:
             warnings.warn(
@@ -218,16 +247,15 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]") for i, clip in enumerate(clips)]
         speech = [self.speech_input(w) for w in waveforms]
         longest = max(s.shape[-1] for s in speech)
-        input_values = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
-        audio_attention_mask = torch.zeros(len(speech), longest, dtype=torch.long)
+        speech_inputs = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
+        mask = torch.zeros(len(speech), longest, dtype=torch.long)
         for i, s in enumerate(speech):
-            input_values[i, ..., : s.shape[-1]] = s
-            audio_attention_mask[i, : s.shape[-1]] = 1
-        input_features = torch.stack([self.spectrogram_image(w) for w in waveforms])
+            speech_inputs[i, ..., : s.shape[-1]] = s
+            mask[i, : s.shape[-1]] = 1
         features = {
-            "input_values": input_values,
-            "audio_attention_mask": audio_attention_mask,
-            "input_features": input_features,
+            self.speech_input_name: speech_inputs,
+            f"{self.speech_input_name}_mask": mask,
+            "pixel_values": torch.stack([self.spectrogram_image(w) for w in waveforms]),
         }
         if return_tensors in (None, "np"):
             features = {k: v.numpy() for k, v in features.items()}

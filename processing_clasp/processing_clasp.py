@@ -1,7 +1,9 @@
 """ClaspProcessor: the feature extractor for audio and the sentence encoder's tokenizer for text.
 
 `processor(text=..., audio=..., sampling_rate=...)` returns everything `ClaspModel` takes:
-`input_ids`/`attention_mask` for text, `input_values`/`audio_attention_mask`/`input_features` for audio.
+`input_ids`/`attention_mask` for text; for audio the speech encoder's `input_values` (waveform) or
+`input_features` (Whisper's log-mel), its mask `input_values_mask` / `input_features_mask` (not
+`attention_mask`: that is the tokenizer's), and the spectrogram picture `pixel_values`.
 Texts get the sentence encoder's prompt (e5 expects "query: "), so the model sees text exactly as
 the sentence encoder was trained to.
 

@@ -2,6 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
 from configuration_clasp import ClaspConfig
 from modeling_clasp import ClaspModel
 from tiny import tiny_config, tiny_model, tiny_processor, tone
@@ -35,6 +37,8 @@ def test_shapes_and_normalisation(speech, tmp_path):
     torch.testing.assert_close(out.logits_per_audio, scale * out.audio_embeds @ out.text_embeds.T)
 
 
+# wav2vec2-base-style (group norm over time), HuBERT-large-style (layer norm per frame), Whisper.
+@pytest.mark.parametrize("speech", ["wav2vec2", "hubert", "whisper"])
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_clip_embedding_does_not_depend_on_batch(speech, pooling, tmp_path):
     """Padding a short clip next to a long one must not change its embedding (real frames only)."""
@@ -43,9 +47,37 @@ def test_clip_embedding_does_not_depend_on_batch(speech, pooling, tmp_path):
     processor = tiny_processor(config, tmp_path)
     short = tone(0.4, freq=330, seed=2)
     with torch.no_grad():
-        alone = model.get_audio_features(**processor(audio=[short], sampling_rate=16000))
-        batched = model.get_audio_features(**processor(audio=[tone(2.5, seed=9), short], sampling_rate=16000))
-    torch.testing.assert_close(batched[1:], alone, atol=2e-5, rtol=1e-4)
+        alone = model.get_audio_features(**processor(audio=[short], sampling_rate=16000)).pooler_output
+        batched = model.get_audio_features(**processor(audio=[tone(2.5, seed=9), short], sampling_rate=16000)).pooler_output
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=0)
+
+
+def test_input_names_are_transformers_and_unknown_ones_are_refused(speech, tmp_path):
+    config = tiny_config(speech)
+    model, processor = tiny_model(config).eval(), tiny_processor(config, tmp_path)
+    inputs = processor(text=TEXTS[:2], audio=clips()[:2], sampling_rate=16000)
+    speech_input = "input_features" if speech == "whisper" else "input_values"
+    assert set(inputs) == {"input_ids", "token_type_ids", "attention_mask", speech_input, f"{speech_input}_mask", "pixel_values"}
+    assert model.main_input_name == speech_input
+    with torch.no_grad():
+        out = model(**inputs)
+        audio = model.get_audio_features(**{k: inputs[k] for k in (speech_input, f"{speech_input}_mask", "pixel_values")})
+        text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        assert isinstance(audio, BaseModelOutputWithPooling) and isinstance(text, BaseModelOutputWithPooling)  # as CLAP
+        torch.testing.assert_close(audio.pooler_output, out.audio_embeds)
+        torch.testing.assert_close(text.pooler_output, out.text_embeds)
+        with pytest.raises(TypeError, match="unexpected keyword arguments: output_attentions, spectrogram"):
+            model(**inputs, spectrogram=inputs["pixel_values"], output_attentions=True)
+        with pytest.raises(TypeError, match="get_audio_features.*unexpected keyword arguments: attention_mask"):
+            model.get_audio_features(pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+        # The names before transformers' (an earlier version's processor, user code) still work, with a warning.
+        old = {"input_values": inputs[speech_input], "audio_attention_mask": inputs[f"{speech_input}_mask"],
+               "input_features": inputs["pixel_values"]}
+        with pytest.warns(FutureWarning, match="audio_attention_mask"):
+            deprecated = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **old)
+        torch.testing.assert_close(deprecated.logits_per_audio, out.logits_per_audio)
+        with pytest.warns(FutureWarning, match="pixel_values"):
+            torch.testing.assert_close(model.get_audio_features(**old).pooler_output, out.audio_embeds)
 
 
 def test_whisper_real_length_matches_library_forward_on_30s():
@@ -67,7 +99,8 @@ def test_cached_branch_features_run_the_same_fusion(speech, pooling, tmp_path):
     inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
     with torch.no_grad():
         full = model(**inputs)
-        frames, weights = model.get_speech_frames(inputs["input_values"], inputs["audio_attention_mask"])
+        speech_input = "input_features" if speech == "whisper" else "input_values"
+        frames, weights = model.get_speech_frames(inputs[speech_input], inputs[f"{speech_input}_mask"])
         from_frames = model(speech_frames=frames, speech_frame_weights=weights, spectrogram_embeds=full.spectrogram_embeds,
                             text_embeds=full.text_embeds)
         torch.testing.assert_close(from_frames.logits_per_audio, full.logits_per_audio)
@@ -135,8 +168,8 @@ def test_text_features_pool_as_sentence_transformers(tmp_path):
     model = tiny_model(config).eval()
     processor = tiny_processor(config, tmp_path)
     with torch.no_grad():
-        alone = model.get_text_features(**processor(text=["der hund"]))
-        batched = model.get_text_features(**processor(text=["the cat sat on the red mat", "der hund"]))
+        alone = model.get_text_features(**processor(text=["der hund"])).pooler_output
+        batched = model.get_text_features(**processor(text=["the cat sat on the red mat", "der hund"])).pooler_output
         hidden = model.text_model(**processor(text=["der hund"])).last_hidden_state
     torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, F.normalize(hidden.mean(dim=1), dim=-1))

@@ -15,9 +15,9 @@ def extractor():
 def test_outputs_and_shapes(extractor):
     out = extractor([tone(1.0), tone(0.5)], sampling_rate=16000)
     assert out["input_values"].shape == (2, 16000)
-    assert out["audio_attention_mask"].sum(dim=1).tolist() == [16000, 8000]
-    assert out["input_features"].shape == (2, 3, 64, 64)
-    assert "attention_mask" not in out  # that name belongs to the tokenizer
+    assert out["input_values_mask"].sum(dim=1).tolist() == [16000, 8000]
+    assert out["pixel_values"].shape == (2, 3, 64, 64)
+    assert set(out) == {"input_values", "input_values_mask", "pixel_values"} == set(extractor.model_input_names)
     assert extractor.sampling_rate == 16000
 
 
@@ -41,7 +41,7 @@ def test_any_rate_is_resampled(extractor, rate):
 def test_stereo_of_identical_channels_is_mono(extractor):
     mono = tone(0.7)
     mono_out = extractor([mono], sampling_rate=16000)
-    for stereo in (np.stack([mono, mono]), np.stack([mono, mono], axis=1), np.stack([mono] * 6)):
+    for stereo in (np.stack([mono, mono]), np.stack([mono] * 6)):
         out = extractor([stereo], sampling_rate=16000)
         for key in mono_out:
             torch.testing.assert_close(out[key], mono_out[key])
@@ -70,7 +70,18 @@ def test_torch_and_list_inputs_match_numpy(extractor):
 def test_very_short_clip_is_padded_to_one_frame(extractor):
     out = extractor(np.ones(10, dtype=np.float32) * 0.1, sampling_rate=16000)
     assert out["input_values"].shape[-1] == extractor.min_samples
-    assert torch.isfinite(out["input_features"]).all()
+    assert torch.isfinite(out["pixel_values"]).all()
+
+
+def test_channel_layout_is_channels_first_never_guessed(extractor):
+    """(channels, samples) whatever the shape: 8 channels of 2 samples, stereo of 2 samples."""
+    extractor = ClaspFeatureExtractor(do_normalize=False, min_samples=1, image_size=32)
+    eight = np.arange(16, dtype=np.float32).reshape(8, 2) / 100
+    stereo = np.array([[0.1, 0.3], [0.5, 0.7]], dtype=np.float32)
+    for clip, mono in ((eight, [0.07, 0.08]), (stereo, [0.3, 0.5])):
+        np.testing.assert_allclose(extractor([clip], sampling_rate=16000)["input_values"][0].numpy(), mono, atol=1e-7)
+    with pytest.raises(ValueError, match=r"audio\[0\]: a 2-D clip is \(channels, samples\); shape \(1000, 2\).*transpose"):
+        extractor([np.zeros((1000, 2), np.float32)], sampling_rate=16000)
 
 
 @pytest.mark.parametrize(
@@ -89,7 +100,7 @@ def test_whisper_log_mel_matches_whisper_feature_extractor():
     ours = ClaspFeatureExtractor(speech_features="whisper_log_mel", feature_size=80, do_normalize=False, max_samples=480000)
     reference = WhisperFeatureExtractor(feature_size=80)
     clip = tone(2.0, freq=180)
-    mel = ours(clip, sampling_rate=16000)["input_values"][0]
+    mel = ours(clip, sampling_rate=16000)["input_features"][0]
     full = reference(clip, sampling_rate=16000, return_tensors="np")["input_features"][0]
     assert mel.shape == (80, 200)
     # the last frame's window reaches into Whisper's zero padding instead of our reflection
@@ -106,3 +117,20 @@ def test_round_trip(tmp_path, extractor):
     extractor.save_pretrained(tmp_path)
     loaded = ClaspFeatureExtractor.from_pretrained(tmp_path)
     assert loaded.to_dict() == extractor.to_dict()
+
+
+def test_a_processor_saved_by_an_earlier_version_loads_with_the_new_names():
+    """The saved settings did not change with the input names (a preprocessor_config.json of the
+    version that still said `audio_attention_mask`), so old folders load and give the new names."""
+    saved = {"auto_map": {"AutoFeatureExtractor": "feature_extraction_clasp.ClaspFeatureExtractor",
+                          "AutoProcessor": "processing_clasp.ClaspProcessor"},
+             "do_normalize": False, "feature_extractor_type": "ClaspFeatureExtractor", "feature_size": 8,
+             "image_mean": [0.485, 0.456, 0.406], "image_size": 32, "image_std": [0.229, 0.224, 0.225],
+             "max_samples": 480000, "min_samples": 400, "padding_side": "right", "padding_value": 0.0,
+             "return_attention_mask": True, "sampling_rate": 16000, "spectrogram_hop_length": 320,
+             "spectrogram_n_fft": 1024, "spectrogram_n_mels": 16, "spectrogram_top_db": 80.0,
+             "speech_features": "whisper_log_mel", "whisper_hop_length": 160, "whisper_n_fft": 400}
+    extractor = ClaspFeatureExtractor.from_dict(saved)
+    assert extractor.to_dict() == saved
+    out = extractor([tone(0.5)], sampling_rate=16000)
+    assert list(out) == extractor.model_input_names == ["input_features", "input_features_mask", "pixel_values"]

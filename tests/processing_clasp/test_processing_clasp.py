@@ -8,7 +8,9 @@ from tiny import tiny_config, tiny_model, tiny_processor, tone
 def test_text_and_audio_together(tmp_path):
     processor = tiny_processor(tiny_config(), tmp_path)
     out = processor(text=["the cat", "der hund ist"], audio=[tone(0.5), tone(0.3)], sampling_rate=16000)
-    assert {"input_ids", "attention_mask", "input_values", "audio_attention_mask", "input_features"} <= set(out)
+    assert set(out) == {"input_ids", "token_type_ids", "attention_mask", "input_values", "input_values_mask", "pixel_values"}
+    assert set(out) == set(processor.model_input_names)
+    assert out["input_values_mask"].sum(dim=1).tolist() == [8000, 4800]  # the audio's mask, not the tokenizer's
     assert out["input_ids"].shape[0] == 2 and out["input_values"].shape[0] == 2
 
 
@@ -58,7 +60,7 @@ def test_any_text_embeds_and_a_long_one_is_truncated_with_a_warning(tmp_path):
     assert len([w for w in caught if "truncated" in str(w.message)]) == 1  # only the long one
     assert tokens["input_ids"].shape == (len(BAD_TEXTS), limit)
     with torch.no_grad():
-        embeds = model.get_text_features(**tokens)
+        embeds = model.get_text_features(**tokens).pooler_output
     assert torch.isfinite(embeds).all() and torch.allclose(embeds.norm(dim=-1), torch.ones(len(BAD_TEXTS)), atol=1e-5)
     # Control characters are dropped by the tokenizer, not turned into tokens.
     torch.testing.assert_close(processor(text=[BAD_TEXTS[4]])["input_ids"], processor(text=["the cat sat on"])["input_ids"])
