@@ -54,6 +54,9 @@ def hub_code_files(cls) -> dict[str, str]:
 
 def save_hub_code(save_directory: str, cls) -> None:
     """Write the flat remote-code files of `cls` (see `hub_code_files`) into `save_directory`."""
+    # A subclass defined elsewhere (a user's script) saves the code of the CLASP class it extends:
+    # that is the class `auto_map` names.
+    cls = next(c for c in cls.__mro__ if c.__module__.rsplit(".", 1)[-1] + ".py" in HUB_CODE_FILES)
     for file_name, source in hub_code_files(cls).items():
         with open(os.path.join(save_directory, file_name), "w", encoding="utf-8") as f:
             f.write(source)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from clean_process import LOAD_AND_SCORE, RECORDING_HUB, run_clean, write_inputs
+from clean_process import LOAD_AND_SCORE, RECORDING_HUB, RecordingHub, run_clean, write_inputs
+from modeling_clasp import ClaspModel
 from tiny import REPO, tiny_config, tiny_model, tiny_processor, tone
 
 TEXTS = ["the cat sat on the mat", "le chat est sur la mat", "der hund", "a red car"]
@@ -183,3 +184,32 @@ def test_readme_fine_tune_and_push_recipe_uploads_exactly_what_loads(tmp_path):
     assert np.abs(fine_tuned - original).max() > 1e-4  # the step changed the head
     loaded = run_clean(tmp_path, LOAD_AND_SCORE, tmp_path / "uploaded", inputs)
     np.testing.assert_allclose(np.array(loaded["logits"]), fine_tuned, atol=1e-6)
+
+
+def test_save_pretrained_with_push_to_hub_saves_then_pushes(tmp_path, monkeypatch):
+    """transformers' save_pretrained(folder, push_to_hub=True, repo_id=...) saves the folder and
+    pushes the same files (with a card) to repo_id, with the Hub recorded."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.errors import EntryNotFoundError
+
+    def new_repo_has_no_card(*args, **kwargs):
+        raise EntryNotFoundError("README.md")
+
+    monkeypatch.setattr(ModelCard, "load", new_repo_has_no_card)
+    hub = RecordingHub(tmp_path / "uploaded")
+    hub.patch(monkeypatch.setattr)
+    tiny_model(tiny_config()).save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="me/clasp-tiny", private=True)
+    model_files = {"config.json", "model.safetensors", "configuration_clasp.py", "modeling_clasp.py"}
+    assert sorted(p.name for p in (tmp_path / "saved").iterdir()) == sorted(model_files)
+    assert hub.calls[0] == {"call": "create_repo", "repo_id": "me/clasp-tiny", "private": True}
+    (commit,) = [call for call in hub.calls if call["call"] == "create_commit"]
+    assert commit["repo_id"] == "me/clasp-tiny" and commit["files"] == sorted(model_files | {"README.md"})
+
+
+def test_a_subclass_saves_the_code_auto_map_names(tmp_path):
+    class MyClasp(ClaspModel):  # defined in a test module: not a file the Hub folder could hold
+        pass
+
+    MyClasp(tiny_config()).save_pretrained(tmp_path / "saved")
+    assert sorted(p.name for p in (tmp_path / "saved").glob("*.py")) == ["configuration_clasp.py", "modeling_clasp.py"]
+    assert (tmp_path / "saved" / "modeling_clasp.py").read_text() == flat("modeling_clasp/modeling_clasp.py")
