@@ -25,7 +25,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
 from transformers.utils import ModelOutput, cached_file, can_return_tuple
 
-from configuration_clasp.configuration_clasp import ClaspConfig
+from configuration_clasp.configuration_clasp import ClaspConfig, save_with_code
 
 
 @dataclass
@@ -303,7 +303,13 @@ class ClaspModel(ClaspPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         # Loading materialises fresh parameters (requires_grad=True): freeze again afterwards.
-        return super().from_pretrained(*args, **kwargs).freeze_backbones()
+        loaded = super().from_pretrained(*args, **kwargs)  # (model, loading_info) with output_loading_info=True
+        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_backbones()
+        return loaded
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        # The folder carries the flat code `auto_map` names; it is written whole or not at all.
+        return save_with_code(self, super().save_pretrained, save_directory, push_to_hub, kwargs)
 
     def freeze_backbones(self):
         """No gradient for the backbones the config freezes (and no learnable scale without the contrastive loss)."""
@@ -583,8 +589,9 @@ class ClaspModel(ClaspPreTrainedModel):
         wav2vec2, WavLM, Whisper), a transformers image CNN, and a sentence-transformers model.
         `preset` fills the ones not given: "paper" (HuBERT-large, EfficientNet-B7, LaBSE; needs
         the Hub) or "offline-base" (Whisper-base, EfficientNet-Lite0, multilingual-e5-small,
-        built by `clasp backbones build`). Returns the model; `ClaspProcessor.from_pretrained_backbones`
-        builds the matching processor.
+        built by `clasp backbones build`). Returns the model in eval mode, as `from_pretrained` does
+        (call `.train()` to train the head); `ClaspProcessor.from_pretrained_backbones` builds the
+        matching processor.
         """
         parts = resolve_backbones(speech, spectrogram, text, preset)
         text_setup = read_sentence_transformer(parts["text"])
@@ -613,7 +620,7 @@ class ClaspModel(ClaspPreTrainedModel):
         model.text_model = AutoModel.from_pretrained(text_setup["transformer_path"], **pooling_kwargs)
         if text_setup["dense"] is not None:  # LaBSE: sentence-transformers' Dense+tanh is BERT's pooler
             model.text_model.pooler.dense.load_state_dict(text_setup["dense"])
-        return model.float().freeze_backbones()
+        return model.float().freeze_backbones().eval()  # as from_pretrained: ready for inference
 
 
 # Where `clasp backbones build` writes the offline backbones (keep in sync with backbones_clasp).

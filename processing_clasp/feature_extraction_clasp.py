@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import torchaudio
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
+from transformers.utils import PaddingStrategy
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -198,11 +199,13 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         std = torch.tensor(self.image_std).view(3, 1, 1)
         return (picture.expand(3, -1, -1) - mean) / std
 
-    def prepare_clip(self, audio, sampling_rate: int, name: str = "audio") -> torch.Tensor:
-        """One clip → mono float32 at `self.sampling_rate`, at least `min_samples` long."""
+    def prepare_clip(self, audio, sampling_rate: int, name: str = "audio", max_length: int | None = None) -> torch.Tensor:
+        """One clip → mono float32 at `self.sampling_rate`, cut at `max_length` samples if given, at
+        least `min_samples` long."""
         waveform = to_float_mono(audio, name)
         if sampling_rate != self.sampling_rate:
             waveform = torchaudio.functional.resample(waveform, sampling_rate, self.sampling_rate)
+        waveform = waveform[:max_length]
         if self.max_samples is not None and waveform.shape[0] > self.max_samples:
             raise ValueError(
                 f"{name}: {waveform.shape[0] / self.sampling_rate:.1f} s is longer than this encoder's "
@@ -222,7 +225,8 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
 
     # ---- batch -----------------------------------------------------------------------------
 
-    def __call__(self, audio, sampling_rate=None, return_tensors="pt", **kwargs) -> BatchFeature:
+    def __call__(self, audio, sampling_rate=None, padding=True, max_length=None, truncation=False,
+                 return_attention_mask=None, return_tensors="pt") -> BatchFeature:
         """Features of one clip or a list of clips.
 
         audio: a 1-D array/tensor/list (one mono clip), a list of clips (each 1-D mono or 2-D
@@ -230,12 +234,33 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
             clips, the transformers convention: never one multichannel clip; wrap that in a list).
             Any sample type: int8/uint8/int16/int32 are scaled to [-1, 1]; floats are taken as they are.
         sampling_rate: the rate of `audio`; it is resampled to `self.sampling_rate`.
+        padding, max_length, truncation: as transformers' `SequenceFeatureExtractor.pad`, with
+            `max_length` in samples at `self.sampling_rate` (after resampling), as
+            Wav2Vec2FeatureExtractor and WhisperFeatureExtractor count it. padding=True / "longest"
+            pads the speech input to the longest clip, "max_length" to `max_length` samples (Whisper:
+            their frames), False / "do_not_pad" not at all (the clips must then give equal lengths).
+            truncation=True cuts each clip at `max_length` samples before any feature is computed,
+            so both branches see the same cut clip; without it a clip longer than a "max_length"
+            padding is an error. Each clip is still padded to `min_samples`.
+        return_attention_mask: return the speech input's mask (default: `self.return_attention_mask`).
+        return_tensors: "pt" (torch tensors) or "np" / None (numpy arrays).
+        Other values raise a ValueError.
 
         Returns a BatchFeature of `input_values` `[batch, samples]` (waveform encoders) or
         `input_features` `[batch, n_mels, frames]` (Whisper), padded with `padding_value`; its mask
         `input_values_mask` / `input_features_mask` `[batch, samples or frames]` (1 real, 0
         padding); `pixel_values` `[batch, 3, image_size, image_size]`.
         """
+        if padding not in (True, False, "longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+        strategy = self._get_padding_strategies(padding, max_length)  # refuses "max_length" without max_length
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < self.min_samples):
+            raise ValueError(f"max_length must be a number of samples of at least min_samples={self.min_samples}, "
+                             f"got {max_length!r}")
+        if truncation and max_length is None:
+            raise ValueError(f"truncation=True needs max_length (samples at {self.sampling_rate} Hz)")
         if sampling_rate is None:
             warnings.warn(
                 f"ClaspFeatureExtractor got no sampling_rate; assuming {self.sampling_rate} Hz. "
@@ -244,9 +269,19 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
             )
             sampling_rate = self.sampling_rate
         clips = self._as_clip_list(audio)
-        waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]") for i, clip in enumerate(clips)]
+        waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]", max_length=max_length if truncation else None)
+                     for i, clip in enumerate(clips)]
         speech = [self.speech_input(w) for w in waveforms]
         longest = max(s.shape[-1] for s in speech)
+        if strategy == PaddingStrategy.MAX_LENGTH:
+            for i, waveform in enumerate(waveforms):
+                if waveform.shape[0] > max_length:
+                    raise ValueError(f"audio[{i}]: {waveform.shape[0]} samples, longer than max_length={max_length}; "
+                                     "pass truncation=True to cut it")
+            longest = max_length if self.speech_features == "waveform" else max_length // self.whisper_hop_length
+        elif strategy == PaddingStrategy.DO_NOT_PAD and any(s.shape[-1] != longest for s in speech):
+            raise ValueError(f"padding=False: the clips differ in length ({[s.shape[-1] for s in speech]} "
+                             "speech-input steps) and cannot form one batch; pass padding=True")
         speech_inputs = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
         mask = torch.zeros(len(speech), longest, dtype=torch.long)
         for i, s in enumerate(speech):
@@ -257,6 +292,8 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
             f"{self.speech_input_name}_mask": mask,
             "pixel_values": torch.stack([self.spectrogram_image(w) for w in waveforms]),
         }
+        if not (self.return_attention_mask if return_attention_mask is None else return_attention_mask):
+            del features[f"{self.speech_input_name}_mask"]
         if return_tensors in (None, "np"):
             features = {k: v.numpy() for k, v in features.items()}
         return BatchFeature(features, tensor_type=None)

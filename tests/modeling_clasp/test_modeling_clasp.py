@@ -282,3 +282,43 @@ def test_loaded_model_keeps_its_backbones_frozen(tmp_path):
     loaded = ClaspModel.from_pretrained(tmp_path)
     trainable = {name.split(".")[0] for name, p in loaded.named_parameters() if p.requires_grad}
     assert trainable == {"fusion", "logit_scale"}
+
+
+def test_from_pretrained_gives_loading_info_on_request(tmp_path):
+    tiny_model(tiny_config()).save_pretrained(tmp_path)
+    model, info = ClaspModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(model, ClaspModel) and not model.training
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad} == {"fusion", "logit_scale"}
+
+
+def test_a_model_built_from_backbones_is_ready_for_inference(tmp_path):
+    """from_pretrained_backbones returns the model in eval mode, as from_pretrained does: one clip
+    goes through the fusion head's batch norm, and a clip's embedding does not depend on its
+    batch-mates (equal lengths here, so no padding is involved)."""
+    from torch import nn
+    from transformers import BertModel, EfficientNetModel, HubertModel
+
+    from processing_clasp import ClaspProcessor
+    from tiny import WORDS, tiny_bert_config, tiny_efficientnet_config, tiny_hubert_config, tiny_tokenizer
+
+    parts = {"speech": tmp_path / "speech", "spectrogram": tmp_path / "cnn", "text": tmp_path / "text"}
+    HubertModel(tiny_hubert_config()).save_pretrained(parts["speech"])
+    cnn = EfficientNetModel(tiny_efficientnet_config())
+    for module in cnn.modules():  # as tiny_model: a random CNN's output would underflow to zero
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+    cnn.save_pretrained(parts["spectrogram"])
+    BertModel(tiny_bert_config(len(WORDS) + 5)).save_pretrained(parts["text"])
+    tiny_tokenizer(tmp_path).save_pretrained(parts["text"])
+    parts = {name: str(path) for name, path in parts.items()}
+
+    model = ClaspModel.from_pretrained_backbones(**parts, fusion_branch_dims=[16, 12, 16], fusion_head_dims=[20, 18])
+    processor = ClaspProcessor.from_pretrained_backbones(**parts)
+    assert not any(module.training for module in model.modules())
+    same_length = [tone(0.8, seed=1), tone(0.8, freq=330, seed=2), tone(0.8, freq=150, seed=3)]
+    with torch.no_grad():
+        alone = model(**processor(audio=same_length[:1], sampling_rate=16000)).audio_embeds
+        batch = model(**processor(audio=same_length, sampling_rate=16000)).audio_embeds
+    assert alone.shape == (1, model.config.projection_dim)
+    torch.testing.assert_close(alone[0], batch[0], atol=1e-5, rtol=0)

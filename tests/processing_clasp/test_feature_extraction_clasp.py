@@ -134,3 +134,69 @@ def test_a_processor_saved_by_an_earlier_version_loads_with_the_new_names():
     assert extractor.to_dict() == saved
     out = extractor([tone(0.5)], sampling_rate=16000)
     assert list(out) == extractor.model_input_names == ["input_features", "input_features_mask", "pixel_values"]
+
+
+def whisper_extractor():
+    return ClaspFeatureExtractor(speech_features="whisper_log_mel", feature_size=80, do_normalize=False, max_samples=480000,
+                                 image_size=32)
+
+
+def test_padding_as_transformers(extractor):
+    """padding True / "longest" / "max_length" / False, with max_length in samples at 16 kHz."""
+    clips = [tone(1.0), tone(0.5)]
+    longest = extractor(clips, sampling_rate=16000)
+    for padding in (True, "longest"):
+        torch.testing.assert_close(extractor(clips, sampling_rate=16000, padding=padding)["input_values"], longest["input_values"])
+    padded = extractor(clips, sampling_rate=16000, padding="max_length", max_length=20000)
+    assert padded["input_values"].shape == (2, 20000)
+    assert padded["input_values_mask"].sum(dim=1).tolist() == [16000, 8000]
+    torch.testing.assert_close(padded["input_values"][:, :16000], longest["input_values"])
+    assert not padded["input_values"][:, 16000:].any()
+    same_length = extractor([tone(0.5), tone(0.5, freq=300)], sampling_rate=16000, padding=False)
+    assert same_length["input_values"].shape == (2, 8000)
+    with pytest.raises(ValueError, match="padding=False: the clips differ in length"):
+        extractor(clips, sampling_rate=16000, padding=False)
+    with pytest.raises(ValueError, match="max_length is defined"):
+        extractor(clips, sampling_rate=16000, padding="max_length")
+    with pytest.raises(ValueError, match="padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got 'shortest'"):
+        extractor(clips, sampling_rate=16000, padding="shortest")
+    with pytest.raises(ValueError, match=r"audio\[0\]: 16000 samples, longer than max_length=12000; pass truncation=True"):
+        extractor(clips, sampling_rate=16000, padding="max_length", max_length=12000)
+
+
+def test_whisper_pads_to_max_length_in_frames():
+    out = whisper_extractor()([tone(1.0), tone(0.5)], sampling_rate=16000, padding="max_length", max_length=32000)
+    assert out["input_features"].shape == (2, 80, 200)  # 32,000 samples = 200 frames of 160
+    assert out["input_features_mask"].sum(dim=1).tolist() == [100, 50]
+
+
+def test_truncation_cuts_the_clip_before_both_branches(extractor):
+    clip = tone(1.0)
+    cut = extractor([clip], sampling_rate=16000, truncation=True, max_length=8000)
+    reference = extractor([clip[:8000]], sampling_rate=16000)
+    for key in reference:
+        torch.testing.assert_close(cut[key], reference[key])
+    with pytest.raises(ValueError, match="truncation=True needs max_length"):
+        extractor([clip], sampling_rate=16000, truncation=True)
+    with pytest.raises(ValueError, match="max_length must be a number of samples of at least min_samples=400"):
+        extractor([clip], sampling_rate=16000, truncation=True, max_length=100)
+    # Whisper refuses more than 30 s, unless it is asked to cut there.
+    long = np.tile(tone(1.0), 31)
+    out = whisper_extractor()([long], sampling_rate=16000, truncation=True, max_length=480000)
+    assert out["input_features"].shape == (1, 80, 3000)
+
+
+def test_return_attention_mask_and_tensor_types(extractor):
+    clip = tone(0.5)
+    assert "input_values_mask" not in extractor([clip], sampling_rate=16000, return_attention_mask=False)
+    assert "input_values_mask" in extractor([clip], sampling_rate=16000, return_attention_mask=True)
+    as_torch = extractor([clip], sampling_rate=16000, return_tensors="pt")
+    as_numpy = extractor([clip], sampling_rate=16000, return_tensors="np")
+    assert as_torch.keys() == as_numpy.keys()
+    for key in as_torch:
+        assert isinstance(as_torch[key], torch.Tensor) and isinstance(as_numpy[key], np.ndarray), key
+        np.testing.assert_array_equal(as_numpy[key], as_torch[key].numpy())
+    with pytest.raises(ValueError, match="return_tensors must be 'pt' or 'np', got 'tf'"):
+        extractor([clip], sampling_rate=16000, return_tensors="tf")
+    with pytest.raises(TypeError, match="pad_to_multiple_of"):
+        extractor([clip], sampling_rate=16000, pad_to_multiple_of=8)

@@ -66,3 +66,36 @@ def test_any_text_embeds_and_a_long_one_is_truncated_with_a_warning(tmp_path):
     torch.testing.assert_close(processor(text=[BAD_TEXTS[4]])["input_ids"], processor(text=["the cat sat on"])["input_ids"])
     with pytest.raises(TypeError, match=r"text\[1\]: expected a string, got NoneType"):
         processor(text=["the cat", None])
+
+
+def test_from_pretrained_applies_overrides_as_transformers(tmp_path):
+    processor = tiny_processor(tiny_config(), tmp_path)
+    processor.text_prefix = "query: "
+    processor.save_pretrained(tmp_path / "saved")
+    loaded = ClaspProcessor.from_pretrained(tmp_path / "saved", text_max_length=6, text_prefix="", do_normalize=False,
+                                            image_size=48, trust_remote_code=True)
+    assert loaded.text_max_length == 6 and loaded.text_prefix == ""
+    assert loaded.feature_extractor.do_normalize is False and loaded.feature_extractor.image_size == 48
+    with pytest.warns(UserWarning, match="truncated"):
+        assert loaded(text=["the cat sat on the mat"])["input_ids"].shape == (1, 6)
+    torch.testing.assert_close(loaded(text=["the cat"])["input_ids"], processor.tokenizer(["the cat"], return_tensors="pt")["input_ids"])
+    assert loaded(audio=tone(0.5), sampling_rate=16000)["pixel_values"].shape[-1] == 48
+    # what is not overridden stays as saved
+    again = ClaspProcessor.from_pretrained(tmp_path / "saved")
+    assert again.text_prefix == "query: " and again.text_max_length == processor.text_max_length
+    assert again.feature_extractor.to_dict() == processor.feature_extractor.to_dict()
+
+
+def test_from_pretrained_refuses_unknown_or_bad_kwargs(tmp_path):
+    tiny_processor(tiny_config(), tmp_path).save_pretrained(tmp_path / "saved")
+    with pytest.raises(ValueError, match=r"unknown keyword arguments \['text_max_lenght'\]"):
+        ClaspProcessor.from_pretrained(tmp_path / "saved", text_max_lenght=64)
+    with pytest.raises(ValueError, match="text_max_length must be a positive number of tokens, got 0"):
+        ClaspProcessor.from_pretrained(tmp_path / "saved", text_max_length=0)
+
+
+def test_return_tensors_np_gives_numpy_for_text_and_audio(tmp_path):
+    import numpy as np
+
+    out = tiny_processor(tiny_config(), tmp_path)(text=["the cat"], audio=[tone(0.5)], sampling_rate=16000, return_tensors="np")
+    assert all(isinstance(value, np.ndarray) for value in out.values()), {k: type(v) for k, v in out.items()}
