@@ -36,7 +36,7 @@ import time
 
 import numpy as np
 
-from evaluation.retrieval_metrics.rank_metrics import TIED_RANK, metrics_from_ranks, refuse_non_finite, tied_ranks
+from evaluation.retrieval_metrics.rank_metrics import TIED_RANK, TIES, metrics_from_ranks, refuse_non_finite, tied_ranks
 
 DIRECTIONS = ("audio_to_text", "text_to_audio")
 CORRECT_SETS = ("same-group", "same-text")
@@ -199,12 +199,16 @@ def retrieval_report(
     "k_requested"}), and the soft protocol left out ("k": None and a "note") when some query has
     no wrong candidate at all. embed_s: the caller's embedding time (0.0 when precomputed).
     ValueError for rows of different lengths, NaN or infinite values (naming the rows), an
-    unknown rule, or correct_set="same-text" without texts.
+    unknown rule, soft_k < 2, or correct_set="same-text" without texts.
     """
     if correct_set not in CORRECT_SETS:
         raise ValueError(f"correct_set must be one of {CORRECT_SETS}, got {correct_set!r}")
     if correct_set == "same-text" and texts is None:
         raise ValueError("correct_set='same-text' needs the texts of the pairs")
+    if ties not in TIES:
+        raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
+    if soft_k < 2:
+        raise ValueError(f"soft_k must be at least 2 (the gold and a wrong candidate), got {soft_k}")
     audio_embeds, text_embeds = as_numpy(audio_embeds), as_numpy(text_embeds)
     num_rows = len(audio_embeds)
     if len(text_embeds) != num_rows:
@@ -225,8 +229,9 @@ def retrieval_report(
     for direction, (queries, candidates) in directions.items():
         hard[direction], soft[direction] = rank_queries(queries, candidates, gold, set_ids, wrong, memory_budget_bytes)
     monolingual = {}
+    languages = None if languages is None else np.asarray(languages)
     for language in [] if languages is None else np.unique(languages):
-        rows = np.flatnonzero(np.asarray(languages) == language)
+        rows = np.flatnonzero(languages == language)
         own_sets = np.unique(set_ids[rows], return_inverse=True)[1].reshape(-1)
         monolingual[str(language)] = {
             direction: rank_queries(queries[rows], candidates[rows], np.arange(len(rows)), own_sets, None,

@@ -189,6 +189,8 @@ def test_collapsed_encoder_scores_chance():
     assert pessimistic["ties"] == "pessimistic"
     assert pessimistic["text_to_audio"] == pytest.approx(
         {"hits@1": 0, "recall@5": 0, "recall@10": 0, "mrr": 1 / num_rows, "mean_rank": num_rows, "median_rank": num_rows})
+    with pytest.raises(ValueError, match="ties must be one of"):
+        retrieval_report(audio, text, ties="optimistic")
 
 
 def test_random_coarse_embeddings_score_chance():
