@@ -40,7 +40,10 @@ from evaluation.retrieval_metrics.rank_metrics import TIED_RANK, TIES, metrics_f
 
 DIRECTIONS = ("audio_to_text", "text_to_audio")
 CORRECT_SETS = ("same-group", "same-text")
-MEMORY_BUDGET_BYTES = 256 * 2**20  # score rows held at once; a block of 256 MiB keeps BLAS busy
+# Score rows held at once. The matmul runs as fast on 64 MiB blocks as on larger ones, and the
+# compare-and-count passes faster (the block stays nearer the cache): N = 11,411, d = 768, 4,096
+# queries, one thread, shared CPU: 2.7 s at 64 MiB, 3.0 s at 128 MiB and at 32 MiB, 4.8 s at 256 MiB.
+MEMORY_BUDGET_BYTES = 64 * 2**20
 
 
 def correct_sets(num_rows: int, groups=None, texts=None) -> np.ndarray:
