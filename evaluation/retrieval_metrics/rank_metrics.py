@@ -15,13 +15,14 @@ Efficiently in the Presence of Tied Scores" (ECIR 2008) count them:
     ties="expected" (the default): every metric is its mean over all orderings of the tied
         candidates, i.e. what a uniformly random tie-break gives on average. With g = above,
         t = tied, m = correct_tied: E[rank] = g + (m + t + 1) / (m + 1);
-        P(rank <= k) = 1 - C(t, k - g) / C(m + t, k - g) for 0 < k - g <= t (1 above t, 0 for k <= g);
+        P(rank <= k) = 1 - C(t, k - g) / C(m + t, k - g) for 0 < k - g <= t (1 when k - g > t,
+        0 when k <= g);
         E[1 / rank] summed over the place of the first correct candidate among the tied ones.
     ties="pessimistic": every tied wrong candidate ranks above: rank = g + t + 1.
 A tie never goes the correct candidate's way, so a model that scores every candidate alike gets
 hits@1 = 1/N among N candidates (expected) or 0 (pessimistic), as chance would. median_rank is the
 median of the queries' expected (or pessimistic) ranks. Scores must be finite: NaN compares False
-with everything, so it would win every comparison it is in; it is a ValueError naming the rows.
+with everything, so a NaN gold score would rank first; it is a ValueError naming the rows.
 """
 
 import numpy as np
