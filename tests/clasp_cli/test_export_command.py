@@ -24,7 +24,8 @@ def metrics(value):
 
 def report():
     both = {"audio_to_text": metrics(0.8), "text_to_audio": metrics(0.7)}
-    return {**both, "soft": {**both, "k": 100}, "by_language": {"en": both}, "cross_lingual": {},
+    return {**both, "ties": "expected", "correct_set": "same-text", "soft": {**both, "k": 100, "k_requested": 100},
+            "by_language": {"en": both}, "monolingual": {"en": both}, "cross_lingual": {},
             "timing": {"embed_s": 1.0, "score_and_rank_s": 0.1}, "num_queries": 10}
 
 
@@ -59,6 +60,8 @@ def test_export_writes_a_hub_folder_with_a_model_card(tmp_path):
     assert card.data.language == ["en", "fr"]
     values = {(r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
     assert values[("audio_to_text", "hits@1")] == 0.8 and values[("text_to_audio", "mrr")] == 0.7
+    assert {r.metric_args["correct_set"] for r in card.data.eval_results} == {"same-text"}
+    assert "correct set: same-text" in card.text and "ties: expected" in card.text
     assert 'AutoModel.from_pretrained("me/clasp-tiny", trust_remote_code=True)' in card.text
     reloaded = ClaspModel.from_pretrained(hub)
     for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items()):
