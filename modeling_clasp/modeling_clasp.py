@@ -76,21 +76,39 @@ def window_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None, stride: 
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All processes' features concatenated, and where this process's rows start.
 
-    As open_clip: every process sees every other process's batch as negatives, and the gather
-    keeps autograd (torch.distributed.nn's all_gather sums the gradients back to their owner),
-    so N processes × batch B train exactly like one process with batch N·B. Per-process batches
-    must have the same size (accelerate's default `even_batches=True`).
+    As open_clip's `gather_features(..., gather_with_grad=True)`: every process sees every other
+    process's batch as negatives, and the gather keeps autograd (each process's gradient of the
+    gathered rows is summed back to the rows' owner), so N processes × batch B train exactly like
+    one process with batch N·B. Per-process batches must have the same size (accelerate's default
+    `even_batches=True`).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features, 0
-    world_size = torch.distributed.get_world_size()
-    if world_size == 1:
+    if torch.distributed.get_world_size() == 1:
         return features, 0
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
+    return _AllGatherWithGrad.apply(features), torch.distributed.get_rank() * features.shape[0]
 
-    # The backward of this gather is a reduce-scatter: each process gets the summed gradient of its rows.
-    gathered = wait_tensor(all_gather_tensor_autograd(features.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD))
-    return gathered, torch.distributed.get_rank() * features.shape[0]
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """`torch.distributed.all_gather` along rows whose backward sums every process's gradient and keeps
+    this process's rows. What torch.distributed.nn.functional.all_gather (open_clip's call) computes;
+    that one warns "deprecated" from torch 2.14 on, and its successor lives in the private
+    torch.distributed._functional_collectives, renamed twice already. These two collectives are public
+    and stable, and work on every backend (gloo has no reduce-scatter)."""
+
+    @staticmethod
+    def forward(ctx, features):
+        gathered = [torch.empty_like(features) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, features.contiguous())
+        rank, rows = torch.distributed.get_rank(), features.shape[0]
+        ctx.rows = slice(rank * rows, (rank + 1) * rows)
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad_gathered):
+        grad_gathered = grad_gathered.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(grad_gathered)
+        return grad_gathered[ctx.rows]
 
 
 def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig) -> torch.Tensor:
@@ -275,7 +293,11 @@ class ClaspModel(ClaspPreTrainedModel):
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         # Loading materialises fresh parameters (requires_grad=True): freeze again afterwards.
-        return super().from_pretrained(*args, **kwargs).freeze_backbones()
+        model = super().from_pretrained(*args, **kwargs).freeze_backbones()
+        # A checkpoint saved while the clamp sat in forward may hold a value above the cap.
+        with torch.no_grad():
+            model.logit_scale.clamp_(max=model.config.logit_scale_max)
+        return model
 
     def freeze_backbones(self):
         """No gradient for the backbones the config freezes (and no learnable scale without the contrastive loss)."""
@@ -489,7 +511,9 @@ class ClaspModel(ClaspPreTrainedModel):
     def logit_scale_value(self) -> torch.Tensor:
         if self.config.loss == "contrastive_fixed":
             return torch.tensor(self.config.fixed_logit_scale, device=self.logit_scale.device)
-        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+        # Not clamped here (its gradient would be 0 above the cap): the trainer clamps the parameter
+        # after each optimizer step, as open_clip does, and from_pretrained clamps what it loads.
+        return self.logit_scale.exp()
 
     # ---- building from pretrained parts ----------------------------------------------------
 

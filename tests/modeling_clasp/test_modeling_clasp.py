@@ -249,3 +249,20 @@ def test_loaded_model_keeps_its_backbones_frozen(tmp_path):
     loaded = ClaspModel.from_pretrained(tmp_path)
     trainable = {name.split(".")[0] for name, p in loaded.named_parameters() if p.requires_grad}
     assert trainable == {"fusion", "logit_scale"}
+
+
+def test_logit_scale_above_the_cap_gets_a_gradient_and_loads_clamped(tmp_path):
+    """The cap is kept by the trainer after each step (as open_clip), not in forward, where the
+    gradient of a clamped value is 0; a checkpoint holding a value above the cap loads clamped."""
+    config = tiny_config()
+    model = tiny_model(config).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(config.logit_scale_max + 0.5)
+    generator = torch.Generator().manual_seed(0)
+    out = model(speech_embeds=torch.randn(6, config.speech_hidden_size, generator=generator),
+                spectrogram_embeds=torch.randn(6, config.spectrogram_hidden_size, generator=generator),
+                text_embeds=torch.randn(6, config.projection_dim, generator=generator), return_loss=True)
+    out.loss.backward()
+    assert model.logit_scale.grad != 0
+    model.save_pretrained(tmp_path)
+    assert ClaspModel.from_pretrained(tmp_path).logit_scale.item() == pytest.approx(config.logit_scale_max)
