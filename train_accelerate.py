@@ -356,9 +356,37 @@ def resume(accelerator, model, checkpoint, progress):
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
     if accelerator.is_main_process:
         TrainingProgress.migrate(checkpoint)
+        progress.load(checkpoint)
+        migrate_optimizer_state(checkpoint, accelerator.unwrap_model(model), progress.step)
     accelerator.wait_for_everyone()
     progress.load(checkpoint)
     accelerator.load_state(checkpoint, strict=False)  # strict=False: the frozen backbones are not in it
+
+
+def migrate_optimizer_state(checkpoint, model, step):
+    """A checkpoint of an earlier version holds one AdamW parameter group (weight decay on every
+    trained parameter) and a schedule counted in per-process steps: rewrite its optimizer.bin and
+    scheduler.bin as this version's two groups (`parameter_groups`), the schedule at `step`
+    optimizer steps. Each file is written whole, then renamed into place."""
+    optimizer_file, scheduler_file = os.path.join(checkpoint, "optimizer.bin"), os.path.join(checkpoint, "scheduler.bin")
+    optimizer_state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+    if len(optimizer_state["param_groups"]) != 1:
+        return
+    (old_group,) = optimizer_state["param_groups"]
+    old_index = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    state, groups, index = {}, [], 0
+    for group in parameter_groups(model, old_group["weight_decay"]):
+        indices = list(range(index, index + len(group["params"])))
+        state.update({new: optimizer_state["state"][old_index[id(p)]] for new, p in zip(indices, group["params"])
+                      if old_index[id(p)] in optimizer_state["state"]})
+        groups.append({**old_group, "weight_decay": group["weight_decay"], "params": indices})
+        index += len(indices)
+    scheduler_state = torch.load(scheduler_file, map_location="cpu", weights_only=True)
+    scheduler_state.update(base_lrs=scheduler_state["base_lrs"] * 2, _last_lr=scheduler_state["_last_lr"] * 2,
+                           lr_lambdas=[None, None], last_epoch=step, _step_count=step + 1)
+    for path, value in ((optimizer_file, {"state": state, "param_groups": groups}), (scheduler_file, scheduler_state)):
+        torch.save(value, path + ".tmp")
+        os.replace(path + ".tmp", path)
 
 
 def save_trained_weights(accelerator, model, path):

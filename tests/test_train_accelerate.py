@@ -209,6 +209,21 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
     step_9 = killed / "checkpoints" / "step_9"
     torch.save(json.loads((step_9 / "training_progress.json").read_text()), step_9 / "custom_checkpoint_0.pkl")
     (step_9 / "training_progress.json").unlink()
+    # ...and one AdamW parameter group (weight decay on every parameter), the order of model.parameters().
+    from modeling_clasp import ClaspModel
+    from train_accelerate import parameter_groups
+
+    model = ClaspModel.from_pretrained(tiny_setup / "model")
+    position = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    old_index = [position[id(p)] for group in parameter_groups(model, 0.01) for p in group["params"]]
+    optimizer = torch.load(step_9 / "optimizer.bin", weights_only=True)
+    assert len(optimizer["param_groups"]) == 2
+    optimizer = {"state": {old_index[i]: v for i, v in optimizer["state"].items()},
+                 "param_groups": [{**optimizer["param_groups"][1], "params": sorted(old_index)}]}
+    torch.save(optimizer, step_9 / "optimizer.bin")
+    scheduler = torch.load(step_9 / "scheduler.bin", weights_only=True)
+    scheduler.update(base_lrs=scheduler["base_lrs"][:1], _last_lr=scheduler["_last_lr"][:1], lr_lambdas=[None])
+    torch.save(scheduler, step_9 / "scheduler.bin")
     assert not (killed / "training_summary.json").exists()
     result = subprocess.run(_train_command(tiny_setup, killed, *args, "--resume_from_checkpoint", "latest"),
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
