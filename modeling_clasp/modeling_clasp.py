@@ -90,11 +90,11 @@ def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
-    """`torch.distributed.all_gather` along rows whose backward sums every process's gradient and keeps
-    this process's rows. What torch.distributed.nn.functional.all_gather (open_clip's call) computes;
-    that one warns "deprecated" from torch 2.14 on, and its successor lives in the private
-    torch.distributed._functional_collectives, renamed twice already. These two collectives are public
-    and stable, and work on every backend (gloo has no reduce-scatter)."""
+    """`torch.distributed.all_gather` along rows whose backward sums every process's gradient (an
+    all-reduce: not every backend has a reduce-scatter) and keeps this process's rows. What
+    torch.distributed.nn.functional.all_gather (open_clip's call) computes; that one warns
+    "deprecated" from torch 2.14 on, pointing to the private torch.distributed._functional_collectives,
+    whose names changed again in 2.14. These two collectives are public and stable on every backend."""
 
     @staticmethod
     def forward(ctx, features):
