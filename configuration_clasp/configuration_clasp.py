@@ -154,7 +154,8 @@ class ClaspConfig(PretrainedConfig):
             "contrastive_fixed" (the paper's form: cosine times a fixed `fixed_logit_scale`), or
             "huber" (the paper's LASP regression onto the text embedding).
         logit_scale_init_value (`float`): initial log of the logit scale (ln(1/0.07)).
-        logit_scale_max (`float`): the logit scale is clamped at exp(this) (ln 100, as CLIP).
+        logit_scale_max (`float`): the logit scale is kept at most exp(this) (ln 100, as CLIP): clamped
+            after each optimizer step (as open_clip's trainer) and when loading, not in forward.
         fixed_logit_scale (`float`): the paper's multiplier, 0.07: it *multiplies* the cosine
             (`cos * exp(log 0.07)` in the notebooks), so logits stay in [-0.07, 0.07].
         huber_delta (`float`): the paper's Huber delta.

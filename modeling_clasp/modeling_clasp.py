@@ -78,21 +78,39 @@ def window_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None, stride: 
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All processes' features concatenated, and where this process's rows start.
 
-    As open_clip: every process sees every other process's batch as negatives, and the gather
-    keeps autograd (torch.distributed.nn's all_gather sums the gradients back to their owner),
-    so N processes × batch B train exactly like one process with batch N·B. Per-process batches
-    must have the same size (accelerate's default `even_batches=True`).
+    As open_clip's `gather_features(..., gather_with_grad=True)`: every process sees every other
+    process's batch as negatives, and the gather keeps autograd (each process's gradient of the
+    gathered rows is summed back to the rows' owner), so N processes × batch B train exactly like
+    one process with batch N·B. Per-process batches must have the same size (accelerate's default
+    `even_batches=True`).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features, 0
-    world_size = torch.distributed.get_world_size()
-    if world_size == 1:
+    if torch.distributed.get_world_size() == 1:
         return features, 0
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
+    return _AllGatherWithGrad.apply(features), torch.distributed.get_rank() * features.shape[0]
 
-    # The backward of this gather is a reduce-scatter: each process gets the summed gradient of its rows.
-    gathered = wait_tensor(all_gather_tensor_autograd(features.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD))
-    return gathered, torch.distributed.get_rank() * features.shape[0]
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """`torch.distributed.all_gather` along rows whose backward sums every process's gradient (an
+    all-reduce: not every backend has a reduce-scatter) and keeps this process's rows. What
+    torch.distributed.nn.functional.all_gather (open_clip's call) computes; that one warns
+    "deprecated" from torch 2.14 on, pointing to the private torch.distributed._functional_collectives,
+    whose names changed again in 2.14. These two collectives are public and stable on every backend."""
+
+    @staticmethod
+    def forward(ctx, features):
+        gathered = [torch.empty_like(features) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, features.contiguous())
+        rank, rows = torch.distributed.get_rank(), features.shape[0]
+        ctx.rows = slice(rank * rows, (rank + 1) * rows)
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad_gathered):
+        grad_gathered = grad_gathered.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(grad_gathered)
+        return grad_gathered[ctx.rows]
 
 
 def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig) -> torch.Tensor:
@@ -304,7 +322,10 @@ class ClaspModel(ClaspPreTrainedModel):
     def from_pretrained(cls, *args, **kwargs):
         # Loading materialises fresh parameters (requires_grad=True): freeze again afterwards.
         loaded = super().from_pretrained(*args, **kwargs)  # (model, loading_info) with output_loading_info=True
-        (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_backbones()
+        model = (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_backbones()
+        # A checkpoint saved while the clamp sat in forward may hold a value above the cap.
+        with torch.no_grad():
+            model.logit_scale.clamp_(max=model.config.logit_scale_max)
         return loaded
 
     def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
@@ -577,7 +598,9 @@ class ClaspModel(ClaspPreTrainedModel):
     def logit_scale_value(self) -> torch.Tensor:
         if self.config.loss == "contrastive_fixed":
             return torch.tensor(self.config.fixed_logit_scale, device=self.logit_scale.device)
-        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+        # Not clamped here (its gradient would be 0 above the cap): the trainer clamps the parameter
+        # after each optimizer step, as open_clip does, and from_pretrained clamps what it loads.
+        return self.logit_scale.exp()
 
     # ---- building from pretrained parts ----------------------------------------------------
 

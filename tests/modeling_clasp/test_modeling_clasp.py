@@ -322,3 +322,20 @@ def test_a_model_built_from_backbones_is_ready_for_inference(tmp_path):
         batch = model(**processor(audio=same_length, sampling_rate=16000)).audio_embeds
     assert alone.shape == (1, model.config.projection_dim)
     torch.testing.assert_close(alone[0], batch[0], atol=1e-5, rtol=0)
+
+
+def test_logit_scale_above_the_cap_gets_a_gradient_and_loads_clamped(tmp_path):
+    """The cap is kept by the trainer after each step (as open_clip), not in forward, where the
+    gradient of a clamped value is 0; a checkpoint holding a value above the cap loads clamped."""
+    config = tiny_config()
+    model = tiny_model(config).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(config.logit_scale_max + 0.5)
+    generator = torch.Generator().manual_seed(0)
+    out = model(speech_embeds=torch.randn(6, config.speech_hidden_size, generator=generator),
+                spectrogram_embeds=torch.randn(6, config.spectrogram_hidden_size, generator=generator),
+                text_embeds=torch.randn(6, config.projection_dim, generator=generator), return_loss=True)
+    out.loss.backward()
+    assert model.logit_scale.grad != 0
+    model.save_pretrained(tmp_path)
+    assert ClaspModel.from_pretrained(tmp_path).logit_scale.item() == pytest.approx(config.logit_scale_max)
