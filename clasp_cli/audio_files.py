@@ -1,8 +1,9 @@
 """Reading audio files for the batch commands, with errors that name the file and the reason.
 
 soundfile (libsndfile) reads WAV/FLAC/OGG quickly and exactly; anything else (MP3, M4A, OPUS in
-containers...) goes through torchcodec's FFmpeg decoder. Samples come back as they are stored:
-resampling and downmixing are the feature extractor's job, so every path gets the same treatment.
+containers...) goes through torchcodec's FFmpeg decoder. Samples come back as they are stored, in
+one layout, `[channels, samples]`, whichever reader decoded them: resampling and downmixing are the
+feature extractor's job, so every path gets the same treatment.
 """
 
 import os
@@ -21,8 +22,28 @@ class AudioFileError(ValueError):
         self.reason = reason
 
 
+def read_soundfile(path) -> tuple[np.ndarray, int]:
+    """(samples `[channels, samples]` float32, sampling rate) through libsndfile."""
+    import soundfile
+
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)  # [samples, channels]
+    return np.ascontiguousarray(samples.T), int(rate)
+
+
+def read_ffmpeg(path) -> tuple[np.ndarray, int]:
+    """(samples `[channels, samples]` float32, sampling rate) through torchcodec's FFmpeg decoder."""
+    from torchcodec.decoders import AudioDecoder
+
+    decoded = AudioDecoder(path).get_all_samples()  # AudioSamples.data is [channels, samples]
+    return decoded.data.numpy().astype(np.float32), int(decoded.sample_rate)
+
+
 def load_audio(path) -> tuple[np.ndarray, int]:
-    """(samples [channels, n] float32, sampling rate) of one file."""
+    """(samples `[channels, samples]` float32, sampling rate) of one file, whichever reader decodes it.
+
+    The layout is fixed here, where the file's channel count is known: always 2-D, channels first
+    (a mono file is `[1, samples]`), the layout `ClaspFeatureExtractor` takes.
+    """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise AudioFileError(path, "no such file")
@@ -31,16 +52,10 @@ def load_audio(path) -> tuple[np.ndarray, int]:
     if os.path.getsize(path) == 0:
         raise AudioFileError(path, "empty file (0 bytes)")
     try:
-        import soundfile
-
-        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
-        samples = samples.T
+        samples, rate = read_soundfile(path)
     except Exception as soundfile_error:  # not a format libsndfile knows, or a broken one
         try:
-            from torchcodec.decoders import AudioDecoder
-
-            decoded = AudioDecoder(path).get_all_samples()
-            samples, rate = decoded.data.numpy().astype(np.float32), int(decoded.sample_rate)
+            samples, rate = read_ffmpeg(path)
         except Exception as ffmpeg_error:
             reason = str(ffmpeg_error).strip().splitlines()[0] if str(ffmpeg_error).strip() else type(ffmpeg_error).__name__
             raise AudioFileError(path, f"cannot decode audio ({reason}; libsndfile: {soundfile_error})") from ffmpeg_error
@@ -64,4 +79,4 @@ def find_audio_files(inputs) -> list[str]:
     return found
 
 
-__all__ = ["AudioFileError", "load_audio", "find_audio_files", "AUDIO_EXTENSIONS"]
+__all__ = ["AudioFileError", "load_audio", "read_soundfile", "read_ffmpeg", "find_audio_files", "AUDIO_EXTENSIONS"]

@@ -5,6 +5,8 @@
     clasp data import --manifest FILE --output DIR
     clasp data import --speechbrown META.json --audio-root DIR --output DIR
     clasp data import --hf PATH --language en --output DIR      (a `save_to_disk` folder)
+    clasp data import --asterisk [--languages en,es,fr,it,ru] [--min-words 3] [--per-language N] --output DIR
+                                              real read speech from Debian's asterisk-core-sounds packages
 """
 
 import sys
@@ -38,10 +40,22 @@ def register(subparsers):
     given.add_argument("--manifest", help="JSONL or CSV with audio, text, language columns")
     given.add_argument("--speechbrown", help="SpeechBrown metadata JSON")
     given.add_argument("--hf", help="a dataset saved with save_to_disk")
+    given.add_argument("--asterisk", action="store_true",
+                       help="the Asterisk voice prompts of Debian's asterisk-core-sounds-LANG(-g722) packages")
     load.add_argument("--audio-root", help="SpeechBrown: folder holding the wav folders")
     load.add_argument("--language", help="HF: ISO code when the dataset has no language code column")
     load.add_argument("--text-column")
-    load.add_argument("--output", required=True)
+    load.add_argument("--languages", default="en,es,fr,it,ru", help="Asterisk: ISO codes (default en,es,fr,it,ru)")
+    load.add_argument("--min-words", type=int, default=3, help="Asterisk: shortest prompt kept, in words (default 3)")
+    load.add_argument("--per-language", type=int, default=None,
+                      help="Asterisk: at most N prompts a language, those recorded in every language first")
+    load.add_argument("--split-fractions", default="0,0.5,0.5",
+                      help="Asterisk: train,validation,test shares of the prompts (default 0,0.5,0.5)")
+    load.add_argument("--asterisk-root", default="/",
+                      help="Asterisk: where usr/share/asterisk/sounds and usr/share/doc are (default /; "
+                           "a folder of packages unpacked with dpkg -x)")
+    load.add_argument("--output", required=True,
+                      help="the dataset folder (--asterisk: a folder for clips/, manifest.jsonl, README.md and dataset/)")
     load.set_defaults(func=run_import)
 
 
@@ -80,7 +94,17 @@ def run_languages(args) -> int:
 def run_import(args) -> int:
     from data_clasp import loaders
 
-    if args.manifest:
+    if args.asterisk:
+        from data_clasp.asterisk import build_asterisk
+
+        try:
+            fractions = tuple(float(x) for x in args.split_fractions.split(","))
+        except ValueError:
+            raise ValueError(f"--split-fractions {args.split_fractions!r}: give three numbers, e.g. 0,0.5,0.5") from None
+        dataset, skipped = build_asterisk(args.output, [c.strip() for c in args.languages.split(",") if c.strip()],
+                                          min_words=args.min_words, per_language=args.per_language,
+                                          fractions=fractions, root=args.asterisk_root)
+    elif args.manifest:
         dataset, skipped = loaders.load_manifest(args.manifest)
     elif args.speechbrown:
         dataset, skipped = loaders.load_speechbrown(args.speechbrown, args.audio_root)
@@ -90,6 +114,7 @@ def run_import(args) -> int:
         dataset, skipped = loaders.load_hf(load_from_disk(args.hf), language=args.language, text_column=args.text_column)
     for name, reason in skipped:
         print(f"skipped {name}: {reason}", file=sys.stderr)
-    loaders.save_dataset(dataset, args.output)
+    if not args.asterisk:  # which wrote clips, manifest and dataset/ into its output folder
+        loaders.save_dataset(dataset, args.output)
     print(dataset)
     return 0

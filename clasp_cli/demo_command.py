@@ -2,7 +2,8 @@
 
     backbones → synthetic multilingual speech → cached features → accelerate training →
     evaluation against the Whisper-ASR baseline → Hub export with a model card → plots →
-    search: English speech indexed, queried with French text → summary
+    real read speech (LibriVox; Debian's Asterisk prompts in 5 languages) → search: English speech
+    indexed, queried with French text → summary
 
 Every stage is one of our ordinary commands, printed before it runs, and each one resumes: a
 stage whose output is complete is skipped, an interrupted one continues where it stopped. So a
@@ -27,15 +28,15 @@ SIZES = {
     # baseline (~1 s a clip, greedy) dominate. 8 x 640 x 2 clips leave >= 1,000 in the test split.
     # Mean pooling: attention pooling was behind it on the validation split (README, ablations).
     "small": {"per_language": 640, "takes": 2, "epochs": 60, "batch": 256, "patience": 15, "learning_rate": 1e-3,
-              "speech_pooling": "mean", "soft_k": 100},
+              "speech_pooling": "mean", "soft_k": 100, "asterisk_per_language": 80},
     # Hours on a CPU; every stage resumes, so it can be stopped and restarted.
     "large": {"per_language": 1200, "takes": 2, "epochs": 100, "batch": 256, "patience": 15, "learning_rate": 1e-3,
-              "speech_pooling": "mean", "soft_k": 100},
+              "speech_pooling": "mean", "soft_k": 100, "asterisk_per_language": 1000},
     # A minute: the CI-sized end-to-end check of the pipeline itself (a test runs it); its test
     # split has a handful of clips, so the soft protocol draws 1 wrong candidate.
     # Attention pooling here, so the test runs that path end to end (frames cached, trained, exported).
     "tiny": {"per_language": 15, "takes": 1, "epochs": 3, "batch": 8, "patience": 3, "learning_rate": 1e-3,
-             "speech_pooling": "attention", "soft_k": 2},
+             "speech_pooling": "attention", "soft_k": 2, "asterisk_per_language": 3},
 }
 
 
@@ -124,7 +125,20 @@ def make_plots(model_dir, features_dir, output_dir, sample=24, seed=0):
     plt.close(fig)
 
 
-def summary_table(eval_results, librivox=None) -> str:
+def asterisk_available() -> bool:
+    """Whether Debian's asterisk-core-sounds packages (and their -g722 recordings) are installed."""
+    from data_clasp.asterisk import LANGUAGES, find_voices
+
+    try:
+        for language in LANGUAGES:
+            find_voices(language)
+    except FileNotFoundError as missing:
+        print(f"[demo] real-speech stage left out: {missing}", flush=True)
+        return False
+    return True
+
+
+def summary_table(eval_results, librivox=None, asterisk=None) -> str:
     lines = ["", "| system | direction | HITS@1 | MRR | meanR |", "|---|---|---|---|---|"]
     for name, report in (("CLASP", eval_results), ("Whisper-ASR → same text encoder", eval_results.get("asr_baseline"))):
         for direction in ("audio_to_text", "text_to_audio"):
@@ -139,6 +153,12 @@ def summary_table(eval_results, librivox=None) -> str:
             if report:
                 m = report["text_to_audio"]
                 lines.append(f"| {name} | text_to_audio | {m['hits@1']:.3f} | {m['mrr']:.3f} | {m['mean_rank']:.1f} |")
+    # Real speech: each language's clips searched among that language's clips (monolingual), both systems.
+    for name, report in (("CLASP (Asterisk, real speech)", asterisk),
+                         ("ASR (Asterisk, real speech)", (asterisk or {}).get("asr_baseline"))):
+        for code, entry in sorted((report or {}).get("monolingual", {}).items()):
+            m = entry["text_to_audio"]
+            lines.append(f"| {name}, {code} | text_to_audio | {m['hits@1']:.3f} | {m['mrr']:.3f} | {m['mean_rank']:.1f} |")
     return "\n".join(lines)
 
 
@@ -227,21 +247,22 @@ def run(args) -> int:
     eval_file, asr_cache = os.path.join(work, "eval_results.json"), os.path.join(work, "asr_transcripts.jsonl")
     librivox_file, search_file = os.path.join(work, "librivox_eval.json"), os.path.join(work, "search_en_fr.json")
     search_index = os.path.join(work, "search-en.index")
+    asterisk, asterisk_file = os.path.join(work, "asterisk"), os.path.join(work, "asterisk_eval.json")
     os.makedirs(work, exist_ok=True)
     training = {k: size[k] for k in ("epochs", "batch", "patience", "learning_rate", "speech_pooling", "soft_k")}
     check_work_dir(work, {"data": {"per_language": size["per_language"], "takes": size["takes"], "languages": languages},
                           "training": {**training, "fusion": args.fusion}},
-                   trained_outputs=[model, eval_file, librivox_file, search_index, search_file])
+                   trained_outputs=[model, eval_file, librivox_file, asterisk_file, search_index, search_file])
     started = time.perf_counter()
 
-    stage("1/8 offline backbones (Whisper-base, EfficientNet-Lite0, multilingual-e5-small)", clasp("backbones", "build"))
-    stage("2/8 synthetic multilingual speech (espeak-ng)",
+    stage("1/9 offline backbones (Whisper-base, EfficientNet-Lite0, multilingual-e5-small)", clasp("backbones", "build"))
+    stage("2/9 synthetic multilingual speech (espeak-ng)",
           clasp("data", "synth", "--languages", languages, "--per-language", str(size["per_language"]),
                 "--takes", str(size["takes"]), "--seed", "0", "--output", data),
           done_file=os.path.join(data, "dataset", "dataset_dict.json"))
-    stage("3/8 frozen-backbone features", clasp("features", "--model", "offline-base", "--data", data, "--output", features),
+    stage("3/9 frozen-backbone features", clasp("features", "--model", "offline-base", "--data", data, "--output", features),
           done_file=os.path.join(features, "clasp_features.json"))
-    stage("4/8 training the fusion head (accelerate)",
+    stage("4/9 training the fusion head (accelerate)",
           [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "train_accelerate.py",
            "--train_data", features, "--model", "offline-base", "--output_dir", model, "--fusion", args.fusion,
@@ -250,19 +271,27 @@ def run(args) -> int:
            "--early_stopping_patience", str(size["patience"]), "--checkpointing_steps", "1000", "--with_tracking",
            "--resume_from_checkpoint", "latest", "--seed", "0"],
           done_file=os.path.join(model, "training_summary.json"))
-    stage("5/8 held-out test split: CLASP vs Whisper-ASR baseline",
+    stage("5/9 held-out test split: CLASP vs Whisper-ASR baseline",
           clasp("eval", "--model", model, "--data", data, "--split", "test", "--asr-baseline", "--asr-cache", asr_cache,
                 "--soft-k", str(size["soft_k"]), "--output", eval_file, "--markdown", os.path.join(work, "eval_results.md")),
           done_file=eval_file)
     manifest = os.path.join(work, "librivox.jsonl")
     if librivox_manifest(manifest):
-        stage("6/8 zero-shot on real read speech (LibriVox clips of pocketsphinx-testdata)",
+        stage("6/9 zero-shot on real read speech (LibriVox clips of pocketsphinx-testdata)",
               clasp("eval", "--model", model, "--manifest", manifest, "--asr-baseline", "--asr-cache", asr_cache,
                     "--soft-k", "5", "--output", librivox_file), done_file=librivox_file)
+    if asterisk_available():
+        stage("7/9 real read speech: Asterisk prompts in en es fr it ru (Debian's asterisk-core-sounds)",
+              clasp("data", "import", "--asterisk", "--per-language", str(size["asterisk_per_language"]),
+                    "--output", asterisk), done_file=os.path.join(asterisk, "dataset", "dataset_dict.json"))
+        stage("7/9 real read speech: CLASP vs Whisper-ASR on the Asterisk test half (never trained on)",
+              clasp("eval", "--model", model, "--data", asterisk, "--split", "test", "--asr-baseline",
+                    "--asr-cache", asr_cache, "--output", asterisk_file,
+                    "--markdown", os.path.join(work, "asterisk_eval.md")), done_file=asterisk_file)
     rows = test_rows(data)
     widget = os.path.join(work, "widget.jsonl")
     write_widget_examples(rows, widget)
-    stage("7/8 Hub export with model card",
+    stage("8/9 Hub export with model card",
           clasp("export", "--model", model, "--output", output, "--eval-results", eval_file, "--language", languages,
                 "--dataset", "synthetic-espeak-ng-multilingual-speech", "--dataset-name", "espeak-ng multilingual (held-out test)",
                 "--repo", "clasp-offline-base", "--widget", widget))
@@ -275,7 +304,7 @@ def run(args) -> int:
                                                  ensure_ascii=False) + "\n" for r in rows if r["language"] == "en"))
     search = None
     if os.path.getsize(english):
-        stage("8/8 search: the English test speech indexed, searched with French sentences",
+        stage("9/9 search: the English test speech indexed, searched with French sentences",
               clasp("index", "--model", output, "--audio", english, "--output", search_index),
               done_file=os.path.join(search_index, "index.faiss"))
         if os.path.exists(search_file):
@@ -283,18 +312,21 @@ def run(args) -> int:
                 search = json.load(f)
         else:
             search = search_english_with_french(search_index, rows, search_file)
-    for name in ("librivox_eval.json", "eval_results.md", "search_en_fr.json"):
+    for name in ("librivox_eval.json", "asterisk_eval.json", "asterisk_eval.md", "eval_results.md", "search_en_fr.json"):
         if os.path.exists(os.path.join(work, name)):
             subprocess.run(["cp", os.path.join(work, name), output], check=True)
 
     with open(eval_file) as f:
         eval_results = json.load(f)
-    librivox = None
+    librivox = asterisk_results = None
     if os.path.exists(librivox_file):
         with open(librivox_file, encoding="utf-8") as f:
             librivox = json.load(f)
+    if os.path.exists(asterisk_file):
+        with open(asterisk_file, encoding="utf-8") as f:
+            asterisk_results = json.load(f)
     print(f"\n[demo] CLASP offline-base, {eval_results['num_queries']} held-out test clips, hard protocol")
-    print(summary_table(eval_results, librivox))
+    print(summary_table(eval_results, librivox, asterisk_results))
     if search and search["queries"]:
         print(f"\n[demo] search: {search['indexed_clips']} English test clips indexed, {search['queries']} French "
               f"queries: right file first for {search['top1']:.0%}, in the top 10 for {search['hits@10']:.0%} "

@@ -10,6 +10,12 @@ optionally "source", "category", "group" and "translations" ({code: text}, which
 cross-lingual text queries). Relative audio paths start at the manifest's folder. A clip that
 cannot be read is reported (stderr and "failed" in the report) and left out.
 
+--correct-set says which candidates count as correct for a query (same-group: the readings of its
+sentence group in any language, the default; same-text: identical texts only), --ties how tied
+scores count (expected: the mean over random orders of the tied candidates, the default;
+pessimistic). Both are recorded in the report. On a small collection the soft protocol's k is
+lowered to what every query can fill (report["soft"]["k"], with "k_requested").
+
 --asr-baseline adds the cascade the paper compares with: Whisper transcribes each clip (language
 forced from the row), the same model's text encoder embeds the transcripts, and the transcripts
 stand in for the audio in the same protocol; with its WER and seconds per clip.
@@ -31,6 +37,9 @@ class InputError(Exception):
 
 
 def register(subparsers) -> None:
+    from evaluation.protocols import CORRECT_SETS
+    from evaluation.retrieval_metrics.rank_metrics import TIES
+
     parser = subparsers.add_parser(
         "eval",
         help="retrieval metrics (HITS@1, MRR, meanR, ...) of a model or of precomputed embeddings",
@@ -58,7 +67,15 @@ def register(subparsers) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="clips / texts per batch (default 16)")
     parser.add_argument("--output", metavar="OUT.json", required=True, help="where to write the report (atomically)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the report as a markdown table")
-    parser.add_argument("--soft-k", type=int, default=100, help="soft protocol pool: gold + k-1 random (default 100)")
+    parser.add_argument("--correct-set", choices=CORRECT_SETS, default="same-group",
+                        help="which candidates count as correct: same-group = any reading of the query's sentence "
+                             "group in any language, or an identical text (default); same-text = identical texts only, "
+                             "the duplicates the paper counted")
+    parser.add_argument("--ties", choices=TIES, default="expected",
+                        help="tied scores: expected = the mean over random orders of the tied candidates (default); "
+                             "pessimistic = every tied wrong candidate ranks first")
+    parser.add_argument("--soft-k", type=int, default=100,
+                        help="soft protocol pool: gold + k-1 random (default 100; lowered to what a small collection allows)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the soft protocol's random candidates (default 0)")
     parser.set_defaults(func=run, parser=parser)
 
@@ -104,8 +121,9 @@ def evaluate_model(args) -> int:
         transcriber = WhisperTranscriber(args.asr_model or default_whisper_dir(), device=device, batch_size=args.batch_size,
                                          num_beams=args.asr_num_beams)
 
-    report = model_report(model, processor, pairs, batch_size=args.batch_size, soft_k=args.soft_k, seed=args.seed,
-                          transcriber=transcriber, asr_cache=args.asr_cache if transcriber else None)
+    report = model_report(model, processor, pairs, batch_size=args.batch_size, correct_set=args.correct_set,
+                          ties=args.ties, soft_k=args.soft_k, seed=args.seed, transcriber=transcriber,
+                          asr_cache=args.asr_cache if transcriber else None)
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"
@@ -131,8 +149,9 @@ def evaluate_embeddings(args) -> int:
 
     audio_embeds, text_embeds, metadata = load_embeddings(args.embeddings)
     try:
-        report = retrieval_report(audio_embeds, text_embeds, soft_k=args.soft_k, seed=args.seed, **metadata)
-    except ValueError as error:  # e.g. a soft pool larger than the data allows
+        report = retrieval_report(audio_embeds, text_embeds, correct_set=args.correct_set, ties=args.ties,
+                                  soft_k=args.soft_k, seed=args.seed, **metadata)
+    except ValueError as error:  # e.g. --correct-set same-text without texts in the metadata
         raise InputError(f"{args.embeddings}: {error}") from None
     write_atomically(args.output, json.dumps(report, indent=2) + "\n")
     if args.markdown:
@@ -146,6 +165,8 @@ def load_embeddings(path: str):
     """(audio_embeds, text_embeds, metadata kwargs), L2-normalised, or InputError naming the file."""
     import numpy as np
     from safetensors import SafetensorError, safe_open
+
+    from evaluation.retrieval_metrics.rank_metrics import refuse_non_finite
 
     if not os.path.isfile(path):
         raise InputError(f"{path}: no such file")
@@ -163,8 +184,10 @@ def load_embeddings(path: str):
         shapes = f"audio_embeds {tuple(audio_embeds.shape)} and text_embeds {tuple(text_embeds.shape)}"
         raise InputError(f"{path}: {shapes} must both be [N, D], N > 0")
     for name, embeds in (("audio_embeds", audio_embeds), ("text_embeds", text_embeds)):
-        if not np.isfinite(embeds).all():
-            raise InputError(f"{path}: {name} has non-finite values")
+        try:
+            refuse_non_finite(embeds, name)
+        except ValueError as error:
+            raise InputError(f"{path}: {error}") from None
         if not (np.linalg.norm(embeds, axis=1) > 0).all():
             raise InputError(f"{path}: {name} has all-zero rows, which have no direction to compare")
 

@@ -4,7 +4,8 @@ The folder is what `save_pretrained` writes (config with auto_map, safetensors, 
 code, processor and tokenizer files) plus README.md, a model card made with huggingface_hub's
 ModelCard / ModelCardData. With `--widget`, the card's widget shows example clips (copied into
 samples/) with candidate labels and the scores this model gives them, computed here. It is built in a temporary folder and renamed into place, so an
-interrupted export never leaves a half-written model behind.
+interrupted export never leaves a half-written model behind. With `--push-to-hub REPO` the folder,
+and only it, is then uploaded to the Hub in one commit.
 """
 
 import json
@@ -82,11 +83,11 @@ DEFAULT_LIMITATIONS = (
 SPEECH_POOLING = {"mean": "mean-pooled over real frames", "attention": "attention-pooled over real frames"}
 
 
-def widget_examples(model, processor, path, repo, samples_dir) -> list[dict]:
+def widget_examples(model, processor, path, repo, samples_dir, revision="main") -> list[dict]:
     """The card's widget entries for the clips of a JSONL file of {"audio", "candidate_labels",
     "example_title"}: each clip is copied into `samples_dir` and scored by this model as the
-    zero-shot-audio-classification pipeline scores it (softmax over the labels, the sentence
-    encoder's prompt before each label)."""
+    zero-shot-audio-classification pipeline scores it with the card's hypothesis_template (softmax
+    over the labels, the sentence encoder's prompt once before each label)."""
     import torch
 
     from clasp_cli.audio_files import load_audio
@@ -99,13 +100,13 @@ def widget_examples(model, processor, path, repo, samples_dir) -> list[dict]:
         audio = row["audio"] if os.path.isabs(row["audio"]) else os.path.join(os.path.dirname(os.path.abspath(path)), row["audio"])
         labels = list(row["candidate_labels"])
         samples, rate = load_audio(audio)
-        inputs = processor(text=[processor.text_prefix + label for label in labels], audio=[samples], sampling_rate=rate)
+        inputs = processor(text=labels, audio=[samples], sampling_rate=rate)  # the processor adds the prompt
         with torch.no_grad():
             scores = model(**inputs).logits_per_audio[0].softmax(dim=-1).tolist()
         name = f"{number:02d}-{os.path.basename(audio)}"
         shutil.copyfile(audio, os.path.join(samples_dir, name))
         entries.append({
-            "src": f"https://huggingface.co/{repo}/resolve/main/samples/{name}",
+            "src": f"https://huggingface.co/{repo}/resolve/{revision}/samples/{name}",
             "example_title": row.get("example_title") or f"example {number}",
             "candidate_labels": ", ".join(labels),
             "output": [{"label": label, "score": round(score, 4)}
@@ -156,7 +157,7 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
 
 
 def export(model_dir, output_dir, repo=None, languages=(), license="mit", datasets=(), eval_results_path=None,
-           dataset_name=None, widget_path=None):
+           dataset_name=None, widget_path=None, revision=None):
     from modeling_clasp import ClaspModel
     from processing_clasp import ClaspProcessor
 
@@ -174,7 +175,8 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
         model.save_pretrained(staging)
         processor.save_pretrained(staging)
         repo = repo or os.path.basename(output_dir)
-        widget = widget_examples(model, processor, widget_path, repo, os.path.join(staging, "samples")) if widget_path else None
+        widget = (widget_examples(model, processor, widget_path, repo, os.path.join(staging, "samples"), revision or "main")
+                  if widget_path else None)
         card = build_model_card(model, processor, repo, list(languages), license, list(datasets), eval_results,
                                 dataset_name, widget=widget)
         card.save(os.path.join(staging, "README.md"))
@@ -194,13 +196,38 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
     return output_dir
 
 
+def push_to_hub(folder, repo, private=False, revision=None, commit_message="Upload CLASP model"):
+    """Upload every file of an exported folder to the Hub model repo `repo` in one commit (with
+    huggingface_hub's HfApi, as transformers' `push_to_hub` does), creating the repo (`private`) and
+    the branch `revision` if they do not exist. Returns the commit's CommitInfo."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    repo = api.create_repo(repo, private=private, exist_ok=True).repo_id
+    if revision is not None:
+        api.create_branch(repo, branch=revision, exist_ok=True)
+    operations = [
+        CommitOperationAdd(path_in_repo=os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/"),
+                           path_or_fileobj=os.path.join(root, name))
+        for root, _, names in os.walk(folder) for name in sorted(names)
+    ]
+    return api.create_commit(repo, operations, commit_message=commit_message, revision=revision)
+
+
 def run(args) -> int:
     languages = [code for code in (args.language or "").split(",") if code]
     datasets = [name for name in (args.dataset or "").split(",") if name]
-    path = export(args.model, args.output, repo=args.repo, languages=languages, license=args.license,
+    if args.push_to_hub and args.repo and args.repo != args.push_to_hub:
+        raise ValueError(f"--repo {args.repo} and --push-to-hub {args.push_to_hub} name different repos")
+    if (args.private or args.revision) and not args.push_to_hub:
+        raise ValueError("--private and --revision only apply with --push-to-hub REPO")
+    path = export(args.model, args.output, repo=args.push_to_hub or args.repo, languages=languages, license=args.license,
                   datasets=datasets, eval_results_path=args.eval_results, dataset_name=args.dataset_name,
-                  widget_path=args.widget)
+                  widget_path=args.widget, revision=args.revision)
     print(f"exported {args.model} → {path}")
+    if args.push_to_hub:
+        commit = push_to_hub(path, args.push_to_hub, private=args.private, revision=args.revision)
+        print(f"pushed {path} → {getattr(commit, 'commit_url', None) or args.push_to_hub}")
     return 0
 
 
@@ -211,7 +238,7 @@ def register(subparsers):
     )
     parser.add_argument("--model", required=True, help="a saved CLASP folder (model + processor)")
     parser.add_argument("--output", required=True, help="the Hub folder to write")
-    parser.add_argument("--repo", help="Hub repo id shown in the card's usage snippet (default: the folder name)")
+    parser.add_argument("--repo", help="Hub repo id shown in the card's usage snippet (default: --push-to-hub's, or the folder name)")
     parser.add_argument("--language", help="comma-separated ISO codes of the training speech, for the card")
     parser.add_argument("--license", default="mit")
     parser.add_argument("--dataset", help="comma-separated dataset names for the card")
@@ -220,4 +247,8 @@ def register(subparsers):
     parser.add_argument("--widget", metavar="FILE.jsonl",
                         help='widget examples, one JSON object a line: {"audio": path, "candidate_labels": [...], '
                              '"example_title": ...}; scored by the model, the clips copied into samples/')
+    parser.add_argument("--push-to-hub", metavar="REPO",
+                        help="then upload the folder to this Hub model repo (created if missing; needs `hf auth login`)")
+    parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repo private")
+    parser.add_argument("--revision", help="with --push-to-hub: the branch to push to (created if missing; default main)")
     parser.set_defaults(func=run)

@@ -112,8 +112,7 @@ def run(args) -> int:
     model, processor = load_model_and_processor(args.model)
     data = drop_clips_too_long(data, splits, processor.feature_extractor)
     model.eval()
-    if torch.cuda.is_available():
-        model.to("cuda", dtype=torch.bfloat16 if args.bf16 else torch.float32)
+    model.to("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16 if args.bf16 else torch.float32)
     output = args.output or os.path.join(args.data, "features-" + os.path.basename(os.path.normpath(args.model)))
     build_feature_cache(model, processor, data, output, splits=splits, batch_size=args.batch_size,
                         chunk_size=args.chunk_size, model_name=args.model)
@@ -129,5 +128,5 @@ def register(subparsers):
     parser.add_argument("--splits", help="comma-separated splits (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
-    parser.add_argument("--bf16", action="store_true", help="on a GPU, run the backbones in bfloat16")
+    parser.add_argument("--bf16", action="store_true", help="run the backbones in bfloat16 (on a GPU; on a CPU it works but is slower)")
     parser.set_defaults(func=run)

@@ -7,51 +7,96 @@ A CLASP model has three backbones, each described by an ordinary transformers co
 and a small trained fusion head that maps the two audio branches onto the text embedding space.
 The defaults are the paper's shapes: HuBERT-large (1024-d), EfficientNet-B7, LaBSE (768-d).
 
-This file is also published flat on the Hub (see `save_hub_code`), so it imports only the
+This file is also published flat on the Hub (see `hub_code_files`), so it imports only the
 standard library and transformers.
 """
 
+import contextlib
+import importlib
+import inspect
 import math
 import os
 import re
+import shutil
+import sys
+import tempfile
 
 from transformers import AutoConfig, PretrainedConfig
 
-# The flat Hub folder: file name -> the package that holds it in this repository.
-HUB_CODE_FILES = {
-    "configuration_clasp.py": "configuration_clasp",
-    "modeling_clasp.py": "modeling_clasp",
-    "feature_extraction_clasp.py": "processing_clasp",
-    "processing_clasp.py": "processing_clasp",
-}
-_PACKAGE_IMPORT = re.compile(r"^from (?:configuration_clasp|modeling_clasp|processing_clasp)\.(\w+) import", re.M)
+# The flat files `auto_map` names, side by side on the Hub.
+HUB_CODE_FILES = ("configuration_clasp.py", "modeling_clasp.py", "feature_extraction_clasp.py", "processing_clasp.py")
+# A sibling import: relative in a flat folder, through our package in this repository.
+_SIBLING_IMPORT = re.compile(r"^from ((?:\.|(?:configuration_clasp|modeling_clasp|processing_clasp)\.)\w+) import", re.M)
 
 
-def hub_code_source(file_name: str) -> str:
-    """The Hub version of one of our modules: sibling imports made relative.
+def hub_code_files(cls) -> dict[str, str]:
+    """The flat Hub source of the module that defines `cls` and of every sibling module it imports:
+    {file name: source}, with sibling imports made relative.
 
-    The Hub only follows `from .module import X`; an absolute import of a sibling package is
-    taken for a missing pip package. In this repository the modules live in packages
-    (`modeling_clasp/modeling_clasp.py`); on the Hub they sit side by side. Reading the file
-    next to this one first makes the function work in both places.
+    The source is read from wherever the class was loaded: our packages
+    (`modeling_clasp/modeling_clasp.py`, absolute imports rewritten: the Hub only follows
+    `from .module import X` and takes an absolute sibling import for a missing pip package) or a
+    flat folder (transformers keeps each remote-code module in its own hashed folder under
+    HF_MODULES_CACHE, with only the files that module imports).
     """
-    here = os.path.dirname(os.path.abspath(__file__))
-    flat = os.path.join(here, file_name)
-    packaged = os.path.join(os.path.dirname(here), HUB_CODE_FILES[file_name], file_name)
-    path = flat if os.path.exists(flat) else packaged
-    with open(path, encoding="utf-8") as f:
-        return _PACKAGE_IMPORT.sub(r"from .\1 import", f.read())
+    files, pending = {}, [sys.modules[cls.__module__]]
+    while pending:
+        module = pending.pop()
+        name = module.__name__.rsplit(".", 1)[-1] + ".py"
+        if name in files:
+            continue
+        with open(inspect.getsourcefile(module), encoding="utf-8") as f:
+            source = f.read()
+        files[name] = _SIBLING_IMPORT.sub(lambda m: f"from .{m.group(1).rsplit('.', 1)[-1]} import", source)
+        pending += [importlib.import_module(path, module.__package__) for path in _SIBLING_IMPORT.findall(source)]
+    return files
 
 
-def save_hub_code(save_directory: str) -> None:
-    """Write the flat remote-code files that `auto_map` points at into `save_directory`."""
-    os.makedirs(save_directory, exist_ok=True)
-    for file_name in HUB_CODE_FILES:
-        target = os.path.join(save_directory, file_name)
-        tmp = target + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(hub_code_source(file_name))
-        os.replace(tmp, target)
+def save_hub_code(save_directory: str, cls) -> None:
+    """Write the flat remote-code files of `cls` (see `hub_code_files`) into `save_directory`."""
+    # A subclass defined elsewhere (a user's script) saves the code of the CLASP class it extends:
+    # that is the class `auto_map` names.
+    cls = next(c for c in cls.__mro__ if c.__module__.rsplit(".", 1)[-1] + ".py" in HUB_CODE_FILES)
+    for file_name, source in hub_code_files(cls).items():
+        with open(os.path.join(save_directory, file_name), "w", encoding="utf-8") as f:
+            f.write(source)
+
+
+@contextlib.contextmanager
+def staged_save(save_directory):
+    """A temporary folder beside `save_directory` to save into; on success its files are moved into
+    `save_directory` (created if needed, other files kept), each whole by os.replace. A save that
+    fails leaves `save_directory` as it was."""
+    save_directory = os.path.abspath(save_directory)
+    if os.path.isfile(save_directory):
+        raise NotADirectoryError(f"save_directory {save_directory} is a file, not a folder")
+    parent, name = os.path.split(save_directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent)
+    try:
+        yield staging
+        for root, _, files in os.walk(staging):
+            target = os.path.join(save_directory, os.path.relpath(root, staging))
+            os.makedirs(target, exist_ok=True)
+            for file_name in files:
+                os.replace(os.path.join(root, file_name), os.path.join(target, file_name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def save_with_code(obj, save_pretrained, save_directory, push_to_hub, kwargs):
+    """`save_pretrained(folder, **kwargs)` of `obj` (the transformers method) with `obj`'s flat Hub
+    code, staged (`staged_save`); then, with push_to_hub, `obj.push_to_hub` as transformers does
+    (repo_id defaults to the folder's name)."""
+    hub_kwargs = {key: kwargs.pop(key) for key in ("repo_id", "commit_message", "commit_description", "private", "token",
+                                                   "create_pr", "revision") if key in kwargs}
+    with staged_save(save_directory) as staging:
+        save_hub_code(staging, type(obj))
+        result = save_pretrained(staging, **kwargs)
+    if push_to_hub:
+        repo_id = hub_kwargs.pop("repo_id", os.path.basename(os.path.abspath(save_directory)))
+        obj.push_to_hub(repo_id, **hub_kwargs)
+    return result
 
 
 def _as_config(value, default_model_type, default_kwargs):
@@ -109,7 +154,8 @@ class ClaspConfig(PretrainedConfig):
             "contrastive_fixed" (the paper's form: cosine times a fixed `fixed_logit_scale`), or
             "huber" (the paper's LASP regression onto the text embedding).
         logit_scale_init_value (`float`): initial log of the logit scale (ln(1/0.07)).
-        logit_scale_max (`float`): the logit scale is clamped at exp(this) (ln 100, as CLIP).
+        logit_scale_max (`float`): the logit scale is kept at most exp(this) (ln 100, as CLIP): clamped
+            after each optimizer step (as open_clip's trainer) and when loading, not in forward.
         fixed_logit_scale (`float`): the paper's multiplier, 0.07: it *multiplies* the cosine
             (`cos * exp(log 0.07)` in the notebooks), so logits stay in [-0.07, 0.07].
         huber_delta (`float`): the paper's Huber delta.
@@ -229,10 +275,9 @@ class ClaspConfig(PretrainedConfig):
         return size if isinstance(size, int) else size[0]
 
     def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
-        # Every save carries the code that `auto_map` names, so the folder loads with
-        # trust_remote_code=True wherever it goes (push_to_hub uploads the folder as written).
-        save_hub_code(save_directory)
-        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
+        # Every save carries its class's code, so the folder loads with trust_remote_code=True
+        # wherever it goes (the model and processor saves add theirs).
+        return save_with_code(self, super().save_pretrained, save_directory, push_to_hub, kwargs)
 
 
-__all__ = ["ClaspConfig", "save_hub_code", "hub_code_source"]
+__all__ = ["ClaspConfig", "save_hub_code", "hub_code_files", "save_with_code", "staged_save"]

@@ -13,7 +13,7 @@ training: run them once, keep per row
 and train the fusion head on those (train_accelerate.py reads this cache).
 
 Each split is cut into chunks; every chunk goes through `datasets.map` with its own cache file,
-named by a fingerprint of (backbone weights, dataset, chunk). A finished chunk is never computed
+named by a fingerprint of (backbone weights, processor settings, dtype, dataset, chunk). A finished chunk is never computed
 again: a second run is free, and a run killed half-way resumes at the first unfinished chunk.
 Under `accelerate launch` the chunks are shared out between processes.
 """
@@ -46,6 +46,32 @@ def backbone_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
+def processor_fingerprint(processor) -> str:
+    """SHA-256 over everything the processor does to a row before the backbones see it.
+
+    The feature extractor's saved settings (rates, mel filters, STFT sizes, normalisation, image size,
+    mean/std: its `to_dict()`, less the class names), the tokenizer itself (its full serialisation:
+    vocabulary, normaliser, special tokens) and the text prompt and length limit. Changing any of them
+    changes the cached features, so it must change the cache's name.
+    """
+    digest = hashlib.sha256()
+    settings = {k: v for k, v in processor.feature_extractor.to_dict().items()
+                if k not in ("feature_extractor_type", "processor_class", "auto_map")}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    tokenizer = processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update(backend.to_str().encode() if backend is not None
+                  else json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(f"prefix={processor.text_prefix!r} max_length={processor.text_max_length}".encode())
+    return digest.hexdigest()[:16]
+
+
+def cache_fingerprint(model, processor) -> str:
+    """What a cached feature depends on: the backbones, the processor and the dtype they ran in."""
+    parts = f"{backbone_fingerprint(model)}/{processor_fingerprint(processor)}/{model.dtype}"
+    return hashlib.sha256(parts.encode()).hexdigest()[:16]
+
+
 def encode_rows(model, processor, batch_size: int):
     """A `datasets.map` function: features of a batch of rows, shortest clips batched together."""
 
@@ -63,10 +89,12 @@ def encode_rows(model, processor, batch_size: int):
             if len({rates[i] for i in chunk}) > 1:
                 raise ValueError("a dataset with mixed sampling rates: cast its audio column to one rate first")
             inputs = processor.feature_extractor([clips[i] for i in chunk], sampling_rate=rates[chunk[0]])
-            inputs = {k: v.to(model.device) for k, v in inputs.items()}
-            speech_frames, frame_weights = model.get_speech_frames(inputs["input_values"], inputs["audio_attention_mask"])
+            # Floating inputs in the model's dtype (bfloat16 with `clasp features --bf16`), masks as they are.
+            inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
+            name = processor.feature_extractor.speech_input_name  # input_values, or Whisper's input_features
+            speech_frames, frame_weights = model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])
             speech_out = torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1).cpu()
-            spectrogram_out = model.get_spectrogram_embeds(inputs["input_features"].to(model.dtype)).cpu()
+            spectrogram_out = model.get_spectrogram_embeds(inputs["pixel_values"]).float().cpu()
             speech_frames, frame_weights = speech_frames.cpu(), frame_weights.float().cpu()
             for j, i in enumerate(chunk):
                 speech[i], spectrogram[i] = speech_out[j].numpy(), spectrogram_out[j].numpy()
@@ -74,7 +102,7 @@ def encode_rows(model, processor, batch_size: int):
                 frames[i] = speech_frames[j, :real].to(torch.float16).numpy()
                 weights[i] = frame_weights[j, :real].numpy()
         text_inputs = {k: v.to(model.device) for k, v in processor.tokenize(rows["text"]).items()}
-        text = model.get_text_features(**text_inputs).cpu().numpy()
+        text = model.get_text_features(**text_inputs).pooler_output.float().cpu().numpy()
         return {"speech_embeds": speech, "spectrogram_embeds": spectrogram, "text_embeds": list(text),
                 "speech_frames": frames, "speech_frame_weights": weights}
 
@@ -93,7 +121,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
 
     state = PartialState()
     splits = splits or list(data)
-    model_fp = backbone_fingerprint(model)
+    model_fp = cache_fingerprint(model, processor)
     chunks_dir = os.path.join(output_dir, "chunks")
     os.makedirs(chunks_dir, exist_ok=True)
     if state.is_main_process:  # datasets' temporary files of chunks a killed run left unfinished
@@ -105,9 +133,9 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
-        if done.get("backbones") == model_fp and done.get("data") == {s: data[s]._fingerprint for s in splits}:
+        if done.get("fingerprint") == model_fp and done.get("data") == {s: data[s]._fingerprint for s in splits}:
             if state.is_main_process:
-                print(f"[features] {output_dir} is up to date (backbones {model_fp})")
+                print(f"[features] {output_dir} is up to date (fingerprint {model_fp})")
             return output_dir
 
     encode = encode_rows(model, processor, batch_size)
@@ -153,7 +181,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         os.replace(os.path.join(staging, name), target)
     shutil.rmtree(staging)
     info = {
-        "backbones": model_fp, "model": model_name, "data": {s: data[s]._fingerprint for s in splits},
+        "fingerprint": model_fp, "model": model_name, "dtype": str(model.dtype).removeprefix("torch."), "data": {s: data[s]._fingerprint for s in splits},
         "rows": {s: len(data[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }
@@ -223,4 +251,4 @@ class CachedFeatures(torch.utils.data.Dataset):
         return batch
 
 
-__all__ = ["build_feature_cache", "backbone_fingerprint", "CachedFeatures", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS"]
+__all__ = ["build_feature_cache", "backbone_fingerprint", "processor_fingerprint", "cache_fingerprint", "CachedFeatures", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS"]

@@ -71,7 +71,8 @@ def save_dataset(dataset: DatasetDict, folder) -> None:
         raise ValueError(f"{folder} exists and holds something else than a saved dataset: choose another folder")
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)  # from a run killed while saving
-    dataset.save_to_disk(str(partial))
+    # An empty split gets one empty shard: saved with none (datasets' default), load_from_disk fails on it.
+    dataset.save_to_disk(str(partial), num_shards={name: 1 for name, split in dataset.items() if len(split) == 0})
     shutil.rmtree(folder, ignore_errors=True)  # a kill here leaves no dataset (rerun to make it), never half of one
     os.replace(partial, folder)
 

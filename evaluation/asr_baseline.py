@@ -197,7 +197,8 @@ def asr_baseline_report(model, processor, pairs, lengths, text_embeds, transcrib
 
     text_embeds: the CLASP text embeddings of the pairs' texts (already computed for the model's
     own report). report_kwargs: what `retrieval_report` got for the model (groups, languages,
-    breakdowns, cross_lingual, soft_k, seed), so both reports use the same protocol and draws.
+    breakdowns, cross_lingual, correct_set, ties, soft_k, seed), so both reports use the same
+    protocol and draws.
     """
     started = time.perf_counter()
     transcripts, transcribe_s = transcribe_pairs(pairs, lengths, transcriber, processor.feature_extractor, batch_size,

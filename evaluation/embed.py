@@ -29,7 +29,7 @@ def embed_texts(model, processor, texts, batch_size: int, desc: str = "texts") -
             tokens = processor.tokenize([texts[i] for i in batch]).to(model.device)
             embeds[batch] = model.get_text_features(
                 tokens["input_ids"], tokens.get("attention_mask"), tokens.get("token_type_ids")
-            ).cpu()
+            ).pooler_output.cpu()
             bar.update(len(batch))
     return embeds
 
@@ -49,7 +49,7 @@ def embed_audio(model, processor, pairs, lengths, batch_size: int) -> tuple[torc
             waveforms = [prepared_clip(pairs[i], feature_extractor) for i in batch]
             started = time.perf_counter()
             inputs = feature_extractor(waveforms, sampling_rate=feature_extractor.sampling_rate).to(model.device)
-            embeds[batch] = model.get_audio_features(**inputs).cpu()  # .cpu() waits for the GPU
+            embeds[batch] = model.get_audio_features(**inputs).pooler_output.cpu()  # .cpu() waits for the GPU
             encode_s += time.perf_counter() - started
             bar.update(len(batch))
     return embeds, encode_s

@@ -3,22 +3,22 @@
 Clips that cannot be read are left out and listed under "failed"; the report covers the rest.
 """
 
-import numpy as np
-
 from evaluation.asr_baseline import asr_baseline_report
 from evaluation.embed import embed_pairs
 from evaluation.pairs import usable_clips
-from evaluation.protocols import correct_sets, retrieval_report, sample_wrong_candidates
+from evaluation.protocols import retrieval_report
 
 BREAKDOWNS = ("source", "category")  # by_language is always there; these when the pairs have them
 
 
-def model_report(model, processor, pairs, *, batch_size=16, soft_k=100, seed=0, transcriber=None, asr_cache=None) -> dict:
+def model_report(model, processor, pairs, *, batch_size=16, correct_set="same-group", ties="expected", soft_k=100,
+                 seed=0, transcriber=None, asr_cache=None) -> dict:
     """The report of `retrieval_report` for the model's embeddings of `pairs`, plus
     "failed" ([{path, reason}] of clips left out), timing["audio_embed_s_per_clip"], and
     "asr_baseline" when a `transcriber` (see `asr_baseline.WhisperTranscriber`) is given; `asr_cache`: a
     transcript cache file (asr_baseline.TranscriptCache) to resume from and add to.
-    ValueError when no clip can be used or the soft protocol's k is too large for the pairs.
+    correct_set, ties, soft_k, seed: as `retrieval_report` takes them, the same for the baseline.
+    ValueError when no clip can be used.
     """
     lengths, failed, kept = usable_clips(pairs, processor.feature_extractor)
     if not kept:
@@ -29,13 +29,11 @@ def model_report(model, processor, pairs, *, batch_size=16, soft_k=100, seed=0, 
         texts=[p["text"] for p in pairs],
         languages=[p["language"] for p in pairs],
         breakdowns={name: [p[name] for p in pairs] for name in BREAKDOWNS if any(p.get(name) for p in pairs)},
+        correct_set=correct_set,
+        ties=ties,
         soft_k=soft_k,
         seed=seed,
     )
-    # Fail on an impossible soft pool now, not after the embedding.
-    correct_set = correct_sets(len(pairs), report_kwargs["groups"], report_kwargs["texts"])
-    sample_wrong_candidates(np.arange(len(pairs)), correct_set, soft_k, seed)
-
     embedded = embed_pairs(model, processor, pairs, lengths, batch_size)
     report_kwargs["cross_lingual"] = embedded["cross_lingual"]
     report = retrieval_report(embedded["audio_embeds"], embedded["text_embeds"], embed_s=embedded["embed_s"], **report_kwargs)

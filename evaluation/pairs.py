@@ -59,6 +59,7 @@ def dataset_pairs(directory, split: str = "test") -> list[dict]:
 
 
 def read_dataset_clip(rows, index, decoder):
+    """(samples `[channels, samples]`, sampling rate) of one row, as `load_audio` returns a file's."""
     samples = decoder.decode_example(rows[index]["audio"]).get_all_samples()
     return samples.data.numpy(), int(samples.sample_rate)
 

@@ -12,19 +12,44 @@ COLUMNS = {  # metric key -> column heading, in the paper's order first
     "recall@10": "R@10",
 }
 ARROWS = {"audio_to_text": "audio → text", "text_to_audio": "text → audio"}
+TIE_RULES = {"expected": "the mean over every order of the tied candidates (McSherry & Najork, ECIR 2008)",
+             "pessimistic": "every tied wrong candidate ranks first"}
+CORRECT_SET_RULES = {"same-group": "any reading of the query's sentence group, in any language, or an identical text",
+                     "same-text": "identical texts only"}
+
+
+def protocol_notes(report: dict) -> list[str]:
+    """How to read the numbers: the tie rule, the correct set, and a soft pool smaller than asked.
+    ValueError for a report made before these rules were recorded (its ties favoured the gold)."""
+    if "ties" not in report or "correct_set" not in report:
+        raise ValueError("this report predates the recorded tie and correct-set rules (its ties favoured the "
+                         "correct answer); evaluate again with `clasp eval`")
+    soft = report["soft"]
+    notes = [f"ties: {report['ties']}, {TIE_RULES[report['ties']]}",
+             f"correct set: {report['correct_set']}, {CORRECT_SET_RULES[report['correct_set']]}"]
+    if soft["k"] is None:
+        notes.append(f"soft protocol {soft['note']}")
+    elif soft["k"] != soft["k_requested"]:
+        notes.append(f"soft protocol with k={soft['k']}, the largest pool every query can fill "
+                     f"(k={soft['k_requested']} was asked for)")
+    return notes
 
 
 def report_rows(report: dict):
     """(protocol, direction, queries, metrics) for every line of the report, in reading order."""
     for direction in DIRECTIONS:
         yield "hard", ARROWS[direction], "all", report[direction]
-    for direction in DIRECTIONS:
-        yield f"soft k={report['soft']['k']}", ARROWS[direction], "all", report["soft"][direction]
+    if report["soft"]["k"] is not None:
+        for direction in DIRECTIONS:
+            yield f"soft k={report['soft']['k']}", ARROWS[direction], "all", report["soft"][direction]
     for key in report:
         if key.startswith("by_"):
             for label, by_direction in report[key].items():
                 for direction in DIRECTIONS:
                     yield "hard", ARROWS[direction], f"{key[3:]}={label}", by_direction[direction]
+    for language, by_direction in report["monolingual"].items():
+        for direction in DIRECTIONS:
+            yield "monolingual", ARROWS[direction], f"language={language}", by_direction[direction]
     for language, by_direction in report["cross_lingual"].items():
         yield "hard", f"text ({language}) → audio", "translated", by_direction["text_to_audio"]
     for direction in DIRECTIONS:
@@ -38,7 +63,8 @@ def _cells(protocol, direction, queries, metrics):
 
 
 def format_report(report: dict) -> str:
-    """Fixed-width table for the terminal."""
+    """Fixed-width table for the terminal, then how to read it."""
+    notes = protocol_notes(report)
     lines = [["protocol", "direction", "queries", *COLUMNS.values()]]
     lines += [_cells(*row) for row in report_rows(report)]
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
@@ -47,6 +73,7 @@ def format_report(report: dict) -> str:
             for line in lines]
     text.insert(1, "-" * len(text[0]))
     timing = report["timing"]
+    text += notes
     text.append(f"{report['num_queries']} pairs; embed {timing['embed_s']:.1f} s, "
                 f"score and rank {timing['score_and_rank_s']:.1f} s")
     return "\n".join(text)
@@ -54,14 +81,18 @@ def format_report(report: dict) -> str:
 
 def report_to_markdown(report: dict, title: str = "Retrieval evaluation") -> str:
     """Markdown page: the table plus how to read it."""
+    notes = protocol_notes(report)
     header = ["protocol", "direction", "queries", *COLUMNS.values()]
+    soft = "" if report["soft"]["k"] is None else (
+        f"soft: against its gold plus {report['soft']['k'] - 1} random wrong candidates; ")
     lines = [
         f"# {title}",
         "",
-        f"{report['num_queries']} audio-text pairs. hard: every query against all pairs; soft: against its "
-        f"gold plus {report['soft']['k'] - 1} random wrong candidates. Subsets restrict the queries, never the "
-        "candidates. rank = 1 + wrong candidates scoring strictly above the best correct one; rows with the "
-        "same group or text count as correct.",
+        f"{report['num_queries']} audio-text pairs. hard: every query against all pairs; {soft}monolingual: "
+        "a language's queries against that language's pairs only; other subsets restrict the queries, never "
+        "the candidates. A query's rank is where its best-scoring correct candidate lands among the wrong ones.",
+        "",
+        *(f"- {note}" for note in notes),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "|".join("---" if i < 3 else "---:" for i in range(len(header))) + "|",
@@ -82,8 +113,12 @@ def model_index_results(
     task_name: str = "Audio retrieval",
 ) -> list:
     """huggingface_hub EvalResult entries (hard protocol: HITS@1, MRR, meanR per direction) for
-    `ModelCardData(eval_results=...)`. The direction goes in `metric_config`."""
+    `ModelCardData(eval_results=...)`. The direction goes in `metric_config`, the correct-set
+    and tie rules in `metric_args` and the metric's name."""
     from huggingface_hub import EvalResult
+
+    protocol_notes(report)  # refuses a report without its rules
+    rules = {"correct_set": report["correct_set"], "ties": report["ties"]}
 
     return [
         EvalResult(
@@ -93,8 +128,9 @@ def model_index_results(
             dataset_name=dataset_name,
             dataset_split=dataset_split,
             metric_type=key,
-            metric_name=f"{COLUMNS[key]} ({ARROWS[direction]})",
+            metric_name=f"{COLUMNS[key]} ({ARROWS[direction]}, {report['correct_set']})",
             metric_config=direction,
+            metric_args=rules,
             metric_value=report[direction][key],
         )
         for direction in DIRECTIONS

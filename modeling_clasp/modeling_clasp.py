@@ -13,6 +13,7 @@ This file is also published flat on the Hub: it imports only torch, transformers
 
 import json
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import load_state_dict
-from transformers.utils import ModelOutput, cached_file
+from transformers.utils import ModelOutput, cached_file, can_return_tuple
 
-from configuration_clasp.configuration_clasp import ClaspConfig
+from configuration_clasp.configuration_clasp import ClaspConfig, save_with_code
 
 
 @dataclass
@@ -76,21 +78,39 @@ def window_mean(hidden_states: torch.Tensor, mask: torch.Tensor | None, stride: 
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All processes' features concatenated, and where this process's rows start.
 
-    As open_clip: every process sees every other process's batch as negatives, and the gather
-    keeps autograd (torch.distributed.nn's all_gather sums the gradients back to their owner),
-    so N processes × batch B train exactly like one process with batch N·B. Per-process batches
-    must have the same size (accelerate's default `even_batches=True`).
+    As open_clip's `gather_features(..., gather_with_grad=True)`: every process sees every other
+    process's batch as negatives, and the gather keeps autograd (each process's gradient of the
+    gathered rows is summed back to the rows' owner), so N processes × batch B train exactly like
+    one process with batch N·B. Per-process batches must have the same size (accelerate's default
+    `even_batches=True`).
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return features, 0
-    world_size = torch.distributed.get_world_size()
-    if world_size == 1:
+    if torch.distributed.get_world_size() == 1:
         return features, 0
-    from torch.distributed._functional_collectives import all_gather_tensor_autograd, wait_tensor
+    return _AllGatherWithGrad.apply(features), torch.distributed.get_rank() * features.shape[0]
 
-    # The backward of this gather is a reduce-scatter: each process gets the summed gradient of its rows.
-    gathered = wait_tensor(all_gather_tensor_autograd(features.contiguous(), gather_dim=0, group=torch.distributed.group.WORLD))
-    return gathered, torch.distributed.get_rank() * features.shape[0]
+
+class _AllGatherWithGrad(torch.autograd.Function):
+    """`torch.distributed.all_gather` along rows whose backward sums every process's gradient (an
+    all-reduce: not every backend has a reduce-scatter) and keeps this process's rows. What
+    torch.distributed.nn.functional.all_gather (open_clip's call) computes; that one warns
+    "deprecated" from torch 2.14 on, pointing to the private torch.distributed._functional_collectives,
+    whose names changed again in 2.14. These two collectives are public and stable on every backend."""
+
+    @staticmethod
+    def forward(ctx, features):
+        gathered = [torch.empty_like(features) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(gathered, features.contiguous())
+        rank, rows = torch.distributed.get_rank(), features.shape[0]
+        ctx.rows = slice(rank * rows, (rank + 1) * rows)
+        return torch.cat(gathered)
+
+    @staticmethod
+    def backward(ctx, grad_gathered):
+        grad_gathered = grad_gathered.clone(memory_format=torch.contiguous_format)
+        torch.distributed.all_reduce(grad_gathered)
+        return grad_gathered[ctx.rows]
 
 
 def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig) -> torch.Tensor:
@@ -231,6 +251,31 @@ def build_text_encoder(config: ClaspConfig) -> nn.Module:
         return AutoModel.from_config(config.text_config)
 
 
+def rename_old_audio_inputs(config: ClaspConfig, audio: dict, unknown: dict, caller: str) -> dict:
+    """`audio` (the new names) with inputs given under this package's earlier names moved in, with a
+    FutureWarning: `audio_attention_mask` (now `input_values_mask` / `input_features_mask`), the
+    spectrogram picture as `input_features` (4-D; now `pixel_values`) and Whisper's log-mel as
+    `input_values` (now `input_features`). Any other name in `unknown` is a TypeError."""
+
+    def moved(old, new, value):
+        warnings.warn(f"ClaspModel.{caller}: `{old}` is deprecated, pass `{new}` (transformers' name); "
+                      "it will stop working in a future version", FutureWarning, stacklevel=3)
+        audio[new] = value
+
+    speech_name = "input_features" if config.speech_is_whisper else "input_values"
+    if "audio_attention_mask" in unknown and audio[f"{speech_name}_mask"] is None:
+        moved("audio_attention_mask", f"{speech_name}_mask", unknown.pop("audio_attention_mask"))
+    if unknown:
+        raise TypeError(f"ClaspModel.{caller}() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    if audio["input_features"] is not None and audio["input_features"].ndim == 4 and audio["pixel_values"] is None:
+        moved("input_features (the spectrogram picture)", "pixel_values", audio["input_features"])
+        audio["input_features"] = None
+    if config.speech_is_whisper and audio["input_values"] is not None and audio["input_features"] is None:
+        moved("input_values (Whisper's log-mel)", "input_features", audio["input_values"])
+        audio["input_values"] = None
+    return audio
+
+
 class ClaspPreTrainedModel(PreTrainedModel):
     config: ClaspConfig
     config_class = ClaspConfig
@@ -269,13 +314,23 @@ class ClaspModel(ClaspPreTrainedModel):
                               if config.speech_pooling == "attention" else None)
         self.fusion = ClaspFusion(config)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.main_input_name = "input_features" if config.speech_is_whisper else "input_values"
         self.post_init()
         self.freeze_backbones()
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
         # Loading materialises fresh parameters (requires_grad=True): freeze again afterwards.
-        return super().from_pretrained(*args, **kwargs).freeze_backbones()
+        loaded = super().from_pretrained(*args, **kwargs)  # (model, loading_info) with output_loading_info=True
+        model = (loaded[0] if isinstance(loaded, tuple) else loaded).freeze_backbones()
+        # A checkpoint saved while the clamp sat in forward may hold a value above the cap.
+        with torch.no_grad():
+            model.logit_scale.clamp_(max=model.config.logit_scale_max)
+        return loaded
+
+    def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
+        # The folder carries the flat code `auto_map` names; it is written whole or not at all.
+        return save_with_code(self, super().save_pretrained, save_directory, push_to_hub, kwargs)
 
     def freeze_backbones(self):
         """No gradient for the backbones the config freezes (and no learnable scale without the contrastive loss)."""
@@ -335,25 +390,52 @@ class ClaspModel(ClaspPreTrainedModel):
         states[-1] = encoder.layer_norm(hidden)
         return states, frame_mask
 
-    def get_speech_frames(self, input_values, audio_attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def get_speech_frames(self, speech_inputs, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The speech encoder's hidden states (`config.speech_layer`) averaged in windows of
         `config.speech_frame_stride` frames: `[batch, windows, hidden]`, and each window's share of
-        real (unpadded) frames `[batch, windows]`. What `clasp features` caches for the speech branch."""
+        real (unpadded) frames `[batch, windows]`. What `clasp features` caches for the speech branch.
+
+        `speech_inputs`: `input_values` `[batch, samples]` (waveform encoders) or `input_features`
+        `[batch, n_mels, frames]` (Whisper); `attention_mask`: 1 for real, 0 for (trailing) padding.
+        A clip's frames do not depend on its batch-mates, whatever the encoder (tested).
+        """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_speech_encoder):
             if self.config.speech_is_whisper:
-                states, frame_mask = self._whisper_hidden_states(input_values, audio_attention_mask)
+                states, frame_mask = self._whisper_hidden_states(speech_inputs, attention_mask)
                 hidden = states[self.config.speech_layer]
+            elif attention_mask is not None and getattr(self.speech_model.config, "feat_extract_norm", None) == "group":
+                hidden, frame_mask = self._unpadded_hidden_states(speech_inputs, attention_mask)
             else:
-                outputs = self.speech_model(
-                    input_values,
-                    attention_mask=audio_attention_mask,
-                    output_hidden_states=self.config.speech_layer != -1,
-                )
-                hidden = outputs.last_hidden_state if self.config.speech_layer == -1 else outputs.hidden_states[self.config.speech_layer]
+                hidden = self._speech_hidden_states(speech_inputs, attention_mask)
                 frame_mask = None
-                if audio_attention_mask is not None:
-                    frame_mask = self.speech_model._get_feature_vector_attention_mask(hidden.shape[1], audio_attention_mask)
+                if attention_mask is not None:
+                    frame_mask = self.speech_model._get_feature_vector_attention_mask(hidden.shape[1], attention_mask)
             return window_mean(hidden, frame_mask, self.config.speech_frame_stride)
+
+    def _speech_hidden_states(self, input_values, attention_mask):
+        outputs = self.speech_model(input_values, attention_mask=attention_mask, output_hidden_states=self.config.speech_layer != -1)
+        return outputs.last_hidden_state if self.config.speech_layer == -1 else outputs.hidden_states[self.config.speech_layer]
+
+    def _unpadded_hidden_states(self, input_values, attention_mask):
+        """Hidden states `[batch, frames, hidden]` and frame mask of a group-normalised encoder, each
+        clip run at its real length (clips of equal length together).
+
+        wav2vec2-base, HuBERT-base, WavLM (`feat_extract_norm="group"`) normalise each channel of
+        their first convolution over the whole time axis, padding included: padded, a clip gets
+        another embedding (cosine 0.987 to itself alone, wav2vec2-base). The layer-norm variants
+        (HuBERT-large, `"layer"`) normalise each frame and honour the mask, so they run padded.
+        """
+        lengths = attention_mask.sum(-1)
+        frame_lengths = self.speech_model._get_feat_extract_output_lengths(lengths)
+        hidden = None
+        for length in lengths.unique().tolist():
+            rows = (lengths == length).nonzero().squeeze(1)
+            states = self._speech_hidden_states(input_values[rows, :length], None)
+            if hidden is None:
+                hidden = states.new_zeros(len(lengths), int(frame_lengths.max()), states.shape[-1])
+            hidden[rows, : states.shape[1]] = states
+        frame_mask = torch.arange(hidden.shape[1], device=hidden.device)[None] < frame_lengths[:, None]
+        return hidden, frame_mask.long()
 
     def pool_speech(self, speech_frames, speech_frame_weights) -> torch.Tensor:
         """One L2-normalised vector per clip from its frames (`config.speech_pooling`)."""
@@ -363,38 +445,52 @@ class ClaspModel(ClaspPreTrainedModel):
             pooled = self.speech_pooler(speech_frames.to(self.speech_pooler.probe.dtype), speech_frame_weights)
         return F.normalize(pooled.float(), dim=-1)
 
-    def get_speech_embeds(self, input_values, audio_attention_mask=None) -> torch.Tensor:
-        """Speech-encoder features of each clip, pooled over its real frames and L2-normalised."""
-        return self.pool_speech(*self.get_speech_frames(input_values, audio_attention_mask))
+    def get_speech_embeds(self, speech_inputs, attention_mask=None) -> torch.Tensor:
+        """Speech-encoder features of each clip (see `get_speech_frames`), pooled over its real frames and L2-normalised."""
+        return self.pool_speech(*self.get_speech_frames(speech_inputs, attention_mask))
 
-    def get_spectrogram_embeds(self, input_features) -> torch.Tensor:
-        """Pooled spectrogram-CNN features of each clip's log-mel picture, L2-normalised."""
+    def get_spectrogram_embeds(self, pixel_values) -> torch.Tensor:
+        """Pooled spectrogram-CNN features `[batch, cnn_hidden]` of each clip's log-mel picture
+        (`pixel_values` `[batch, 3, image_size, image_size]`), L2-normalised."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_spectrogram_encoder):
-            pooled = self.spectrogram_model(pixel_values=input_features).pooler_output
+            pooled = self.spectrogram_model(pixel_values=pixel_values).pooler_output
             return F.normalize(pooled.flatten(1).float(), dim=-1)
 
+    @can_return_tuple
     def get_audio_features(
         self,
         input_values=None,
-        audio_attention_mask=None,
+        input_values_mask=None,
         input_features=None,
+        input_features_mask=None,
+        pixel_values=None,
         speech_embeds=None,
         spectrogram_embeds=None,
         speech_frames=None,
         speech_frame_weights=None,
-    ) -> torch.Tensor:
-        """L2-normalised CLASP audio embeddings `[batch, projection_dim]`.
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        """CLASP audio embeddings, as transformers 5's ClapModel.get_audio_features returns them: an
+        output whose `pooler_output` is `[batch, projection_dim]`, L2-normalised (a tuple with
+        `return_dict=False`).
 
-        Pass the processor's `input_values`, `audio_attention_mask` and `input_features`, or the
+        Pass the processor's audio outputs (`input_values` + `input_values_mask` for waveform
+        encoders, `input_features` + `input_features_mask` for Whisper; `pixel_values`), or the
         branch features cached from an earlier run: `speech_frames` and `speech_frame_weights`
         (from `get_speech_frames`) or, for "mean" pooling, the pooled `speech_embeds`; and
-        `spectrogram_embeds`.
+        `spectrogram_embeds`. Unknown keyword arguments are a TypeError.
         """
-        return self._audio_forward(input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds,
-                                   speech_frames, speech_frame_weights)[0]
+        audio = dict(input_values=input_values, input_values_mask=input_values_mask, input_features=input_features,
+                     input_features_mask=input_features_mask, pixel_values=pixel_values)
+        audio = rename_old_audio_inputs(self.config, audio, kwargs, "get_audio_features")
+        audio_embeds = self._audio_forward(audio, speech_embeds, spectrogram_embeds, speech_frames, speech_frame_weights)[0]
+        return BaseModelOutputWithPooling(pooler_output=audio_embeds)
 
-    def _audio_forward(self, input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds,
-                       speech_frames=None, speech_frame_weights=None):
+    def _audio_forward(self, audio, speech_embeds, spectrogram_embeds, speech_frames=None, speech_frame_weights=None):
+        speech_name = "input_features" if self.config.speech_is_whisper else "input_values"
+        other_name = "input_values" if self.config.speech_is_whisper else "input_features"
+        if audio[other_name] is not None:
+            raise ValueError(f"this model's speech encoder takes `{speech_name}`, not `{other_name}` (use its ClaspProcessor)")
         if speech_embeds is not None and self.speech_pooler is not None:
             raise ValueError("this model pools speech frames by attention: pass `speech_frames` and "
                              "`speech_frame_weights` (or audio), not pooled `speech_embeds`.")
@@ -403,15 +499,15 @@ class ClaspModel(ClaspPreTrainedModel):
                 if speech_frame_weights is None:
                     raise ValueError("`speech_frames` need their `speech_frame_weights` (from get_speech_frames).")
                 speech_embeds = self.pool_speech(speech_frames, speech_frame_weights)
-            elif input_values is None:
-                raise ValueError("get_audio_features needs `input_values` (from ClaspProcessor), "
+            elif audio[speech_name] is None:
+                raise ValueError(f"get_audio_features needs `{speech_name}` (from ClaspProcessor), "
                                  "`speech_frames` or `speech_embeds`.")
             else:
-                speech_embeds = self.get_speech_embeds(input_values, audio_attention_mask)
+                speech_embeds = self.get_speech_embeds(audio[speech_name], audio[f"{speech_name}_mask"])
         if spectrogram_embeds is None and self.config.uses_spectrogram:
-            if input_features is None:
-                raise ValueError("get_audio_features needs `input_features` (from ClaspProcessor) or `spectrogram_embeds`.")
-            spectrogram_embeds = self.get_spectrogram_embeds(input_features)
+            if audio["pixel_values"] is None:
+                raise ValueError("get_audio_features needs `pixel_values` (from ClaspProcessor) or `spectrogram_embeds`.")
+            spectrogram_embeds = self.get_spectrogram_embeds(audio["pixel_values"])
         head_dtype = self.fusion.head[0].weight.dtype
         # A branch the fusion does not use (speech_only / spectrogram_only) is neither run nor required.
         speech = F.normalize(speech_embeds, dim=-1).to(head_dtype) if self.config.uses_speech else None
@@ -420,8 +516,13 @@ class ClaspModel(ClaspPreTrainedModel):
 
     # ---- text branch ---------------------------------------------------------------------
 
-    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> torch.Tensor:
-        """The sentence encoder's embedding, pooled and normalised exactly as sentence-transformers does."""
+    @can_return_tuple
+    def get_text_features(self, input_ids, attention_mask=None, token_type_ids=None) -> BaseModelOutputWithPooling:
+        """The sentence encoder's embedding, pooled and normalised exactly as sentence-transformers does.
+
+        As transformers 5's ClapModel.get_text_features: the text model's output with `pooler_output`
+        replaced by the embedding `[batch, projection_dim]` (a tuple with `return_dict=False`).
+        """
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_text_encoder):
             kwargs = {"attention_mask": attention_mask}
             if token_type_ids is not None:
@@ -434,7 +535,8 @@ class ClaspModel(ClaspPreTrainedModel):
             else:
                 embeds = outputs.pooler_output
             embeds = embeds.float()
-            return F.normalize(embeds, dim=-1) if self.config.text_normalize else embeds
+            embeds = F.normalize(embeds, dim=-1) if self.config.text_normalize else embeds
+            return BaseModelOutputWithPooling(last_hidden_state=outputs.last_hidden_state, pooler_output=embeds)
 
     # ---- both ----------------------------------------------------------------------------
 
@@ -444,8 +546,10 @@ class ClaspModel(ClaspPreTrainedModel):
         attention_mask=None,
         token_type_ids=None,
         input_values=None,
-        audio_attention_mask=None,
+        input_values_mask=None,
         input_features=None,
+        input_features_mask=None,
+        pixel_values=None,
         speech_embeds=None,
         spectrogram_embeds=None,
         speech_frames=None,
@@ -455,16 +559,21 @@ class ClaspModel(ClaspPreTrainedModel):
         return_dict=None,
         **kwargs,
     ) -> ClaspOutput | tuple:
-        has_audio = any(x is not None for x in (input_values, speech_embeds, speech_frames, input_features, spectrogram_embeds))
+        """Takes what ClaspProcessor returns (see `get_audio_features` for the audio names), or
+        cached features; `**kwargs` only carries deprecated names (a warning), anything else is a TypeError."""
+        audio = dict(input_values=input_values, input_values_mask=input_values_mask, input_features=input_features,
+                     input_features_mask=input_features_mask, pixel_values=pixel_values)
+        audio = rename_old_audio_inputs(self.config, audio, kwargs, "forward")
+        has_audio = any(x is not None for x in (audio["input_values"], audio["input_features"], audio["pixel_values"],
+                                                speech_embeds, speech_frames, spectrogram_embeds))
         has_text = input_ids is not None or text_embeds is not None
         audio_embeds = None
         if has_audio:
             audio_embeds, speech_embeds, spectrogram_embeds = self._audio_forward(
-                input_values, audio_attention_mask, input_features, speech_embeds, spectrogram_embeds,
-                speech_frames, speech_frame_weights,
+                audio, speech_embeds, spectrogram_embeds, speech_frames, speech_frame_weights,
             )
         if text_embeds is None and input_ids is not None:
-            text_embeds = self.get_text_features(input_ids, attention_mask, token_type_ids)
+            text_embeds = self.get_text_features(input_ids, attention_mask, token_type_ids).pooler_output
         elif text_embeds is not None:
             text_embeds = F.normalize(text_embeds.float(), dim=-1) if self.config.text_normalize else text_embeds.float()
 
@@ -489,7 +598,9 @@ class ClaspModel(ClaspPreTrainedModel):
     def logit_scale_value(self) -> torch.Tensor:
         if self.config.loss == "contrastive_fixed":
             return torch.tensor(self.config.fixed_logit_scale, device=self.logit_scale.device)
-        return self.logit_scale.clamp(max=self.config.logit_scale_max).exp()
+        # Not clamped here (its gradient would be 0 above the cap): the trainer clamps the parameter
+        # after each optimizer step, as open_clip does, and from_pretrained clamps what it loads.
+        return self.logit_scale.exp()
 
     # ---- building from pretrained parts ----------------------------------------------------
 
@@ -501,8 +612,9 @@ class ClaspModel(ClaspPreTrainedModel):
         wav2vec2, WavLM, Whisper), a transformers image CNN, and a sentence-transformers model.
         `preset` fills the ones not given: "paper" (HuBERT-large, EfficientNet-B7, LaBSE; needs
         the Hub) or "offline-base" (Whisper-base, EfficientNet-Lite0, multilingual-e5-small,
-        built by `clasp backbones build`). Returns the model; `ClaspProcessor.from_pretrained_backbones`
-        builds the matching processor.
+        built by `clasp backbones build`). Returns the model in eval mode, as `from_pretrained` does
+        (call `.train()` to train the head); `ClaspProcessor.from_pretrained_backbones` builds the
+        matching processor.
         """
         parts = resolve_backbones(speech, spectrogram, text, preset)
         text_setup = read_sentence_transformer(parts["text"])
@@ -531,7 +643,7 @@ class ClaspModel(ClaspPreTrainedModel):
         model.text_model = AutoModel.from_pretrained(text_setup["transformer_path"], **pooling_kwargs)
         if text_setup["dense"] is not None:  # LaBSE: sentence-transformers' Dense+tanh is BERT's pooler
             model.text_model.pooler.dense.load_state_dict(text_setup["dense"])
-        return model.float().freeze_backbones()
+        return model.float().freeze_backbones().eval()  # as from_pretrained: ready for inference
 
 
 # Where `clasp backbones build` writes the offline backbones (keep in sync with backbones_clasp).

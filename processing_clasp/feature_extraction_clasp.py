@@ -2,13 +2,20 @@
 
 For each clip, independently of the others in its batch:
   1. samples → float32 in [-1, 1], channels averaged to mono, resampled to 16 kHz;
-  2. `input_values` for the speech encoder: the normalised waveform (HuBERT / wav2vec2 / WavLM), or
+  2. the speech encoder's input, named as transformers names it: `input_values`, the normalised
+     waveform (HuBERT / wav2vec2 / WavLM, as Wav2Vec2FeatureExtractor), or `input_features`,
      Whisper's log-mel (same filters and scaling as WhisperFeatureExtractor) at the clip's real length;
-  3. `input_features` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
+  3. `pixel_values` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
      to the CNN's square input and normalised with its ImageNet mean/std (3 channels) — the tensor
      version of the paper's plotted spectrogram picture.
-Then `input_values` are padded to the longest clip and `audio_attention_mask` marks the real part.
-The mask is not called `attention_mask`: that name belongs to the tokenizer's output.
+Then the speech input is padded to the longest clip and its mask, `input_values_mask` or
+`input_features_mask`, marks the real part. transformers' speech-text feature extractors name it
+so (Gemma 3n/4, Granite Speech, Parakeet: `input_features_mask`); `attention_mask` belongs to the
+tokenizer, and the zero-shot-audio-classification pipeline passes both outputs to the model.
+
+Channel layout, decided by whoever decoded the audio, never guessed from the shape: one clip is
+1-D (samples, mono) or 2-D (channels, samples), as torchaudio, torchcodec and soundfile's
+`always_2d=True` transposed return it.
 
 This file is also published flat on the Hub: it imports only numpy, torch, torchaudio, transformers.
 """
@@ -21,20 +28,27 @@ import torch.nn.functional as F
 import torchaudio
 from transformers import BatchFeature, SequenceFeatureExtractor
 from transformers.audio_utils import mel_filter_bank
+from transformers.utils import PaddingStrategy
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 # Float samples past ±1 (a loud mix, int16 values stored as floats) are taken as they are, but beyond
 # this the spectrogram's power overflows float32 (at ~1e16) long before anything is audio.
 MAX_FLOAT_PEAK = 1e6
+# More rows than this in a 2-D clip is a (samples, channels) array, not channels: FFmpeg's channel
+# layouts stop at 64 (7th-order ambisonics).
+MAX_CHANNELS = 64
 
 
 def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
     """One clip as a 1-D float32 tensor in [-1, 1].
 
+    `audio`: 1-D (samples) or 2-D (channels, samples) — torchaudio's and torchcodec's layout; the
+    channels are averaged. The layout is not guessed from the shape (a 2-sample stereo clip and an
+    8-channel clip of 1 sample are both valid); a 2-D array with more than MAX_CHANNELS rows is
+    refused as most likely (samples, channels) — soundfile.read's layout — asking for a transpose.
     Integer samples are scaled by their type's range (uint8 is offset binary, as in WAV files).
-    A 2-D clip is (channels, samples) or (samples, channels): the shorter axis is taken as
-    channels, and the channels are averaged.
+    Raises ValueError naming `name` for any other shape, an empty or non-finite clip.
     """
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
@@ -48,8 +62,10 @@ def to_float_mono(audio, name: str = "audio") -> torch.Tensor:
     else:
         raise ValueError(f"{name}: unsupported sample type {audio.dtype}")
     if audio.ndim == 2:
-        channel_axis = 0 if audio.shape[0] <= audio.shape[1] else 1
-        audio = audio.mean(axis=channel_axis)
+        if audio.shape[0] > MAX_CHANNELS:
+            raise ValueError(f"{name}: a 2-D clip is (channels, samples); shape {audio.shape} would be "
+                             f"{audio.shape[0]} channels (at most {MAX_CHANNELS}): transpose a (samples, channels) array")
+        audio = audio.mean(axis=0)
     if audio.ndim != 1:
         raise ValueError(f"{name}: expected 1-D (samples) or 2-D (channels × samples) audio, got shape {audio.shape}")
     if audio.size == 0:
@@ -77,7 +93,6 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         image_size, image_mean, image_std: the CNN's input size and normalisation.
     """
 
-    model_input_names = ["input_values", "audio_attention_mask", "input_features"]
 
     def __init__(
         self,
@@ -124,6 +139,15 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         self.image_size = image_size
         self.image_mean = list(image_mean or IMAGENET_MEAN)
         self.image_std = list(image_std or IMAGENET_STD)
+
+    @property
+    def speech_input_name(self) -> str:
+        """What transformers calls the speech encoder's input: `input_features` (log-mel), `input_values` (waveform)."""
+        return "input_features" if self.speech_features == "whisper_log_mel" else "input_values"
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return [self.speech_input_name, f"{self.speech_input_name}_mask", "pixel_values"]
 
     # ---- per clip --------------------------------------------------------------------------
 
@@ -175,11 +199,13 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         std = torch.tensor(self.image_std).view(3, 1, 1)
         return (picture.expand(3, -1, -1) - mean) / std
 
-    def prepare_clip(self, audio, sampling_rate: int, name: str = "audio") -> torch.Tensor:
-        """One clip → mono float32 at `self.sampling_rate`, at least `min_samples` long."""
+    def prepare_clip(self, audio, sampling_rate: int, name: str = "audio", max_length: int | None = None) -> torch.Tensor:
+        """One clip → mono float32 at `self.sampling_rate`, cut at `max_length` samples if given, at
+        least `min_samples` long."""
         waveform = to_float_mono(audio, name)
         if sampling_rate != self.sampling_rate:
             waveform = torchaudio.functional.resample(waveform, sampling_rate, self.sampling_rate)
+        waveform = waveform[:max_length]
         if self.max_samples is not None and waveform.shape[0] > self.max_samples:
             raise ValueError(
                 f"{name}: {waveform.shape[0] / self.sampling_rate:.1f} s is longer than this encoder's "
@@ -199,14 +225,42 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
 
     # ---- batch -----------------------------------------------------------------------------
 
-    def __call__(self, audio, sampling_rate=None, return_tensors="pt", **kwargs) -> BatchFeature:
+    def __call__(self, audio, sampling_rate=None, padding=True, max_length=None, truncation=False,
+                 return_attention_mask=None, return_tensors="pt") -> BatchFeature:
         """Features of one clip or a list of clips.
 
-        audio: a 1-D array/tensor/list (one mono clip), a list of clips (each 1-D, or 2-D with
-            channels), or a 2-D array (a batch of equal-length mono clips, the transformers convention).
+        audio: a 1-D array/tensor/list (one mono clip), a list of clips (each 1-D mono or 2-D
+            (channels, samples), see `to_float_mono`), or a 2-D array (a batch of equal-length mono
+            clips, the transformers convention: never one multichannel clip; wrap that in a list).
             Any sample type: int8/uint8/int16/int32 are scaled to [-1, 1]; floats are taken as they are.
         sampling_rate: the rate of `audio`; it is resampled to `self.sampling_rate`.
+        padding, max_length, truncation: as transformers' `SequenceFeatureExtractor.pad`, with
+            `max_length` in samples at `self.sampling_rate` (after resampling), as
+            Wav2Vec2FeatureExtractor and WhisperFeatureExtractor count it. padding=True / "longest"
+            pads the speech input to the longest clip, "max_length" to `max_length` samples (Whisper:
+            their frames), False / "do_not_pad" not at all (the clips must then give equal lengths).
+            truncation=True cuts each clip at `max_length` samples before any feature is computed,
+            so both branches see the same cut clip; without it a clip longer than a "max_length"
+            padding is an error. Each clip is still padded to `min_samples`.
+        return_attention_mask: return the speech input's mask (default: `self.return_attention_mask`).
+        return_tensors: "pt" (torch tensors) or "np" / None (numpy arrays).
+        Other values raise a ValueError.
+
+        Returns a BatchFeature of `input_values` `[batch, samples]` (waveform encoders) or
+        `input_features` `[batch, n_mels, frames]` (Whisper), padded with `padding_value`; its mask
+        `input_values_mask` / `input_features_mask` `[batch, samples or frames]` (1 real, 0
+        padding); `pixel_values` `[batch, 3, image_size, image_size]`.
         """
+        if padding not in (True, False, "longest", "max_length", "do_not_pad"):
+            raise ValueError(f"padding must be True, False, 'longest', 'max_length' or 'do_not_pad', got {padding!r}")
+        strategy = self._get_padding_strategies(padding, max_length)  # refuses "max_length" without max_length
+        if return_tensors not in ("pt", "np", None):
+            raise ValueError(f"return_tensors must be 'pt' or 'np', got {return_tensors!r}")
+        if max_length is not None and (not isinstance(max_length, int) or max_length < self.min_samples):
+            raise ValueError(f"max_length must be a number of samples of at least min_samples={self.min_samples}, "
+                             f"got {max_length!r}")
+        if truncation and max_length is None:
+            raise ValueError(f"truncation=True needs max_length (samples at {self.sampling_rate} Hz)")
         if sampling_rate is None:
             warnings.warn(
                 f"ClaspFeatureExtractor got no sampling_rate; assuming {self.sampling_rate} Hz. "
@@ -215,20 +269,31 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
             )
             sampling_rate = self.sampling_rate
         clips = self._as_clip_list(audio)
-        waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]") for i, clip in enumerate(clips)]
+        waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]", max_length=max_length if truncation else None)
+                     for i, clip in enumerate(clips)]
         speech = [self.speech_input(w) for w in waveforms]
         longest = max(s.shape[-1] for s in speech)
-        input_values = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
-        audio_attention_mask = torch.zeros(len(speech), longest, dtype=torch.long)
+        if strategy == PaddingStrategy.MAX_LENGTH:
+            for i, waveform in enumerate(waveforms):
+                if waveform.shape[0] > max_length:
+                    raise ValueError(f"audio[{i}]: {waveform.shape[0]} samples, longer than max_length={max_length}; "
+                                     "pass truncation=True to cut it")
+            longest = max_length if self.speech_features == "waveform" else max_length // self.whisper_hop_length
+        elif strategy == PaddingStrategy.DO_NOT_PAD and any(s.shape[-1] != longest for s in speech):
+            raise ValueError(f"padding=False: the clips differ in length ({[s.shape[-1] for s in speech]} "
+                             "speech-input steps) and cannot form one batch; pass padding=True")
+        speech_inputs = torch.full((len(speech), *speech[0].shape[:-1], longest), float(self.padding_value))
+        mask = torch.zeros(len(speech), longest, dtype=torch.long)
         for i, s in enumerate(speech):
-            input_values[i, ..., : s.shape[-1]] = s
-            audio_attention_mask[i, : s.shape[-1]] = 1
-        input_features = torch.stack([self.spectrogram_image(w) for w in waveforms])
+            speech_inputs[i, ..., : s.shape[-1]] = s
+            mask[i, : s.shape[-1]] = 1
         features = {
-            "input_values": input_values,
-            "audio_attention_mask": audio_attention_mask,
-            "input_features": input_features,
+            self.speech_input_name: speech_inputs,
+            f"{self.speech_input_name}_mask": mask,
+            "pixel_values": torch.stack([self.spectrogram_image(w) for w in waveforms]),
         }
+        if not (self.return_attention_mask if return_attention_mask is None else return_attention_mask):
+            del features[f"{self.speech_input_name}_mask"]
         if return_tensors in (None, "np"):
             features = {k: v.numpy() for k, v in features.items()}
         return BatchFeature(features, tensor_type=None)

@@ -1,7 +1,9 @@
 """ClaspProcessor: the feature extractor for audio and the sentence encoder's tokenizer for text.
 
 `processor(text=..., audio=..., sampling_rate=...)` returns everything `ClaspModel` takes:
-`input_ids`/`attention_mask` for text, `input_values`/`audio_attention_mask`/`input_features` for audio.
+`input_ids`/`attention_mask` for text; for audio the speech encoder's `input_values` (waveform) or
+`input_features` (Whisper's log-mel), its mask `input_values_mask` / `input_features_mask` (not
+`attention_mask`: that is the tokenizer's), and the spectrogram picture `pixel_values`.
 Texts get the sentence encoder's prompt (e5 expects "query: "), so the model sees text exactly as
 the sentence encoder was trained to.
 
@@ -15,8 +17,11 @@ import warnings
 from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
-from configuration_clasp.configuration_clasp import ClaspConfig, save_hub_code
+from configuration_clasp.configuration_clasp import ClaspConfig, save_with_code
 from processing_clasp.feature_extraction_clasp import IMAGENET_MEAN, IMAGENET_STD, ClaspFeatureExtractor
+
+# Which files `from_pretrained` reads (as transformers' `cached_file` takes them).
+HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "proxies")
 
 
 class ClaspProcessor(ProcessorMixin):
@@ -29,6 +34,10 @@ class ClaspProcessor(ProcessorMixin):
     """
 
     def __init__(self, feature_extractor, tokenizer, text_prefix="", text_max_length=512):
+        if not isinstance(text_prefix, str):
+            raise TypeError(f"text_prefix must be a string, got {type(text_prefix).__name__}")
+        if isinstance(text_max_length, bool) or not isinstance(text_max_length, int) or text_max_length < 1:
+            raise ValueError(f"text_max_length must be a positive number of tokens, got {text_max_length!r}")
         self.text_prefix = text_prefix
         self.text_max_length = text_max_length
         self.auto_map = {"AutoProcessor": "processing_clasp.ClaspProcessor"}  # for AutoProcessor on a saved folder
@@ -118,29 +127,40 @@ class ClaspProcessor(ProcessorMixin):
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Our processor from a saved folder or Hub repo.
 
+        Keyword arguments override the saved settings, as in transformers: `text_prefix`,
+        `text_max_length`, and any of the feature extractor's settings (`do_normalize`,
+        `max_samples`, ...); the Hub arguments (`revision`, `token`, `cache_dir`, ...) choose the
+        files. Any other keyword raises a ValueError naming it.
+
         transformers would load the feature extractor through AutoFeatureExtractor, which asks
         for trust_remote_code even when this very class is already imported; read it directly.
         """
-        hub_kwargs = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
-        tokenizer_kwargs = {**hub_kwargs, "trust_remote_code": kwargs.get("trust_remote_code")}
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        trust_remote_code = kwargs.pop("trust_remote_code", None)
+        for name in ("code_revision", "_from_auto", "_from_pipeline"):  # what AutoProcessor and pipeline add
+            kwargs.pop(name, None)
         with open(cached_file(pretrained_model_name_or_path, "processor_config.json", **hub_kwargs), encoding="utf-8") as f:
             saved = json.load(f)
+        feature_extractor, kwargs = ClaspFeatureExtractor.from_dict(saved["feature_extractor"], return_unused_kwargs=True, **kwargs)
+        settings = {"text_prefix": saved.get("text_prefix", ""), "text_max_length": saved.get("text_max_length", 512)}
+        settings.update({k: kwargs.pop(k) for k in settings if k in kwargs})
+        if kwargs:
+            raise ValueError(
+                f"ClaspProcessor.from_pretrained got unknown keyword arguments {sorted(kwargs)}; it takes text_prefix, "
+                f"text_max_length, the feature extractor's settings {sorted(saved['feature_extractor'])} "
+                f"and the Hub arguments {list(HUB_KWARGS)}"
+            )
         # The tokenizer is the text encoder's: hand AutoTokenizer that config, or it would load the
         # folder's config.json through AutoConfig and ask to trust our code a second time.
         config_file = cached_file(pretrained_model_name_or_path, "config.json", _raise_exceptions_for_missing_entries=False,
                                   **hub_kwargs)
         text_config = ClaspConfig.from_json_file(config_file).text_config if config_file else None
-        return cls(
-            ClaspFeatureExtractor.from_dict(saved["feature_extractor"]),
-            AutoTokenizer.from_pretrained(pretrained_model_name_or_path, config=text_config, **tokenizer_kwargs),
-            text_prefix=saved.get("text_prefix", ""),
-            text_max_length=saved.get("text_max_length", 512),
-        )
+        tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path, config=text_config,
+                                                  trust_remote_code=trust_remote_code, **hub_kwargs)
+        return cls(feature_extractor, tokenizer, **settings)
 
     def save_pretrained(self, save_directory, push_to_hub=False, **kwargs):
-        # The code that `auto_map` names goes with every save, before any upload.
-        save_hub_code(save_directory)
-        return super().save_pretrained(save_directory, push_to_hub=push_to_hub, **kwargs)
-
+        # The code that `auto_map` names goes with every save, which is written whole or not at all.
+        return save_with_code(self, super().save_pretrained, save_directory, push_to_hub, kwargs)
 
 __all__ = ["ClaspProcessor"]

@@ -59,7 +59,7 @@ def main():
     model.load_state_dict({k: v.float() for k, v in audio_parts.items()}, strict=False)
     clips = [soundfile.read(os.path.join(args.output, "clips", n), dtype="float32")[0] for n in names]
     with torch.no_grad():
-        audio = model.get_audio_features(**processor.feature_extractor(clips, sampling_rate=16000))
+        audio = model.get_audio_features(**processor(audio=clips, sampling_rate=16000)).pooler_output
     save_file({"audio_embeds": audio.contiguous()}, os.path.join(args.output, "reference.safetensors"))
     size = sum(os.path.getsize(os.path.join(root, f)) for root, _, files in os.walk(args.output) for f in files)
     print(f"prepared {args.output}: {size / 2**20:.1f} MiB")

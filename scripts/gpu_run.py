@@ -64,11 +64,10 @@ def encoding(prepared, results):
     clips = [soundfile.read(os.path.join(prepared, "clips", n), dtype="float32")[0] for n in names]
     for dtype in (torch.float32, torch.bfloat16):
         model = load_model(prepared, dtype)
-        inputs = processor.feature_extractor(clips, sampling_rate=16000)
+        inputs = processor(audio=clips, sampling_rate=16000)
+        inputs = {k: v.cuda().to(dtype) if v.is_floating_point() else v.cuda() for k, v in inputs.items()}
         with torch.no_grad():
-            audio = model.get_audio_features(
-                inputs["input_values"].cuda().to(dtype), inputs["audio_attention_mask"].cuda(), inputs["input_features"].cuda().to(dtype)
-            ).float().cpu()
+            audio = model.get_audio_features(**inputs).pooler_output.float().cpu()
         cosine = torch.nn.functional.cosine_similarity(audio, reference, dim=-1)
         results[f"agreement_with_cpu_fp32_{str(dtype)[6:]}"] = {"min_cosine": cosine.min().item(), "mean_cosine": cosine.mean().item()}
 
@@ -80,9 +79,9 @@ def encoding(prepared, results):
         batch_clips = [long_audio[: int(s * 16000)] for s in lengths]
         order = np.argsort(lengths)
         total_audio_s = float(lengths.sum())
-        features = [processor.feature_extractor([batch_clips[i] for i in order[s : s + 32]], sampling_rate=16000) for s in range(0, 256, 32)]
+        features = [processor(audio=[batch_clips[i] for i in order[s : s + 32]], sampling_rate=16000) for s in range(0, 256, 32)]
         features = [{k: v.cuda().to(dtype) if v.is_floating_point() else v.cuda() for k, v in f.items()} for f in features]
-        single = [processor.feature_extractor([c], sampling_rate=16000) for c in batch_clips[:32]]
+        single = [processor(audio=[c], sampling_rate=16000) for c in batch_clips[:32]]
         single = [{k: v.cuda().to(dtype) if v.is_floating_point() else v.cuda() for k, v in f.items()} for f in single]
 
         def batched():

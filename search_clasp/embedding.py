@@ -79,7 +79,8 @@ class ClaspEmbedder:
         return cls(*load_model_and_processor(os.fspath(model_dir)), **kwargs)
 
     def waveform(self, samples, rate: int, name: str = "audio") -> torch.Tensor:
-        """One clip (any channels, type, rate) as mono float32 at the model's rate; ValueError if unusable."""
+        """One clip (1-D, or 2-D `(channels, samples)` as `load_audio` returns it; any sample type and
+        rate) as mono float32 at the model's rate; ValueError if unusable."""
         waveform = to_float_mono(samples, name)
         if rate != self.rate:
             waveform = torchaudio.functional.resample(waveform, rate, self.rate)
@@ -98,8 +99,8 @@ class ClaspEmbedder:
         window_embeds = [None] * len(windows)
         for first in range(0, len(by_length), self.batch_size):
             batch = by_length[first : first + self.batch_size]
-            inputs = self.feature_extractor([windows[i] for i in batch], sampling_rate=self.rate)
-            embeds = self.model.get_audio_features(**{k: v.to(self.device) for k, v in inputs.items()}).cpu()
+            inputs = self.feature_extractor([windows[i] for i in batch], sampling_rate=self.rate).to(self.device)
+            embeds = self.model.get_audio_features(**inputs).pooler_output.cpu()
             for i, embed in zip(batch, embeds):
                 window_embeds[i] = embed
         sums = torch.zeros(len(waveforms), window_embeds[0].shape[-1])
@@ -114,7 +115,7 @@ class ClaspEmbedder:
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """`[len(texts), projection_dim]`: the sentence encoder's embeddings (with the model's text prefix)."""
         tokens = self.processor.tokenize(texts)
-        return self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()}).cpu()
+        return self.model.get_text_features(**tokens.to(self.device)).pooler_output.cpu()
 
     def embed_files(self, paths, files_per_chunk=64, max_chunk_seconds=1800.0, strict=False, progress=None):
         """Yield an `EmbeddedChunk` for each run of consecutive files, in order.

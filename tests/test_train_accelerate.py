@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,63 +12,93 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from datasets import Dataset, DatasetDict
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
-from modeling_clasp import clasp_loss
 from tiny import REPO, tiny_config, tiny_model, tiny_processor
 
 
-# ---- gathered negatives -------------------------------------------------------------------------
+# ---- 2 processes × B = 1 process × 2B -----------------------------------------------------------
 
 
-def _features(n, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    return F.normalize(torch.randn(n, 16, generator=generator), dim=-1), F.normalize(torch.randn(n, 16, generator=generator), dim=-1)
-
-
-def _loss_and_grads(weight, audio, text, config):
-    """A linear 'head' on audio features, the CLASP loss, and the head's gradient."""
-    weight = weight.clone().requires_grad_(True)
-    loss = clasp_loss(F.normalize(audio @ weight, dim=-1), text, torch.tensor(10.0), config)
+def _head_step(model, rows):
+    """The real model (cached-feature inputs, fusion head with batch norm) on `rows` of a fixed set of
+    pairs: the loss, every trained parameter's gradient, the first batch norm's running statistics."""
+    config = model.config
+    generator = torch.Generator().manual_seed(3)
+    features = {"speech_embeds": torch.randn(12, config.speech_hidden_size, generator=generator),
+                "spectrogram_embeds": torch.randn(12, config.spectrogram_hidden_size, generator=generator),
+                "text_embeds": torch.randn(12, config.projection_dim, generator=generator)}
+    loss = model(**{k: v[rows] for k, v in features.items()}, return_loss=True).loss
     loss.backward()
-    return loss.detach(), weight.grad
+    grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    norm = model.fusion.head[1]
+    return loss.detach(), grads, torch.cat([norm.running_mean, norm.running_var])
 
 
-def _rank_worker(rank, world_size, store, batch, queue):
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
-    config = tiny_config()
-    audio, text = _features(batch * world_size)
-    weight = torch.eye(16) + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
-    rows = slice(rank * batch, (rank + 1) * batch)
-    loss, grad = _loss_and_grads(weight, audio[rows], text[rows], config)
-    # What DDP does: average gradients (and we average the losses) over processes.
-    dist.all_reduce(grad)
-    dist.all_reduce(loss)
-    if rank == 0:
-        queue.put(((loss / world_size).tolist(), (grad / world_size).tolist()))
-    dist.destroy_process_group()
+def _real_head():
+    torch.manual_seed(0)
+    return tiny_model(tiny_config(fusion_dropout=[0.0, 0.0])).train()  # dropout would differ per process
+
+
+def _rank_worker(rank, world_size, store, queue):
+    import datetime
+    import traceback
+    import warnings
+
+    try:
+        from train_accelerate import synchronise_batch_norm
+
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=120))
+        results = {}
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for sync in (False, True):
+                model = _real_head()
+                if sync:
+                    synchronise_batch_norm(model)
+                loss, grads, running = _head_step(model, slice(rank * 6, (rank + 1) * 6))
+                # What DDP does: average gradients (and we average the losses) over processes.
+                dist.all_reduce(grads)
+                dist.all_reduce(loss)
+                results[sync] = ((loss / world_size).item(), (grads / world_size).tolist(), running.tolist())
+        if rank == 0:
+            queue.put((results, [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]))
+        dist.destroy_process_group()
+    except BaseException:
+        queue.put(traceback.format_exc())
+        raise
 
 
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
-    batch = 6
+    """The real head (batch norm; dropout off): the loss, the gradients and the batch-norm running
+    statistics of 2 gloo processes × 6 pairs equal one process × 12, with the negatives gathered and
+    the batch norm synchronised (and not without the synchronisation); no FutureWarning."""
     context = mp.get_context("spawn")
-    queue = context.SimpleQueue()
-    context_args = (2, str(tmp_path / "store"), batch, queue)
-    processes = [context.Process(target=_rank_worker, args=(rank, *context_args)) for rank in range(2)]
+    queue = context.Queue()
+    processes = [context.Process(target=_rank_worker, args=(rank, 2, str(tmp_path / "store"), queue)) for rank in range(2)]
     for p in processes:
         p.start()
-    two_loss, two_grad = (torch.tensor(x) for x in queue.get())
+    answer = queue.get(timeout=300)
+    if isinstance(answer, str):
+        pytest.fail(answer)
+    results, future_warnings = answer
     for p in processes:
         p.join(timeout=120)
         assert p.exitcode == 0
+    assert future_warnings == []  # the gather calls no deprecated collective
 
-    audio, text = _features(2 * batch)
-    weight = torch.eye(16) + 0.1 * torch.randn(16, 16, generator=torch.Generator().manual_seed(1))
-    one_loss, one_grad = _loss_and_grads(weight, audio, text, tiny_config())
+    one_loss, one_grads, one_running = _head_step(_real_head(), slice(0, 12))
+    two_loss, two_grads, two_running = (torch.tensor(x) for x in results[True])
     torch.testing.assert_close(two_loss, one_loss, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(two_grad, one_grad, atol=1e-6, rtol=1e-5)
+    # Relative to the whole gradient: the biases before a batch norm have a gradient of exactly 0 in
+    # theory, float noise (~1e-6) in practice, in either computation.
+    assert (two_grads - one_grads).norm() < 1e-5 * one_grads.norm()
+    torch.testing.assert_close(two_running, one_running, atol=1e-6, rtol=1e-5)
+    unsynced_loss, unsynced_grads, _ = (torch.tensor(x) for x in results[False])
+    assert abs(unsynced_loss - one_loss) > 1e-3  # per-process batch statistics: not the same training
+    assert (unsynced_grads - one_grads).norm() > 0.05 * one_grads.norm()
 
 
 # ---- the trainer --------------------------------------------------------------------------------
@@ -118,22 +149,43 @@ def _env():
     return {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
 
 
-def test_two_process_cpu_launch_trains_checkpoints_and_exports(tiny_setup, tmp_path):
-    output = tmp_path / "run"
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    command += _train_command(tiny_setup, output, "--num_train_epochs", "3", "--checkpointing_steps", "2")[1:]
+def test_two_process_cpu_launch_trains_like_one_process_with_twice_the_batch(tiny_setup, tmp_path):
+    """The whole trainer, 2 gloo processes × 4 pairs against 1 process × 8 (dropout off): the same
+    batches, gathered negatives, synchronised batch norm and a warmup counted in optimizer steps give
+    the same learning rates, losses and weights; checkpoints and the export as usual."""
+    same = ("--num_train_epochs", "3", "--lr_warmup_steps", "12", "--config_overrides", "fusion_dropout=[0.0,0.0]")
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    command = launch + _train_command(tiny_setup, two, *same, "--per_device_train_batch_size", "4", "--checkpointing_steps", "5")[1:]
     result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
-    summary = json.loads((output / "training_summary.json").read_text())
+    result = subprocess.run(_train_command(tiny_setup, one, *same), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    summary = json.loads((two / "training_summary.json").read_text())
     assert summary["num_processes"] == 2
-    assert summary["effective_batch"] == 16 and summary["negatives_per_step"] == 15
-    assert summary["steps"] == 12  # 64 rows / (8 × 2 processes) × 3 epochs
-    history = summary["history"]
-    assert history[-1]["val_loss"] < history[0]["val_loss"]
-    assert (output / "training_curves.png").exists() and (output / "config.json").exists()
-    assert (output / "modeling_clasp.py").exists()
-    assert sorted(os.listdir(output / "checkpoints")) == ["step_10", "step_12"]  # total limit 2
+    assert summary["effective_batch"] == 8 and summary["negatives_per_step"] == 7
+    assert summary["steps"] == 24  # 64 rows / (4 × 2 processes) × 3 epochs
+    history, expected = summary["history"], json.loads((one / "training_summary.json").read_text())["history"]
+    assert [h["step"] for h in history] == [h["step"] for h in expected] == [8, 16, 24]
+    assert [h["lr"] for h in history] == pytest.approx([3e-3 * 9 / 12, 3e-3, 3e-3], rel=1e-6)  # warmup: 12 optimizer steps
+    assert [h["lr"] for h in history] == pytest.approx([h["lr"] for h in expected], rel=1e-6)
+    assert [h["train_loss"] for h in history] == pytest.approx([h["train_loss"] for h in expected], rel=1e-5)
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    trained, reference = load_file(two / "model.safetensors"), load_file(one / "model.safetensors")
+    # The export is a plain model: the same weights and buffers (batch norm included) as before training.
+    assert trained.keys() == load_file(tiny_setup / "model" / "model.safetensors").keys()
+    # Biases (and so running means) are left out: a bias that a batch norm removes downstream has a
+    # gradient of 0 in theory and float noise in practice, which Adam turns into steps of ~lr either
+    # way. So validation, which normalises with the running means, is not compared either.
+    compared = [name for name in trained if name.endswith(("weight", "running_var", "logit_scale"))]
+    for name in compared:
+        torch.testing.assert_close(trained[name], reference[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert any(not torch.equal(trained[name], load_file(tiny_setup / "model" / "model.safetensors")[name]) for name in compared)
+    assert (two / "training_curves.png").exists() and (two / "config.json").exists()
+    assert (two / "modeling_clasp.py").exists()
+    assert sorted(os.listdir(two / "checkpoints")) == ["step_20", "step_24"]  # total limit 2
 
 
 def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
@@ -157,6 +209,21 @@ def test_sigkill_then_resume_reaches_the_same_weights(tiny_setup, tmp_path):
     step_9 = killed / "checkpoints" / "step_9"
     torch.save(json.loads((step_9 / "training_progress.json").read_text()), step_9 / "custom_checkpoint_0.pkl")
     (step_9 / "training_progress.json").unlink()
+    # ...and one AdamW parameter group (weight decay on every parameter), the order of model.parameters().
+    from modeling_clasp import ClaspModel
+    from train_accelerate import parameter_groups
+
+    model = ClaspModel.from_pretrained(tiny_setup / "model")
+    position = {id(p): i for i, p in enumerate(p for p in model.parameters() if p.requires_grad)}
+    old_index = [position[id(p)] for group in parameter_groups(model, 0.01) for p in group["params"]]
+    optimizer = torch.load(step_9 / "optimizer.bin", weights_only=True)
+    assert len(optimizer["param_groups"]) == 2
+    optimizer = {"state": {old_index[i]: v for i, v in optimizer["state"].items()},
+                 "param_groups": [{**optimizer["param_groups"][1], "params": sorted(old_index)}]}
+    torch.save(optimizer, step_9 / "optimizer.bin")
+    scheduler = torch.load(step_9 / "scheduler.bin", weights_only=True)
+    scheduler.update(base_lrs=scheduler["base_lrs"][:1], _last_lr=scheduler["_last_lr"][:1], lr_lambdas=[None])
+    torch.save(scheduler, step_9 / "scheduler.bin")
     assert not (killed / "training_summary.json").exists()
     result = subprocess.run(_train_command(tiny_setup, killed, *args, "--resume_from_checkpoint", "latest"),
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
@@ -195,3 +262,67 @@ def test_config_overrides_parse_json_values_and_bare_strings():
     assert parse_config_overrides(None) == {}
     with pytest.raises(ValueError, match="key=value"):
         parse_config_overrides("attention")
+
+
+def test_no_weight_decay_on_the_logit_scale_biases_and_norm_weights():
+    """open_clip's parameter groups, checked by name: only the weight matrices of the trained Linear
+    layers (and the attention probe, a matrix) decay."""
+    from torch import nn
+
+    from train_accelerate import parameter_groups
+
+    model = tiny_model(tiny_config(speech_pooling="attention", speech_pooling_heads=2))
+    no_decay, decay = parameter_groups(model, 0.05)
+    assert (no_decay["weight_decay"], decay["weight_decay"]) == (0.0, 0.05)
+    names = {id(p): name for name, p in model.named_parameters()}
+    trained_modules = [(name, m) for name, m in model.named_modules() if name.startswith(("fusion.", "speech_pooler."))]
+    assert {names[id(p)] for p in no_decay["params"]} == {"logit_scale"} | {
+        f"{name}.{kind}" for name, m in trained_modules for kind in ("weight", "bias")
+        if isinstance(m, nn.BatchNorm1d) or (kind == "bias" and isinstance(m, nn.Linear) and m.bias is not None)}
+    assert {names[id(p)] for p in decay["params"]} == {"speech_pooler.probe"} | {
+        f"{name}.weight" for name, m in trained_modules if isinstance(m, nn.Linear)}
+
+
+def test_the_logit_scale_is_clamped_after_each_step(tiny_setup, tmp_path):
+    """open_clip's clamp into [0, logit_scale_max] after each optimizer step. From a logit scale of 0
+    with a cap of 0.01, training pushes it up past the cap: it stays at the cap (its gradient was never
+    cut in forward, see tests/modeling_clasp), and the export holds it."""
+    start = tmp_path / "start"
+    shutil.copytree(tiny_setup / "model", start)
+    weights = load_file(start / "model.safetensors")
+    weights["logit_scale"] = torch.tensor(0.0)
+    save_file(weights, start / "model.safetensors", metadata={"format": "pt"})
+    command = _train_command(tiny_setup, tmp_path / "run", "--num_train_epochs", "2", "--learning_rate", "3e-2",
+                             "--config_overrides", "logit_scale_max=0.01")
+    command[command.index("--model") + 1] = str(start)
+    result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    scales = [h["logit_scale"] for h in json.loads((tmp_path / "run" / "training_summary.json").read_text())["history"]]
+    assert scales == pytest.approx([0.01, 0.01], abs=1e-7)
+    assert load_file(tmp_path / "run" / "model.safetensors")["logit_scale"].item() == pytest.approx(0.01, abs=1e-7)
+
+
+def test_a_diverged_epoch_is_never_the_best_and_stops_training(tiny_setup, tmp_path):
+    """Weights turned NaN after epoch 2 (as a diverged run's): epoch 3 is not ranked, not selected,
+    training stops with a message naming the epoch and what was not finite, and exits 1 with epoch
+    1 or 2 exported; with no finite epoch at all, nothing is exported."""
+    output = tmp_path / "diverged"
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "5", "--inject_nan_after_epoch", "2"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stderr[-4000:]
+    assert "epoch 3's validation is not finite (val_loss=nan; audio_embeds: 16 of 16 rows hold NaN/Inf)" in result.stderr
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert [h["epoch"] for h in summary["history"]] == [1, 2, 3] and summary["best_epoch"] in (1, 2)
+    assert summary["stopped_because"].startswith("epoch 3's validation is not finite")
+    exported = load_file(output / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in exported.values())
+    best = load_file(output / "trained_weights.safetensors")
+    for name, value in best.items():
+        torch.testing.assert_close(exported[name], value, atol=0, rtol=0, msg=name)
+
+    output = tmp_path / "diverged_at_once"
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "2", "--inject_nan_after_epoch", "0"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1
+    assert "epoch 1's validation is not finite" in result.stderr and "nothing exported" in result.stderr
+    assert not (output / "model.safetensors").exists() and not (output / "trained_weights.safetensors").exists()

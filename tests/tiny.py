@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import numpy as np
-from transformers import BertTokenizerFast, EfficientNetConfig, HubertConfig, WhisperConfig, BertConfig
+from transformers import BertTokenizerFast, EfficientNetConfig, HubertConfig, Wav2Vec2Config, WhisperConfig, BertConfig
 
 from configuration_clasp import ClaspConfig
 from processing_clasp import ClaspFeatureExtractor, ClaspProcessor
@@ -17,6 +17,16 @@ def tiny_hubert_config():
         hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
         conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
+        vocab_size=12,
+    )
+
+
+def tiny_wav2vec2_config():
+    """wav2vec2-base-style: group normalisation over time in the first convolution (as HuBERT-base, WavLM)."""
+    return Wav2Vec2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False,
         vocab_size=12,
     )
 
@@ -48,7 +58,7 @@ def tiny_tokenizer(tmp_path):
 
 
 def tiny_config(speech="hubert", **kwargs):
-    speech_config = tiny_hubert_config() if speech == "hubert" else tiny_whisper_config()
+    speech_config = {"hubert": tiny_hubert_config, "wav2vec2": tiny_wav2vec2_config, "whisper": tiny_whisper_config}[speech]()
     defaults = dict(
         speech_config=speech_config.to_dict(),
         spectrogram_config=tiny_efficientnet_config().to_dict(),

@@ -15,9 +15,10 @@ from .rank_metrics import gold_ranks, metrics_from_ranks, threshold_metrics
 
 _DESCRIPTION = """\
 Ranking metrics for cross-modal retrieval with one correct candidate per query: hits@1,
-recall@5, recall@10, mean reciprocal rank, mean rank and median rank, where a rank is
-1 + the number of candidates scoring strictly higher than the correct one (ties favour the
-correct candidate, as the CLASP paper counts). Optionally golden accuracy and macro-F1 of
+recall@5, recall@10, mean reciprocal rank, mean rank and median rank of the correct candidate.
+Ties never favour it: by default each metric is its expected value over a uniformly random
+order of the tied candidates (McSherry & Najork, ECIR 2008), or pessimistic (every tied
+candidate ranks above it) with ties="pessimistic". Optionally golden accuracy and macro-F1 of
 the decision "score >= threshold" over all query-candidate pairs.
 """
 
@@ -27,11 +28,15 @@ Args (config "default"):
         candidate (all rows the same length). Higher means more similar.
     references: list of int, the index of query i's correct candidate in its row.
     threshold: optional float; adds golden_accuracy, macro_f1 and threshold to the result.
+    ties: "expected" (default) or "pessimistic", how tied scores count.
 Args (config "ranks"):
-    predictions: list of int ranks (1 = best), e.g. from evaluation.protocols, so that huge
-        candidate pools never travel through Arrow.
+    predictions: list of int ranks (1 = best), already free of ties, so that huge candidate
+        pools never travel through Arrow (evaluation.protocols ranks those itself, ties included).
 Returns:
     hits@1, recall@5, recall@10, mrr, mean_rank, median_rank (floats).
+Raises:
+    ValueError "scores rows [i, ...]: NaN or infinite values" naming the rows of predictions that
+    hold them (NaN compares False with everything, so it would otherwise win).
 Examples:
     >>> metric = evaluate.load("evaluation/retrieval_metrics")
     >>> metric.compute(predictions=[[0.9, 0.1], [0.8, 0.3]], references=[0, 1])["hits@1"]
@@ -67,12 +72,12 @@ class RetrievalMetrics(evaluate.Metric):
             reference_urls=["https://arxiv.org/abs/2412.13071"],
         )
 
-    def _compute(self, predictions, references=None, threshold=None):
+    def _compute(self, predictions, references=None, threshold=None, ties="expected"):
         if self.config_name == "ranks":
-            return metrics_from_ranks(predictions)
+            return metrics_from_ranks(predictions, ties)
         if len({len(row) for row in predictions}) > 1:
             raise ValueError("every query must be scored against the same number of candidates")
-        result = metrics_from_ranks(gold_ranks(predictions, references))
+        result = metrics_from_ranks(gold_ranks(predictions, references), ties)
         if threshold is not None:
             result.update(threshold_metrics(predictions, references, threshold))
         return result

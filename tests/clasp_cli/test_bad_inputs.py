@@ -52,8 +52,8 @@ def make_archive(folder):
     works = {}
 
     def write(name, samples, rate=RATE, **kwargs):
-        soundfile.write(folder / name, samples, rate, **kwargs)
-        works[name] = (samples, rate)
+        soundfile.write(folder / name, samples, rate, **kwargs)  # soundfile's layout: [samples, channels]
+        works[name] = (samples.T, rate)  # the embedder's: [channels, samples]
 
     write("mono.wav", clip, subtype="FLOAT")
     write("stereo.wav", np.stack([clip, clip], axis=1), subtype="FLOAT")

@@ -35,6 +35,10 @@ def test_tiny_demo_produces_a_hub_folder_report_and_plots(tiny_demo):
                  "eval_results.json", "training_curves.png", "similarity_heatmap.png", "embedding_map.png"):
         assert (out / name).is_file(), name
     assert "model-index" in (out / "README.md").read_text()
+    # Real read speech (Debian's Asterisk prompts, installed by `make`): both systems, per language.
+    real = json.loads((out / "asterisk_eval.json").read_text())
+    assert set(real["monolingual"]) == set(real["asr_baseline"]["monolingual"]) == {"en", "es", "fr", "it", "ru"}
+    assert real["correct_set"] == "same-group" and 1 <= real["text_to_audio"]["mean_rank"] <= real["num_queries"]
     # The search stage: every English test clip indexed, searched with the French sentences.
     rows = [json.loads(line) for line in (root / "work" / "data" / "manifest.jsonl").read_text().splitlines()]
     english = [r for r in rows if r["split"] == "test" and r["language"] == "en"]
@@ -57,9 +61,10 @@ def test_rerun_skips_finished_stages_and_another_configuration_is_refused(tiny_d
     capsys.readouterr()
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "2/8 synthetic multilingual speech (espeak-ng): done already" in out
-    assert "4/8 training the fusion head (accelerate): done already" in out
-    assert "8/8 search: the English test speech indexed, searched with French sentences: done already" in out
+    assert "2/9 synthetic multilingual speech (espeak-ng): done already" in out
+    assert "4/9 training the fusion head (accelerate): done already" in out
+    assert "7/9 real read speech: CLASP vs Whisper-ASR on the Asterisk test half (never trained on): done already" in out
+    assert "9/9 search: the English test speech indexed, searched with French sentences: done already" in out
     assert (root / "work" / "model" / "model.safetensors").stat().st_mtime_ns == before
     assert main([*argv[:4], "en,de", *argv[5:]]) == 2  # same work folder, other languages
     assert "holds a demo run of another configuration" in capsys.readouterr().err

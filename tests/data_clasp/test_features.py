@@ -90,10 +90,78 @@ def test_cached_frames_reproduce_the_models_attention_pooled_embeddings(setup):
     with torch.no_grad():
         from_cache = attentive(**batch).audio_embeds
         clips = [row["audio"]["array"] for row in data["train"]]
-        direct = attentive.get_audio_features(**processor.feature_extractor(clips, sampling_rate=16000))
+        direct = attentive.get_audio_features(**processor(audio=clips, sampling_rate=16000)).pooler_output
     torch.testing.assert_close(from_cache, direct, atol=2e-3, rtol=0)  # float16 frames
     mean_rows = CachedFeatures(train, frames=False)
     torch.testing.assert_close(mean_rows.columns["speech_embeds"],
                                torch.nn.functional.normalize(model.pool_speech(batch["speech_frames"].float(),
                                                                                batch["speech_frame_weights"]), dim=-1),
                                atol=2e-3, rtol=0)
+
+
+@pytest.mark.parametrize("change", [
+    ("text_prefix", "query: "), ("text_max_length", 7), ("spectrogram_n_mels", 24), ("whisper_hop_length", 200),
+    ("image_size", 40), ("image_mean", [0.5, 0.5, 0.5]), ("image_std", [0.5, 0.5, 0.5]), ("do_normalize", True),
+    ("spectrogram_top_db", 60.0), ("tokenizer", "lower"),
+])
+def test_any_processor_change_rebuilds_the_cache(setup, change, monkeypatch):
+    """A cache built with one processor is never reused for another: every setting that changes what the
+    backbones see (prompt, length limit, mel settings, image size, normalisation, tokenizer) rebuilds."""
+    import copy
+
+    root, data, model, processor = setup
+    cache = str(root / f"cache-change-{change[0]}")
+    build_feature_cache(model, processor, data, cache, batch_size=4, chunk_size=8, progress=False)
+    changed = copy.deepcopy(processor)
+    name, value = change
+    if name in ("text_prefix", "text_max_length"):
+        setattr(changed, name, value)
+    elif name == "tokenizer":
+        from tokenizers import normalizers
+        changed.tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+    else:
+        setattr(changed.feature_extractor, name, value)
+
+    calls = []
+    original = model.get_speech_frames
+    monkeypatch.setattr(model, "get_speech_frames", lambda *a, **k: calls.append(1) or original(*a, **k))
+    build_feature_cache(model, processor, data, cache, batch_size=4, chunk_size=8, progress=False)
+    assert calls == []  # the same processor: up to date
+    build_feature_cache(model, changed, data, cache, batch_size=4, chunk_size=8, progress=False)
+    assert calls, f"changing {name} reused the stale cache"
+
+
+def test_bf16_features_run_and_are_cached_apart_from_fp32(setup, tmp_path):
+    """`clasp features --bf16`: the backbones run in bfloat16 (the speech input cast with them) and give
+    features close to fp32's; they are a different cache from the fp32 one."""
+    import copy
+
+    from data_clasp.features import cache_fingerprint
+
+    root, data, model, processor = setup
+    fp32 = load_from_disk(build_feature_cache(model, processor, data, str(tmp_path / "fp32"), batch_size=4,
+                                              chunk_size=8, progress=False))["train"]
+    bf16_model = copy.deepcopy(model).to(torch.bfloat16)
+    assert cache_fingerprint(bf16_model, processor) != cache_fingerprint(model, processor)
+    bf16 = load_from_disk(build_feature_cache(bf16_model, processor, data, str(tmp_path / "bf16"), batch_size=4,
+                                              chunk_size=8, progress=False))["train"]
+    for column in ("speech_embeds", "spectrogram_embeds", "text_embeds"):
+        a, b = np.array(fp32[column], dtype=np.float32), np.array(bf16[column], dtype=np.float32)
+        assert np.isfinite(b).all()
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.min() > 0.98, (column, cosine)
+
+
+def test_clasp_features_bf16_command(setup, tmp_path):
+    """The command line's --bf16 (it crashed before: the speech input stayed float32)."""
+    from clasp_cli.main import main
+
+    root, data, model, processor = setup
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    data.save_to_disk(str(tmp_path / "data"))
+    assert main(["features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "features"), "--bf16", "--batch-size", "4"]) == 0
+    cached = load_from_disk(str(tmp_path / "features"))["train"]
+    assert np.isfinite(np.array(cached["speech_embeds"])).all() and len(cached) == 5
+    assert json.loads((tmp_path / "features" / MARKER).read_text())["dtype"] == "bfloat16"  # not silently fp32

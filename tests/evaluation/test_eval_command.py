@@ -12,7 +12,8 @@ from safetensors.torch import save_file
 from clasp_cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
-REPORT_KEYS = {"audio_to_text", "text_to_audio", "soft", "by_language", "cross_lingual", "timing", "num_queries"}
+REPORT_KEYS = {"audio_to_text", "text_to_audio", "ties", "correct_set", "soft", "by_language", "monolingual",
+               "cross_lingual", "timing", "num_queries"}
 METRIC_KEYS = {"hits@1", "recall@5", "recall@10", "mrr", "mean_rank", "median_rank"}
 
 
@@ -52,22 +53,51 @@ def test_embeddings_to_json_and_markdown(tmp_path):
     [
         (lambda path: path, "no such file"),
         (lambda path: save_pairs(path, text_embeds=torch.randn(41, 16)), "must both be [N, D]"),
-        (lambda path: save_pairs(path, text_embeds=torch.full((40, 16), float("nan"))), "non-finite"),
+        (lambda path: save_pairs(path, text_embeds=torch.randn(40, 16).index_fill(0, torch.tensor([3, 17]), float("nan"))),
+         "text_embeds rows [3, 17]: NaN or infinite values"),
+        (lambda path: save_pairs(path, metadata={"groups": json.dumps(["a"] * 40)}), "same-text' needs the texts"),
         (lambda path: save_pairs(path, metadata={"languages": json.dumps(["en"] * 3)}), "list of 40 entries"),
     ],
-    ids=["missing", "shapes", "nan", "metadata"],
+    ids=["missing", "shapes", "nan", "metadata", "same-text-without-texts"],
 )
 def test_bad_input_names_the_file_and_exits_2(tmp_path, capsys, make, message):
     path = make(tmp_path / "pairs.safetensors")
-    code = main(["eval", "--embeddings", str(path), "--output", str(tmp_path / "report.json"), "--soft-k", "5"])
+    code = main(["eval", "--embeddings", str(path), "--output", str(tmp_path / "report.json"), "--soft-k", "5",
+                 "--correct-set", "same-text" if "same-text" in message else "same-group"])
     error = capsys.readouterr().err
     assert code == 2 and str(path) in error and message in error
     assert not (tmp_path / "report.json").exists()
 
 
+def test_correct_set_and_tie_rules_are_options(tmp_path, capsys):
+    # Rows 0 and 1 read one sentence (group "s") in two languages, with different texts.
+    groups = ["s", "s"] + [str(i) for i in range(2, 40)]
+    texts = ["the cat", "le chat"] + [f"sentence {i}" for i in range(2, 40)]
+    audio = torch.randn(40, 16, generator=torch.Generator().manual_seed(1))
+    text = audio.clone()
+    text[0], text[1] = audio[1], audio[0]  # each audio's best text is the other reading
+    path = save_pairs(tmp_path / "pairs.safetensors", audio_embeds=audio, text_embeds=text,
+                      metadata={"groups": json.dumps(groups), "texts": json.dumps(texts)})
+    reports = {}
+    for rule in ("same-group", "same-text"):
+        output = tmp_path / f"{rule}.json"
+        assert main(["eval", "--embeddings", str(path), "--output", str(output), "--correct-set", rule,
+                     "--ties", "pessimistic"]) == 0
+        reports[rule] = json.loads(output.read_text())
+        assert reports[rule]["correct_set"] == rule and reports[rule]["ties"] == "pessimistic"
+        assert f"correct set: {rule}" in capsys.readouterr().out
+    assert reports["same-group"]["audio_to_text"]["hits@1"] == 1  # the other reading counts
+    assert reports["same-text"]["audio_to_text"]["hits@1"] == pytest.approx(38 / 40)  # it does not
+    # 40 pairs cannot fill a pool of 100: the soft protocol takes every wrong candidate there is.
+    assert reports["same-group"]["soft"]["k"] == 39 and reports["same-text"]["soft"]["k"] == 40
+    assert reports["same-text"]["soft"]["k_requested"] == 100
+
+
 @pytest.mark.parametrize(
     "argv",
     [
+        ["--embeddings", "e.safetensors", "--correct-set", "same-sentence"],
+        ["--embeddings", "e.safetensors", "--ties", "optimistic"],
         ["--embeddings", "e.safetensors", "--manifest", "m.jsonl"],  # model-only options with --embeddings
         ["--embeddings", "e.safetensors", "--asr-model", "whisper"],
         ["--model", "dir"],  # no pairs to embed

@@ -89,6 +89,30 @@ def test_manifest_to_report_through_the_cli(clasp_dir, manifest, tmp_path):
     assert "text (fr) → audio" in markdown.read_text() and "s/clip" in completed.stdout
 
 
+def test_small_collection_gets_a_soft_pool_it_can_fill(clasp_dir, loaded, tmp_path, capsys):
+    """40 clips and the default --soft-k 100: the hard protocol, and a soft one sized to the pool."""
+    (tmp_path / "clips").mkdir()
+    rows = []
+    for i in range(40):
+        soundfile.write(tmp_path / "clips" / f"{i}.wav", tone(0.2, freq=120 + 15 * i, seed=i), 16000)
+        # Two readings of each sentence (one group), in English and in French.
+        rows.append({"audio": f"clips/{i}.wav", "text": f"{TEXTS[i % 7]} {i}", "language": "en" if i % 2 else "fr",
+                     "group": f"sentence {i // 2}"})
+    manifest = write_manifest(tmp_path, rows)
+    output, markdown = tmp_path / "report.json", tmp_path / "report.md"
+    assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
+                 "--markdown", str(markdown), "--batch-size", "8"]) == 0
+    report = json.loads(output.read_text())
+    assert report["num_queries"] == 40 and report["correct_set"] == "same-group"
+    assert report["soft"]["k"] == 39 and report["soft"]["k_requested"] == 100  # 38 rows outside each group
+    assert "k=100 was asked for" in capsys.readouterr().out and "k=100 was asked for" in markdown.read_text()
+    assert set(report["monolingual"]) == {"en", "fr"}
+    # same-text: the other reading is no longer correct, so one more wrong candidate fits the pool.
+    model, processor = loaded
+    same_text = model_report(model, processor, manifest_pairs(manifest), batch_size=8, correct_set="same-text")
+    assert same_text["correct_set"] == "same-text" and same_text["soft"]["k"] == 40
+
+
 def test_batches_by_length_and_restores_the_order(loaded, manifest):
     model, processor = loaded
     pairs = manifest_pairs(manifest)

@@ -11,22 +11,32 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 
 
-def reference_metrics(score_rows, gold):
-    """The paper's definitions, one loop at a time."""
-    ranks = []
+def reference_metrics(score_rows, gold, ties="expected"):
+    """The definitions, one loop at a time. With one gold per row, a random order of the gold and
+    the t wrong candidates tied with it puts the gold on each of ranks g+1 .. g+t+1 (g = wrong
+    candidates above) equally often; the pessimistic rule takes the last of them."""
+    placements = []
     for row, g in zip(score_rows, gold):
-        ranks.append(1 + sum(1 for score in row if score > row[g]))
-    ordered = sorted(ranks)
-    middle = len(ordered) // 2
-    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+        above = sum(1 for score in row if score > row[g])
+        tied = sum(1 for score in row if score == row[g]) - 1
+        ranks = list(range(above + 1, above + tied + 2))
+        placements.append(ranks if ties == "expected" else ranks[-1:])
+    expected_ranks = sorted(sum(ranks) / len(ranks) for ranks in placements)
+    middle = len(expected_ranks) // 2
+    median = (expected_ranks[middle] if len(expected_ranks) % 2
+              else (expected_ranks[middle - 1] + expected_ranks[middle]) / 2)
+
+    def mean(value):  # over the queries, of the mean over each query's placements
+        return sum(sum(map(value, ranks)) / len(ranks) for ranks in placements) / len(placements)
+
     return {
-        "hits@1": sum(r == 1 for r in ranks) / len(ranks),
-        "recall@5": sum(r <= 5 for r in ranks) / len(ranks),
-        "recall@10": sum(r <= 10 for r in ranks) / len(ranks),
-        "mrr": sum(1 / r for r in ranks) / len(ranks),
-        "mean_rank": sum(ranks) / len(ranks),
+        "hits@1": mean(lambda r: r == 1),
+        "recall@5": mean(lambda r: r <= 5),
+        "recall@10": mean(lambda r: r <= 10),
+        "mrr": mean(lambda r: 1 / r),
+        "mean_rank": mean(lambda r: r),
         "median_rank": median,
-    }, ranks
+    }
 
 
 def reference_threshold_metrics(score_rows, gold, threshold):
@@ -58,13 +68,38 @@ def metric():
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_matches_plain_python_with_ties(metric, seed):
+@pytest.mark.parametrize("ties", ["expected", "pessimistic"])
+def test_matches_plain_python_with_ties(metric, seed, ties):
     rows, gold = random_scores(37, 23, seed)
-    expected, _ = reference_metrics(rows, gold)
-    result = metric.compute(predictions=rows, references=gold)
+    expected = reference_metrics(rows, gold, ties)
+    result = metric.compute(predictions=rows, references=gold, ties=ties)
     assert result.keys() == expected.keys()
     for key in expected:
         assert result[key] == pytest.approx(expected[key], abs=1e-6), key
+
+
+def test_constant_scores_are_chance_not_perfect(metric):
+    # A collapsed model scores every candidate alike: the gold is as likely on any of the 50 ranks.
+    result = metric.compute(predictions=[[0.5] * 50] * 8, references=list(range(8)))
+    assert result["hits@1"] == pytest.approx(1 / 50) and result["mean_rank"] == pytest.approx(25.5)
+    assert metric.compute(predictions=[[0.5] * 50] * 8, references=list(range(8)), ties="pessimistic")["hits@1"] == 0
+
+
+def test_module_and_protocol_share_one_ranking(metric):
+    """The same scores through the `evaluate` module and through evaluation.protocols."""
+    import numpy as np
+
+    from evaluation.protocols import correct_sets, rank_queries
+    from evaluation.retrieval_metrics.rank_metrics import metrics_from_ranks
+
+    rng = np.random.default_rng(5)
+    queries = rng.integers(-1, 2, size=(30, 3)).astype(np.float32)  # few distinct scores: many ties
+    candidates = rng.integers(-1, 2, size=(30, 3)).astype(np.float32)
+    gold = rng.permutation(30)
+    ranks, _ = rank_queries(queries, candidates, gold, correct_sets(30))
+    from_module = metric.compute(predictions=(queries @ candidates.T).tolist(), references=gold.tolist())
+    assert from_module == pytest.approx(metrics_from_ranks(ranks))
+    assert (ranks["tied"] > 0).mean() > 0.5
 
 
 def test_threshold_metrics_match_plain_python(metric):
@@ -79,7 +114,8 @@ def test_ranks_config_agrees_with_scores():
     import evaluate
 
     rows, gold = random_scores(29, 13, seed=4)
-    expected, ranks = reference_metrics(rows, gold)
+    ranks = [sum(score >= row[g] for score in row) for row, g in zip(rows, gold)]  # pessimistic: free of ties
+    expected = reference_metrics(rows, gold, ties="pessimistic")
     result = evaluate.load(str(REPO / "evaluation" / "retrieval_metrics"), "ranks").compute(predictions=ranks)
     for key in expected:
         assert result[key] == pytest.approx(expected[key], abs=1e-6), key
@@ -92,8 +128,9 @@ def test_near_ties_survive_arrow(metric):
 
 
 def test_rejects_nan_and_ragged_rows(metric):
-    with pytest.raises(ValueError, match="finite"):
-        metric.compute(predictions=[[0.1, float("nan")]], references=[0])
+    rows = [[0.1, 0.2], [0.1, float("nan")], [0.3, 0.2], [float("inf"), 0.0]]
+    with pytest.raises(ValueError, match=r"scores rows \[1, 3\]: NaN or infinite values"):
+        metric.compute(predictions=rows, references=[0, 0, 0, 0])
     with pytest.raises(ValueError, match="same number"):
         metric.compute(predictions=[[0.1, 0.2], [0.3]], references=[0, 0])
 

@@ -2,6 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from transformers.modeling_outputs import BaseModelOutputWithPooling
+
 from configuration_clasp import ClaspConfig
 from modeling_clasp import ClaspModel
 from tiny import tiny_config, tiny_model, tiny_processor, tone
@@ -35,6 +37,8 @@ def test_shapes_and_normalisation(speech, tmp_path):
     torch.testing.assert_close(out.logits_per_audio, scale * out.audio_embeds @ out.text_embeds.T)
 
 
+# wav2vec2-base-style (group norm over time), HuBERT-large-style (layer norm per frame), Whisper.
+@pytest.mark.parametrize("speech", ["wav2vec2", "hubert", "whisper"])
 @pytest.mark.parametrize("pooling", ["mean", "attention"])
 def test_clip_embedding_does_not_depend_on_batch(speech, pooling, tmp_path):
     """Padding a short clip next to a long one must not change its embedding (real frames only)."""
@@ -43,9 +47,37 @@ def test_clip_embedding_does_not_depend_on_batch(speech, pooling, tmp_path):
     processor = tiny_processor(config, tmp_path)
     short = tone(0.4, freq=330, seed=2)
     with torch.no_grad():
-        alone = model.get_audio_features(**processor(audio=[short], sampling_rate=16000))
-        batched = model.get_audio_features(**processor(audio=[tone(2.5, seed=9), short], sampling_rate=16000))
-    torch.testing.assert_close(batched[1:], alone, atol=2e-5, rtol=1e-4)
+        alone = model.get_audio_features(**processor(audio=[short], sampling_rate=16000)).pooler_output
+        batched = model.get_audio_features(**processor(audio=[tone(2.5, seed=9), short], sampling_rate=16000)).pooler_output
+    torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=0)
+
+
+def test_input_names_are_transformers_and_unknown_ones_are_refused(speech, tmp_path):
+    config = tiny_config(speech)
+    model, processor = tiny_model(config).eval(), tiny_processor(config, tmp_path)
+    inputs = processor(text=TEXTS[:2], audio=clips()[:2], sampling_rate=16000)
+    speech_input = "input_features" if speech == "whisper" else "input_values"
+    assert set(inputs) == {"input_ids", "token_type_ids", "attention_mask", speech_input, f"{speech_input}_mask", "pixel_values"}
+    assert model.main_input_name == speech_input
+    with torch.no_grad():
+        out = model(**inputs)
+        audio = model.get_audio_features(**{k: inputs[k] for k in (speech_input, f"{speech_input}_mask", "pixel_values")})
+        text = model.get_text_features(inputs["input_ids"], inputs["attention_mask"])
+        assert isinstance(audio, BaseModelOutputWithPooling) and isinstance(text, BaseModelOutputWithPooling)  # as CLAP
+        torch.testing.assert_close(audio.pooler_output, out.audio_embeds)
+        torch.testing.assert_close(text.pooler_output, out.text_embeds)
+        with pytest.raises(TypeError, match="unexpected keyword arguments: output_attentions, spectrogram"):
+            model(**inputs, spectrogram=inputs["pixel_values"], output_attentions=True)
+        with pytest.raises(TypeError, match="get_audio_features.*unexpected keyword arguments: attention_mask"):
+            model.get_audio_features(pixel_values=inputs["pixel_values"], attention_mask=inputs["attention_mask"])
+        # The names before transformers' (an earlier version's processor, user code) still work, with a warning.
+        old = {"input_values": inputs[speech_input], "audio_attention_mask": inputs[f"{speech_input}_mask"],
+               "input_features": inputs["pixel_values"]}
+        with pytest.warns(FutureWarning, match="audio_attention_mask"):
+            deprecated = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], **old)
+        torch.testing.assert_close(deprecated.logits_per_audio, out.logits_per_audio)
+        with pytest.warns(FutureWarning, match="pixel_values"):
+            torch.testing.assert_close(model.get_audio_features(**old).pooler_output, out.audio_embeds)
 
 
 def test_whisper_real_length_matches_library_forward_on_30s():
@@ -67,7 +99,8 @@ def test_cached_branch_features_run_the_same_fusion(speech, pooling, tmp_path):
     inputs = tiny_processor(config, tmp_path)(text=TEXTS, audio=clips(), sampling_rate=16000)
     with torch.no_grad():
         full = model(**inputs)
-        frames, weights = model.get_speech_frames(inputs["input_values"], inputs["audio_attention_mask"])
+        speech_input = "input_features" if speech == "whisper" else "input_values"
+        frames, weights = model.get_speech_frames(inputs[speech_input], inputs[f"{speech_input}_mask"])
         from_frames = model(speech_frames=frames, speech_frame_weights=weights, spectrogram_embeds=full.spectrogram_embeds,
                             text_embeds=full.text_embeds)
         torch.testing.assert_close(from_frames.logits_per_audio, full.logits_per_audio)
@@ -135,8 +168,8 @@ def test_text_features_pool_as_sentence_transformers(tmp_path):
     model = tiny_model(config).eval()
     processor = tiny_processor(config, tmp_path)
     with torch.no_grad():
-        alone = model.get_text_features(**processor(text=["der hund"]))
-        batched = model.get_text_features(**processor(text=["the cat sat on the red mat", "der hund"]))
+        alone = model.get_text_features(**processor(text=["der hund"])).pooler_output
+        batched = model.get_text_features(**processor(text=["the cat sat on the red mat", "der hund"])).pooler_output
         hidden = model.text_model(**processor(text=["der hund"])).last_hidden_state
     torch.testing.assert_close(batched[1:], alone, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(alone, F.normalize(hidden.mean(dim=1), dim=-1))
@@ -249,3 +282,60 @@ def test_loaded_model_keeps_its_backbones_frozen(tmp_path):
     loaded = ClaspModel.from_pretrained(tmp_path)
     trainable = {name.split(".")[0] for name, p in loaded.named_parameters() if p.requires_grad}
     assert trainable == {"fusion", "logit_scale"}
+
+
+def test_from_pretrained_gives_loading_info_on_request(tmp_path):
+    tiny_model(tiny_config()).save_pretrained(tmp_path)
+    model, info = ClaspModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert isinstance(model, ClaspModel) and not model.training
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert {name.split(".")[0] for name, p in model.named_parameters() if p.requires_grad} == {"fusion", "logit_scale"}
+
+
+def test_a_model_built_from_backbones_is_ready_for_inference(tmp_path):
+    """from_pretrained_backbones returns the model in eval mode, as from_pretrained does: one clip
+    goes through the fusion head's batch norm, and a clip's embedding does not depend on its
+    batch-mates (equal lengths here, so no padding is involved)."""
+    from torch import nn
+    from transformers import BertModel, EfficientNetModel, HubertModel
+
+    from processing_clasp import ClaspProcessor
+    from tiny import WORDS, tiny_bert_config, tiny_efficientnet_config, tiny_hubert_config, tiny_tokenizer
+
+    parts = {"speech": tmp_path / "speech", "spectrogram": tmp_path / "cnn", "text": tmp_path / "text"}
+    HubertModel(tiny_hubert_config()).save_pretrained(parts["speech"])
+    cnn = EfficientNetModel(tiny_efficientnet_config())
+    for module in cnn.modules():  # as tiny_model: a random CNN's output would underflow to zero
+        if isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+    cnn.save_pretrained(parts["spectrogram"])
+    BertModel(tiny_bert_config(len(WORDS) + 5)).save_pretrained(parts["text"])
+    tiny_tokenizer(tmp_path).save_pretrained(parts["text"])
+    parts = {name: str(path) for name, path in parts.items()}
+
+    model = ClaspModel.from_pretrained_backbones(**parts, fusion_branch_dims=[16, 12, 16], fusion_head_dims=[20, 18])
+    processor = ClaspProcessor.from_pretrained_backbones(**parts)
+    assert not any(module.training for module in model.modules())
+    same_length = [tone(0.8, seed=1), tone(0.8, freq=330, seed=2), tone(0.8, freq=150, seed=3)]
+    with torch.no_grad():
+        alone = model(**processor(audio=same_length[:1], sampling_rate=16000)).audio_embeds
+        batch = model(**processor(audio=same_length, sampling_rate=16000)).audio_embeds
+    assert alone.shape == (1, model.config.projection_dim)
+    torch.testing.assert_close(alone[0], batch[0], atol=1e-5, rtol=0)
+
+
+def test_logit_scale_above_the_cap_gets_a_gradient_and_loads_clamped(tmp_path):
+    """The cap is kept by the trainer after each step (as open_clip), not in forward, where the
+    gradient of a clamped value is 0; a checkpoint holding a value above the cap loads clamped."""
+    config = tiny_config()
+    model = tiny_model(config).train()
+    with torch.no_grad():
+        model.logit_scale.fill_(config.logit_scale_max + 0.5)
+    generator = torch.Generator().manual_seed(0)
+    out = model(speech_embeds=torch.randn(6, config.speech_hidden_size, generator=generator),
+                spectrogram_embeds=torch.randn(6, config.spectrogram_hidden_size, generator=generator),
+                text_embeds=torch.randn(6, config.projection_dim, generator=generator), return_loss=True)
+    out.loss.backward()
+    assert model.logit_scale.grad != 0
+    model.save_pretrained(tmp_path)
+    assert ClaspModel.from_pretrained(tmp_path).logit_scale.item() == pytest.approx(config.logit_scale_max)

@@ -28,7 +28,7 @@ def manual_windowed_embedding(embedder, waveform, window_s=30, hop_s=25):
         end = min(start + window_s * rate, waveform.shape[0])
         inputs = embedder.processor(audio=[waveform[start:end]], sampling_rate=rate)
         with torch.no_grad():
-            embeds.append(embedder.model.get_audio_features(**inputs)[0])
+            embeds.append(embedder.model.get_audio_features(**inputs).pooler_output[0])
         weights.append(end - start)
         if end == waveform.shape[0]:
             break
