@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .index import ClaspIndex, model_identity, read_entries
 
-DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0)
+DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0, on_disk=False)
 
 
 @dataclass
@@ -48,7 +48,7 @@ def open_or_create(index_dir: Path, add: bool, identity: str, model_dir, setting
 
 
 def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, m=None, window_s=None, hop_s=None,
-                batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary:
+                on_disk=None, batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary:
     """Embed the audio of `inputs` (directories, files, JSONL manifests) into the index at `index_dir`.
 
     Settings left as None are the existing index's (or the defaults for a new one). `on_chunk(chunk)`
@@ -67,7 +67,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     entries, failed = read_entries(inputs)
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)
-    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s)
+    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk)
     index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
     summary = BuildSummary(index_dir, failed=failed)
     present = index.paths()
