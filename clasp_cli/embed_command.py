@@ -24,6 +24,8 @@ def register(subparsers):
     parser.add_argument("--window-s", type=float, default=30.0, help="longer audio is embedded by windows this long (default 30)")
     parser.add_argument("--hop-s", type=float, default=25.0, help="a new window starts every this many seconds (default 25)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32")
     parser.set_defaults(func=run)
 
 
@@ -41,7 +43,7 @@ def run(args) -> int:
             raise ValueError(f"{failure['path']}: {failure['reason']}")
         print(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
     embedder = ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
-                                             hop_s=args.hop_s, device=args.device)
+                                             hop_s=args.hop_s, device=args.device, quantize=args.quantize)
     paths, embeddings = [], []
     with tqdm(total=len(entries), unit="file", desc="Embedding", disable=None) as bar:
         for chunk in embedder.embed_files([entry.path for entry in entries], strict=args.strict, progress=bar):

@@ -48,7 +48,8 @@ def open_or_create(index_dir: Path, add: bool, identity: str, model_dir, setting
 
 
 def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, m=None, window_s=None, hop_s=None,
-                on_disk=None, batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary:
+                on_disk=None, batch_size=16, files_per_chunk=64, device=None, quantize=None, on_chunk=None,
+                progress=True) -> BuildSummary:
     """Embed the audio of `inputs` (directories, files, JSONL manifests) into the index at `index_dir`.
 
     Settings left as None are the existing index's (or the defaults for a new one). `on_chunk(chunk)`
@@ -75,7 +76,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     summary.skipped = len(entries) - len(todo)
     if todo:
         embedder = ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
-                                                 hop_s=index.info["hop_s"], device=device)
+                                                 hop_s=index.info["hop_s"], device=device, quantize=quantize)
         by_path = {entry.path: entry for entry in todo}
         bar = tqdm(total=len(todo), unit="file", desc="Indexing", disable=None if progress else True)
         for chunk in embedder.embed_files([entry.path for entry in todo], files_per_chunk=files_per_chunk, progress=bar):
