@@ -2,7 +2,7 @@
 
 The bound: on a tiny random model each attention and MLP block adds a small update (weights drawn
 with std 0.02) to a residual stream that LayerNorm keeps at unit scale, so the int8 rounding of
-those updates moves the embedding far less than on the real Whisper-base (cosine 0.992 at worst
+those updates moves the embedding less than on the real Whisper-base (cosine 0.9989 at worst
 there, bench/bench_quantize.py): cosine >= 0.999 here, and the embeddings must still differ from
 fp32 (else nothing was quantized).
 """
@@ -32,10 +32,16 @@ def check_close_but_quantized(int8, fp32):
 def test_int8_encoders_give_embeddings_close_to_fp32(model_dir, audio_dir, embedder):
     quantized = ClaspEmbedder.from_pretrained(model_dir, quantize="int8", batch_size=4)
     assert quantized.device.type == "cpu"
-    linear_types = {name: {type(m) for m in getattr(quantized.model, name).modules() if type(m).__name__ == "Linear"}
-                    for name in ("speech_model", "text_model", "fusion")}
-    assert linear_types["speech_model"] == linear_types["text_model"] == {torch.ao.nn.quantized.dynamic.Linear}
-    assert linear_types["fusion"] == {torch.nn.Linear}  # the trained head stays fp32
+    kinds = {}
+    for part in ("speech_model", "text_model"):
+        for name, layer in getattr(quantized.model, part).named_modules():
+            if type(layer).__name__ == "Linear":  # the feed-forward down-projections (Whisper's fc2) stay fp32
+                down_projection = layer.in_features > layer.out_features
+                assert isinstance(layer, torch.nn.Linear if down_projection else torch.ao.nn.quantized.dynamic.Linear), name
+                kinds.setdefault(part, set()).add((down_projection, name.rsplit(".", 1)[-1]))
+    assert {(True, "fc2"), (False, "fc1"), (False, "q_proj")} <= kinds["speech_model"]
+    assert {(True, "dense"), (False, "query")} <= kinds["text_model"]
+    assert all(type(layer) is torch.nn.Linear for layer in quantized.model.fusion.modules() if "Linear" in type(layer).__name__)
     clips = sorted(audio_dir.glob("*.wav"))
     check_close_but_quantized(torch.cat([c.embeddings for c in quantized.embed_files(clips)]),
                               torch.cat([c.embeddings for c in embedder.embed_files(clips)]))
