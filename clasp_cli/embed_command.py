@@ -30,6 +30,8 @@ def register(subparsers):
     parser.add_argument("--window-s", type=float, default=30.0, help="longer audio is embedded by windows this long (default 30)")
     parser.add_argument("--hop-s", type=float, default=25.0, help="a new window starts every this many seconds (default 25)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32")
     parser.set_defaults(func=run)
 
 
@@ -54,9 +56,10 @@ def run(args) -> int:
     if state.num_processes > 1:
         identity = model_identity(args.model) if os.path.isdir(args.model) else args.model
         merged = embed_across_processes(
-            [entry.path for entry in entries], f"{output}.shards", json.dumps([identity, args.window_s, args.hop_s]),
+            [entry.path for entry in entries], f"{output}.shards", json.dumps([identity, args.window_s, args.hop_s, args.quantize]),
             lambda: ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
-                                                  hop_s=args.hop_s, device=args.device or state.device),
+                                                  hop_s=args.hop_s, device=args.device or state.device,
+                                                  quantize=args.quantize),
             strict=args.strict)
         if merged is None:  # not the main process: it writes the result
             return 0
@@ -65,7 +68,7 @@ def run(args) -> int:
         paths, embeddings, failed = merged.paths, [merged.embeddings], failed + merged.failed
     else:
         embedder = ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
-                                                 hop_s=args.hop_s, device=args.device)
+                                                 hop_s=args.hop_s, device=args.device, quantize=args.quantize)
         with tqdm(total=len(entries), unit="file", desc="Embedding", disable=None) as bar:
             for chunk in embedder.embed_files([entry.path for entry in entries], strict=args.strict, progress=bar):
                 for failure in chunk.failed:

@@ -65,6 +65,8 @@ def register(subparsers) -> None:
                         help="keep the ASR baseline's transcripts here, one line a clip: a killed evaluation resumes, "
                              "and another model evaluated on the same clips reuses them")
     parser.add_argument("--batch-size", type=int, default=16, help="clips / texts per batch (default 16)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8: with --model: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32")
     parser.add_argument("--output", metavar="OUT.json", required=True, help="where to write the report (atomically)")
     parser.add_argument("--markdown", metavar="OUT.md", help="also write the report as a markdown table")
     parser.add_argument("--correct-set", choices=CORRECT_SETS, default="same-group",
@@ -84,7 +86,7 @@ def run(args) -> int:
     if args.model is not None:
         return evaluate_model(args)
     model_only = (("--manifest", args.manifest), ("--data", args.data), ("--asr-baseline", args.asr_baseline),
-                  ("--asr-model", args.asr_model), ("--asr-cache", args.asr_cache))
+                  ("--asr-model", args.asr_model), ("--asr-cache", args.asr_cache), ("--quantize", args.quantize))
     for flag, value in model_only:
         if value:
             args.parser.error(f"{flag} goes with --model, not --embeddings")  # exits with code 2
@@ -102,6 +104,7 @@ def evaluate_model(args) -> int:
     from evaluation.model_report import model_report
     from evaluation.pairs import dataset_pairs, manifest_pairs
     from evaluation.report import format_report, report_to_markdown
+    from search_clasp.quantization import quantize_model
 
     if (args.manifest is None) == (args.data is None):
         args.parser.error("--model needs the pairs to embed: --manifest FILE.jsonl or --data DIR")
@@ -111,9 +114,9 @@ def evaluate_model(args) -> int:
     pairs = manifest_pairs(args.manifest) if args.manifest else dataset_pairs(args.data, args.split)
     if not pairs:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if torch.cuda.is_available() and not args.quantize else "cpu"
     model, processor = load_model_and_processor(args.model)  # weights that do not fit the config are refused
-    model = model.to(device).eval()
+    model = quantize_model(model, args.quantize).to(device).eval()
     transcriber = None
     if args.asr_baseline or args.asr_model:
         from evaluation.asr_baseline import WhisperTranscriber

@@ -1,6 +1,6 @@
 """`clasp index`: a searchable index of audio files (FAISS + SQLite metadata, see search_clasp/index.py).
 
-    clasp index --model DIR --audio DIR_OR_MANIFEST... --output INDEX_DIR [--add] [--kind flat|ivf|hnsw]
+    clasp index --model DIR --audio DIR_OR_MANIFEST... --output INDEX_DIR [--add] [--kind flat|ivf|hnsw] [--on-disk]
 
 A manifest is JSONL: {"audio": path, "text"?: transcript, "language"?: code} a line; its text and
 language are shown with search results. The build is resumable: rerun the same command after an
@@ -21,12 +21,16 @@ def register(subparsers):
     parser.add_argument("--kind", choices=("flat", "ivf", "hnsw"), default=None,
                         help="flat: exact, fine up to ~1M files (default); ivf / hnsw: approximate, for more")
     parser.add_argument("--nlist", type=int, default=None, help="ivf: number of clusters (default ~4·√N)")
+    parser.add_argument("--on-disk", action="store_const", const=True, default=None,
+                        help="ivf: keep the lists in a file searched by memory-mapping, for indexes larger than RAM")
     parser.add_argument("--m", type=int, default=None, help="hnsw: neighbours per node (default 32)")
     parser.add_argument("--window-s", type=float, default=None, help="long audio: window length in seconds (default 30)")
     parser.add_argument("--hop-s", type=float, default=None, help="long audio: seconds between window starts (default 25)")
     parser.add_argument("--batch-size", type=int, default=16, help="windows embedded at once (default 16)")
     parser.add_argument("--chunk-files", type=int, default=64, help="files embedded and committed together (default 64)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--quantize", choices=("int8",), default=None,
+                        help="int8: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32")
     parser.set_defaults(func=run)
 
 
@@ -34,8 +38,8 @@ def run(args) -> int:
     from search_clasp.build import build_index
 
     summary = build_index(args.output, args.model, args.audio, add=args.add, kind=args.kind, nlist=args.nlist, m=args.m,
-                          window_s=args.window_s, hop_s=args.hop_s, batch_size=args.batch_size,
-                          files_per_chunk=args.chunk_files, device=args.device)
+                          window_s=args.window_s, hop_s=args.hop_s, on_disk=args.on_disk, batch_size=args.batch_size,
+                          files_per_chunk=args.chunk_files, device=args.device, quantize=args.quantize)
     if summary is None:  # a process of a multi-process launch other than the main one, which reports
         return 0
     for failure in summary.failed:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .index import ClaspIndex, model_identity, read_entries
 
-DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0)
+DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0, on_disk=False)
 
 
 @dataclass
@@ -54,7 +54,8 @@ def open_or_create(index_dir: Path, add: bool, identity: str, model_dir, setting
 
 
 def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, m=None, window_s=None, hop_s=None,
-                batch_size=16, files_per_chunk=64, device=None, on_chunk=None, progress=True) -> BuildSummary | None:
+                on_disk=None, batch_size=16, files_per_chunk=64, device=None, quantize=None, on_chunk=None,
+                progress=True) -> BuildSummary | None:
     """Embed the audio of `inputs` (directories, files, JSONL manifests) into the index at `index_dir`.
 
     Settings left as None are the existing index's (or the defaults for a new one). `on_chunk(chunk)`
@@ -75,7 +76,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     entries, failed = read_entries(inputs)
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)
-    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s)
+    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk)
     state = process_state()
     with state.main_process_first():  # the main process starts a new index; the others then open it
         index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
@@ -86,9 +87,10 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     if todo and state.num_processes > 1:
         shard_dir = index.directory / "shards"
         merged = embed_across_processes(
-            [entry.path for entry in todo], shard_dir, json.dumps([index.info[k] for k in ("model_identity", "window_s", "hop_s")]),
+            [entry.path for entry in todo], shard_dir, json.dumps([index.info[k] for k in ("model_identity", "window_s", "hop_s")] + [quantize]),
             lambda: ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
-                                                  hop_s=index.info["hop_s"], device=device or state.device),
+                                                  hop_s=index.info["hop_s"], device=device or state.device,
+                                                  quantize=quantize),
             files_per_chunk=files_per_chunk, progress=progress)
         if merged is not None:  # the main process adds all rows in one transaction: a kill leaves all or none
             by_path = {entry.path: entry for entry in todo}
@@ -99,7 +101,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
             shutil.rmtree(shard_dir)
     elif todo:
         embedder = ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
-                                                 hop_s=index.info["hop_s"], device=device)
+                                                 hop_s=index.info["hop_s"], device=device, quantize=quantize)
         by_path = {entry.path: entry for entry in todo}
         bar = tqdm(total=len(todo), unit="file", desc="Indexing", disable=None if progress else True)
         for chunk in embedder.embed_files([entry.path for entry in todo], files_per_chunk=files_per_chunk, progress=bar):

@@ -72,11 +72,17 @@ class ClaspEmbedder:
             self.window = max_samples
 
     @classmethod
-    def from_pretrained(cls, model_dir, **kwargs):
+    def from_pretrained(cls, model_dir, quantize=None, **kwargs):
+        """`quantize="int8"`: int8 encoders on the CPU (search_clasp.quantization.quantize_model)."""
         from clasp_cli.features_command import load_model_and_processor
 
+        from .quantization import quantize_model
+
         # Checked first: weights that do not fit the folder's config are refused, naming the difference.
-        return cls(*load_model_and_processor(os.fspath(model_dir)), **kwargs)
+        model, processor = load_model_and_processor(os.fspath(model_dir))
+        if quantize is not None:
+            kwargs["device"] = kwargs.get("device") or "cpu"
+        return cls(quantize_model(model, quantize, kwargs.get("device")), processor, **kwargs)
 
     def waveform(self, samples, rate: int, name: str = "audio") -> torch.Tensor:
         """One clip (1-D, or 2-D `(channels, samples)` as `load_audio` returns it; any sample type and

@@ -4,6 +4,7 @@
         metadata.sqlite   info (model identity, settings) and items (position, path, duration,
                           text, language, embedding); row `position` is FAISS row `position`
         index.faiss       inner-product index over the items' embeddings (cosine: they are unit vectors)
+        index.N.ivfdata   with --on-disk only: the IVF lists of index.faiss's N vectors (memory-mapped)
 
 SQLite is the record. Each chunk of embedded files is committed in one transaction, so a killed
 build loses at most the chunk in flight and a rerun skips what is committed. The FAISS file is
@@ -15,13 +16,26 @@ INDEX_DIR.partial and renamed to INDEX_DIR when complete: INDEX_DIR only ever ho
 Kinds: "flat" is exact (brute force; fine up to about a million vectors: ~1.5 GB at 384-d and tens
 of milliseconds a query), "ivf" clusters the vectors and scans `nprobe` clusters per query, "hnsw"
 walks a neighbour graph (`ef` candidates). Both approximate kinds trade recall for speed.
+
+"ivf" with `on_disk` is for indexes larger than RAM (FAISS's on-disk inverted lists, as its
+demo_ondisk_ivf.py builds them): the rows are added block by block to per-block IVF indexes
+written to disk, and these are merged into one .ivfdata file that searches memory-map, so only
+the centroids (nlist × dim floats) and the list pages a query touches are in memory (the kernel's
+page cache, which it reclaims). `--add` merges the existing lists with the new blocks into a new
+.ivfdata file (a sequential copy, no re-clustering), then replaces index.faiss atomically and
+deletes the old file: a reader still holding the old one keeps its mapping; a killed run leaves
+index.faiss and its lists as they were.
 """
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import shutil
 import sqlite3
+import sys
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +49,8 @@ METADATA_FILE = "metadata.sqlite"
 KINDS = ("flat", "ivf", "hnsw")
 DEFAULT_NPROBE = 16
 DEFAULT_EF = 64
+BLOCK_ROWS = 65536  # rows added to FAISS at a time (100 MB at 384-d)
+ON_DISK_BLOCKS = "ivf-blocks.tmp"  # per-block indexes of an on-disk build, merged and then deleted
 
 
 @dataclass
@@ -107,14 +123,18 @@ class ClaspIndex:
         self.db = sqlite3.connect(self.directory / METADATA_FILE, check_same_thread=False)
         self.lock = threading.Lock()
         self.info = {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM info")}
+        self.info.setdefault("on_disk", False)  # an index from before --on-disk
         self._faiss = None
         for leftover in self.directory.glob(FAISS_FILE + ".tmp*"):  # from a run killed while writing
             leftover.unlink()
 
     @classmethod
-    def create(cls, directory, model_identity, model_path, dim, kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0):
+    def create(cls, directory, model_identity, model_path, dim, kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0,
+               on_disk=False):
         if kind not in KINDS:
             raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
+        if on_disk and kind != "ivf":
+            raise ValueError(f"on-disk lists (--on-disk) are for --kind ivf, not {kind!r}")
         directory = Path(directory)
         directory.mkdir(parents=True)
         db = sqlite3.connect(directory / METADATA_FILE)
@@ -125,7 +145,7 @@ class ClaspIndex:
                 "text TEXT, language TEXT, embedding BLOB NOT NULL)"
             )
             info = dict(format_version=1, model_identity=model_identity, model_path=os.path.abspath(model_path), dim=dim,
-                        kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s)
+                        kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk)
             db.executemany("INSERT INTO info VALUES (?, ?)", [(k, json.dumps(v)) for k, v in info.items()])
         db.close()
         return cls(directory)
@@ -207,8 +227,18 @@ class ClaspIndex:
             path = self.directory / FAISS_FILE
             if not path.is_file():
                 raise FileNotFoundError(f"{self.directory}: no {FAISS_FILE}: the build did not finish; rerun `clasp index`")
-            self._faiss = faiss.read_index(str(path))
+            self._faiss = self._read_faiss(path)
         return self._faiss
+
+    def _read_faiss(self, path):
+        import faiss
+
+        if not self.info["on_disk"]:
+            return faiss.read_index(str(path))
+        # The lists are memory-mapped from the .ivfdata file beside index.faiss (it records the path it
+        # was written at, which a renamed folder no longer has).
+        with faiss_prints_to_stderr():
+            return faiss.read_index(str(path), faiss.IO_FLAG_ONDISK_SAME_DIR | faiss.IO_FLAG_READ_ONLY)
 
     def write_faiss(self):
         """Bring index.faiss up to date with the committed rows, then replace the file atomically."""
@@ -216,11 +246,15 @@ class ClaspIndex:
 
         count = len(self)
         path = self.directory / FAISS_FILE
-        index = faiss.read_index(str(path)) if path.is_file() else None
+        index = self._read_faiss(path) if path.is_file() else None
         if index is None or index.ntotal > count:
             index = self._new_faiss(count)
-        for start in range(index.ntotal, count, 65536):
-            index.add(self.embeddings(start=start, stop=start + 65536))
+        if self.info["on_disk"]:
+            if index.ntotal < count:
+                self._merge_on_disk(index, count)
+        else:
+            for start in range(index.ntotal, count, BLOCK_ROWS):
+                index.add(self.embeddings(start=start, stop=start + BLOCK_ROWS))
         temporary = path.with_name(f"{FAISS_FILE}.tmp{os.getpid()}")
         try:
             # Through a Python file: faiss.write_index only prints a full disk's error when it closes
@@ -235,6 +269,52 @@ class ClaspIndex:
                 os.unlink(temporary)
             raise OSError(f"{path}: could not be written ({error}); the committed rows are kept: rerun when fixed") from error
         self._faiss = index
+        if self.info["on_disk"]:  # the lists index.faiss named before, and any a killed run left
+            current = os.path.basename(faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists).filename)
+            for stale in self.directory.glob("*.ivfdata"):
+                if stale.name != current:
+                    stale.unlink()
+
+    def _merge_on_disk(self, index, count):
+        """Add rows index.ntotal..count to the IVF `index` as a new on-disk .ivfdata file (see the module doc).
+
+        The loop of faiss.contrib.ondisk.merge_ondisk, which reads every input by file name: an existing
+        index's lists cannot be found that way once its folder was renamed (.partial), so they are passed
+        as one more input here. Raises OSError, before writing it, if the disk cannot hold the merged file.
+        """
+        import faiss
+
+        for leftover in self.directory.glob(ON_DISK_BLOCKS + "*"):  # from a killed run
+            shutil.rmtree(leftover)
+        ivf = faiss.extract_index_ivf(index)
+        lists, blocks = [ivf.invlists] if index.ntotal else [], []
+        with tempfile.TemporaryDirectory(dir=self.directory, prefix=ON_DISK_BLOCKS) as folder:
+            for start in range(index.ntotal, count, BLOCK_ROWS):
+                block = faiss.IndexIVFFlat(ivf.quantizer, ivf.d, ivf.nlist, ivf.metric_type)
+                rows = self.embeddings(start=start, stop=min(start + BLOCK_ROWS, count))
+                block.add_with_ids(rows, np.arange(start, start + len(rows)))  # ids = positions
+                name = os.path.join(folder, f"{start}.faiss")
+                with open(name, "wb") as f:  # a Python file: a full disk raises here
+                    faiss.write_index(block, faiss.PyCallbackIOWriter(f.write))
+                # Mapped, not read: the blocks together may be larger than RAM.
+                blocks.append(faiss.read_index(name, faiss.IO_FLAG_MMAP))
+                lists.append(faiss.extract_index_ivf(blocks[-1]).invlists)
+            data = self.directory / f"index.{count}.ivfdata"
+            needed = sum(lst.compute_ntotal() for lst in lists) * (ivf.code_size + 8)  # codes and int64 ids
+            if shutil.disk_usage(self.directory).free < needed:  # the mapped file would fail page by page (SIGBUS)
+                raise OSError(f"{data}: {needed / 1e9:.1f} GB needed and the disk has less free; nothing was changed")
+            merged = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(data))
+            pointers = faiss.InvertedListsPtrVector()
+            for inverted_lists in lists:
+                pointers.push_back(inverted_lists)
+            with faiss_prints_to_stderr():
+                merged.merge_from_multiple(pointers.data(), pointers.size(), False)
+            with open(data, "rb") as f:  # written through the mapping: flush it before index.faiss names it
+                os.fsync(f.fileno())
+            ivf.replace_invlists(merged, True)
+            merged.this.disown()
+            index.ntotal = ivf.ntotal = count
+            del blocks
 
     def search(self, queries, k=10, nprobe=None, ef=None) -> list[list[dict]]:
         """For each query embedding, the k best items, best first: {path, score, rank, duration, text?, language?}."""
@@ -265,6 +345,22 @@ class ClaspIndex:
                 hits.append(hit)
             results.append(hits)
         return results
+
+
+@contextlib.contextmanager
+def faiss_prints_to_stderr():
+    """FAISS's on-disk lists printf file names to the C stdout, which `clasp search --json` keeps for its answer."""
+    import ctypes
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        ctypes.CDLL(None).fflush(None)
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 __all__ = ["AudioEntry", "ClaspIndex", "KINDS", "model_identity", "read_entries"]

@@ -214,3 +214,94 @@ def test_a_full_disk_while_adding_rows_rolls_the_chunk_back(model_dir, audio_dir
     resumed = stored(tmp_path / "index")
     assert resumed[0] == reference[0] and len(resumed[0]) == 8
     np.testing.assert_allclose(resumed[2], reference[2], atol=1e-6)
+
+
+def test_an_on_disk_ivf_index_searches_its_lists_from_a_file_like_the_in_ram_one(model_dir, audio_dir, tmp_path):
+    import faiss
+
+    build_index(tmp_path / "ram", model_dir, [audio_dir], kind="ivf", nlist=2, **QUIET)
+    build_index(tmp_path / "disk", model_dir, [audio_dir], kind="ivf", nlist=2, on_disk=True, files_per_chunk=2, **QUIET)
+    assert sorted(os.listdir(tmp_path / "disk")) == ["index.6.ivfdata", "index.faiss", "metadata.sqlite"]
+    index = ClaspIndex(tmp_path / "disk")
+    assert index.info["on_disk"] is True
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index.faiss).invlists)
+    assert isinstance(lists, faiss.OnDiskInvertedLists)
+    assert lists.filename == str(tmp_path / "disk" / "index.6.ivfdata")  # found beside index.faiss, not in .partial
+    paths, embeddings, faiss_vectors = stored(tmp_path / "disk")
+    np.testing.assert_array_equal(embeddings, faiss_vectors)
+    ram = ClaspIndex(tmp_path / "ram")
+    for nprobe in (1, 2):
+        on_disk, in_ram = index.search(embeddings, k=4, nprobe=nprobe), ram.search(embeddings, k=4, nprobe=nprobe)
+        assert [[h["path"] for h in hits] for hits in on_disk] == [[h["path"] for h in hits] for hits in in_ram]
+    assert [hits[0]["path"] for hits in index.search(embeddings, k=1, nprobe=2)] == paths
+    with pytest.raises(ValueError, match="--on-disk.*--kind ivf, not 'flat'"):
+        build_index(tmp_path / "flat", model_dir, [audio_dir], on_disk=True, **QUIET)
+    with pytest.raises(ValueError, match="on_disk=False, not True"):
+        build_index(tmp_path / "ram", model_dir, [audio_dir], add=True, on_disk=True, **QUIET)
+
+
+def test_add_to_an_on_disk_index_merges_a_new_lists_file_and_old_readers_keep_theirs(model_dir, audio_dir, tmp_path):
+    build_index(tmp_path / "index", model_dir, [audio_dir], kind="ivf", nlist=2, on_disk=True, **QUIET)
+    reader = ClaspIndex(tmp_path / "index")
+    before = reader.search(reader.embeddings(), k=1, nprobe=2)
+    more = write_tones(tmp_path / "more", 3, seed=10)
+    summary = build_index(tmp_path / "index", model_dir, [audio_dir, tmp_path / "more"], add=True, **QUIET)
+    assert (summary.added, summary.skipped, summary.total) == (3, 6, 9)
+    assert sorted(os.listdir(tmp_path / "index")) == ["index.9.ivfdata", "index.faiss", "metadata.sqlite"]
+    paths, embeddings, faiss_vectors = stored(tmp_path / "index")
+    assert paths[-3:] == [str(p) for p in more]
+    np.testing.assert_array_equal(embeddings, faiss_vectors)
+    index = ClaspIndex(tmp_path / "index")
+    for path, hits in zip(paths, index.search(embeddings, k=3, nprobe=2)):  # clip012 is clip002 with other noise: a tie
+        assert hits[0]["score"] == pytest.approx(1.0, abs=1e-5) and path in [h["path"] for h in hits]
+    # A search process opened before the --add still maps the (now deleted) old lists.
+    assert reader.search(reader.embeddings(stop=6), k=1, nprobe=2) == before
+
+
+KILL_IN_ON_DISK_MERGE = """
+import os, signal, sys
+import faiss
+from search_clasp import build_index
+if sys.argv[4] == "before-merge":  # per-block indexes written, merged lists not started
+    faiss.OnDiskInvertedLists = lambda *args: os.kill(os.getpid(), signal.SIGKILL)
+else:  # merged lists written, index.faiss not yet replaced
+    replace = os.replace
+    def kill_before_index_faiss(source, target):
+        if str(target).endswith("index.faiss"):
+            os.kill(os.getpid(), signal.SIGKILL)
+        replace(source, target)
+    os.replace = kill_before_index_faiss
+build_index(sys.argv[1], sys.argv[2], [sys.argv[3]], add=True, progress=False, device="cpu")
+"""
+
+
+@pytest.mark.parametrize("moment", ["before-merge", "before-replace"])
+def test_an_add_killed_while_writing_on_disk_lists_leaves_the_index_as_it_was(model_dir, audio_dir, tmp_path, moment):
+    build_index(tmp_path / "index", model_dir, [audio_dir], kind="ivf", nlist=2, on_disk=True, **QUIET)
+    more = tmp_path / "more"
+    write_tones(more, 3, seed=20)
+    result = subprocess.run([sys.executable, "-c", KILL_IN_ON_DISK_MERGE, str(tmp_path / "index"), str(model_dir), str(more), moment],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == -signal.SIGKILL, result.stderr[-3000:]
+    leftover = "index.9.ivfdata" if moment == "before-replace" else "ivf-blocks.tmp"
+    assert any(name.startswith(leftover) for name in os.listdir(tmp_path / "index"))
+    index = ClaspIndex(tmp_path / "index")
+    assert (len(index), index.faiss.ntotal) == (9, 6)  # the rows are committed; the old lists still answer
+    assert index.search(index.embeddings(stop=1), k=1, nprobe=2)[0][0]["score"] == pytest.approx(1.0, abs=1e-5)
+    build_index(tmp_path / "index", model_dir, [audio_dir, more], add=True, **QUIET)
+    assert sorted(os.listdir(tmp_path / "index")) == ["index.9.ivfdata", "index.faiss", "metadata.sqlite"]
+    paths, embeddings, faiss_vectors = stored(tmp_path / "index")
+    assert len(paths) == 9
+    np.testing.assert_array_equal(embeddings, faiss_vectors)
+
+
+def test_clasp_search_json_on_an_on_disk_index_prints_only_json(model_dir, audio_dir, tmp_path):
+    """FAISS prints the lists' file name on the C stdout when it opens them: it must not reach the JSON."""
+    build_index(tmp_path / "index", model_dir, [audio_dir], kind="ivf", nlist=2, on_disk=True, **QUIET)
+    clip = sorted(audio_dir.glob("*.wav"))[0]
+    result = subprocess.run([sys.executable, "-m", "clasp_cli.main", "search", "--index", str(tmp_path / "index"),
+                             "--audio", str(clip), "-k", "2", "--nprobe", "2", "--json", "--device", "cpu"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    hits = json.loads(result.stdout)
+    assert hits[0]["path"] == str(clip) and hits[0]["score"] == pytest.approx(1.0, abs=1e-5)
