@@ -76,7 +76,7 @@ def test_two_processes_embed_what_one_process_embeds_and_a_rerun_keeps_finished_
     output = tmp_path / "resumed.safetensors"
     shards = split_by_duration([audio_seconds(path) for path in inputs], 2)
     assert all(shards), shards
-    fingerprint = json.dumps([model_identity(model_dir), 30.0, 25.0])
+    fingerprint = json.dumps([model_identity(model_dir), 30.0, 25.0, None])  # identity, window, hop, --quantize
 
     class Planted:
         def embed_files(self, files, **kwargs):
