@@ -27,6 +27,8 @@ import time
 import numpy as np
 import torch
 
+from data_clasp.processes import process_state
+
 MARKER = "clasp_features.json"  # train_accelerate.FEATURE_CACHE_MARKER
 FEATURE_COLUMNS = ("speech_embeds", "spectrogram_embeds", "text_embeds")
 FRAME_COLUMNS = ("speech_frames", "speech_frame_weights")
@@ -115,11 +117,10 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
 
     Returns the cache folder. `model` is a ClaspModel whose backbones produce the features.
     """
-    from accelerate import PartialState
     from datasets import DatasetDict, concatenate_datasets, disable_progress_bars, enable_progress_bars
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    state = process_state()
     splits = splits or list(data)
     model_fp = cache_fingerprint(model, processor)
     chunks_dir = os.path.join(output_dir, "chunks")

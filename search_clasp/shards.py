@@ -17,30 +17,17 @@ processes share (on several machines: a network file system).
 import heapq
 import json
 import os
-from datetime import timedelta
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from data_clasp.processes import process_state  # noqa: F401 (re-exported: build.py and the commands use it)
+
 from .embedding import EmbeddedChunk
 
 # A process that finishes its shard waits at the barrier for the slowest one: hours on a large archive.
-BARRIER_TIMEOUT = timedelta(days=7)
-
-
-def process_state():
-    """Accelerate's `PartialState` of this launch (one process, without `accelerate launch`).
-
-    On the CPU (ACCELERATE_USE_CPU=1, or no GPU) the processes talk through gloo: PartialState only
-    looks for CPU processes when told to (Accelerator reads that variable, PartialState does not).
-    """
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
-    return PartialState(cpu=cpu, timeout=BARRIER_TIMEOUT)
 
 
 def audio_seconds(path) -> float:

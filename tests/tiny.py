@@ -1,5 +1,9 @@
 """Tiny random CLASP parts built in code: no network, no downloads, a few seconds on a CPU."""
 
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -138,3 +142,17 @@ def oracle_index(index_dir, model_dir, clips, transcripts, languages):
     index.write_faiss()
     index.close()
     return index_dir
+
+
+def launch(*arguments):
+    """`accelerate launch --multi_gpu --num_processes 2 -m clasp_cli.main ...` on the CPU (gloo)."""
+    with socket.socket() as s:  # a free port: other test runs may launch at the same time
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+               "--dynamo_backend", "no", "-m", "clasp_cli.main", *arguments]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result

@@ -2,10 +2,7 @@
 
 import json
 import os
-import socket
 import sqlite3
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,7 +10,7 @@ import soundfile
 import torch
 
 from clasp_cli.main import main
-from tiny import REPO, save_tiny_clasp, tone
+from tiny import launch, save_tiny_clasp, tone
 
 
 @pytest.fixture(scope="module")
@@ -31,20 +28,6 @@ def inputs(tmp_path_factory):
     soundfile.write(folder / "long.wav", tone(40, freq=170), 16000)
     (folder / "noise.wav").write_bytes(np.random.default_rng(0).bytes(4000))
     return [str(clips[0]), str(folder / "long.wav"), *map(str, clips[1:4]), str(folder / "noise.wav"), *map(str, clips[4:])]
-
-
-def launch(*arguments):
-    """`accelerate launch --multi_gpu --num_processes 2 -m clasp_cli.main ...` on the CPU (gloo)."""
-    with socket.socket() as s:  # a free port: other test runs may launch at the same time
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
-               "--dynamo_backend", "no", "-m", "clasp_cli.main", *arguments]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result
 
 
 def read_embeddings(path):

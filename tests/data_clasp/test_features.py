@@ -8,7 +8,7 @@ import torch
 from datasets import Audio, Dataset, DatasetDict, load_from_disk
 
 from data_clasp.features import MARKER, build_feature_cache
-from tiny import tiny_config, tiny_model, tiny_processor, tone
+from tiny import launch, tiny_config, tiny_model, tiny_processor, tone
 
 TEXTS = ["the cat sat", "le chat est sur la mat", "der hund ist", "el perro", "a red car", "the blue house", "green mat"]
 
@@ -165,3 +165,25 @@ def test_clasp_features_bf16_command(setup, tmp_path):
     cached = load_from_disk(str(tmp_path / "features"))["train"]
     assert np.isfinite(np.array(cached["speech_embeds"])).all() and len(cached) == 5
     assert json.loads((tmp_path / "features" / MARKER).read_text())["dtype"] == "bfloat16"  # not silently fp32
+
+
+def test_two_cpu_processes_share_the_chunks(setup, tmp_path):
+    """`ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m clasp_cli.main features`:
+    each process computes half of the chunks (before, both took themselves for the only process and
+    computed all of them), and the cache equals one process's."""
+    import re
+
+    root, data, model, processor = setup
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    data.save_to_disk(str(tmp_path / "data"))
+    result = launch("features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                    "--output", str(tmp_path / "two"), "--chunk-size", "2", "--batch-size", "2")
+    # 5 + 2 rows in chunks of 2: 4 chunks, 2 for each process (the main process's bar counts its own).
+    assert re.search(r"features \(chunks\): 100%\|[^|]*\| 2/2 ", result.stderr), result.stderr[-2000:]
+    one = load_from_disk(build_feature_cache(model, processor, data, str(tmp_path / "one"), batch_size=2, chunk_size=2,
+                                             progress=False))
+    two = load_from_disk(str(tmp_path / "two"))
+    for split in ("train", "validation"):
+        for column in ("speech_embeds", "spectrogram_embeds", "text_embeds"):
+            np.testing.assert_allclose(np.array(two[split][column]), np.array(one[split][column]), atol=1e-5)
