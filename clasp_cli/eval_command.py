@@ -191,8 +191,13 @@ def load_embeddings(path: str):
             refuse_non_finite(embeds, name)
         except ValueError as error:
             raise InputError(f"{path}: {error}") from None
-        if not (np.linalg.norm(embeds, axis=1) > 0).all():
-            raise InputError(f"{path}: {name} has all-zero rows, which have no direction to compare")
+        # Norms in float64: a float32 norm of a row with values near 1e20 overflows to inf (the row
+        # would become zeros and tie with everything), and one of a row near 1e-25 underflows to 0.
+        norms = np.linalg.norm(embeds.astype(np.float64), axis=1)
+        if not (norms > 0).all():
+            raise InputError(f"{path}: {name} rows {np.flatnonzero(~(norms > 0)).tolist()[:10]} are all zeros, "
+                             "which have no direction to compare")
+        embeds[:] = (embeds.astype(np.float64) / norms[:, None]).astype(np.float32)  # cosine, as the paper ranks by
 
     metadata = {}
     for key in ("groups", "texts", "languages"):
@@ -203,10 +208,10 @@ def load_embeddings(path: str):
                 raise InputError(f"{path}: metadata {key!r} is not JSON ({error})") from None
             if not isinstance(values, list) or len(values) != len(audio_embeds):
                 raise InputError(f"{path}: metadata {key!r} must be a JSON list of {len(audio_embeds)} entries")
+            odd = [i for i, value in enumerate(values) if not isinstance(value, str)]
+            if odd:  # numpy would turn 1 and "1" into one label, and None into a crash
+                raise InputError(f"{path}: metadata {key!r} must hold strings; entries {odd[:10]} do not")
             metadata[key] = values
-    # Cosine similarity, as the paper ranks by; normalising unit vectors again changes nothing.
-    audio_embeds /= np.linalg.norm(audio_embeds, axis=1, keepdims=True)
-    text_embeds /= np.linalg.norm(text_embeds, axis=1, keepdims=True)
     return audio_embeds, text_embeds, metadata
 
 

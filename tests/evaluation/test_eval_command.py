@@ -57,8 +57,12 @@ def test_embeddings_to_json_and_markdown(tmp_path):
          "text_embeds rows [3, 17]: NaN or infinite values"),
         (lambda path: save_pairs(path, metadata={"groups": json.dumps(["a"] * 40)}), "same-text' needs the texts"),
         (lambda path: save_pairs(path, metadata={"languages": json.dumps(["en"] * 3)}), "list of 40 entries"),
+        (lambda path: save_pairs(path, metadata={"groups": json.dumps([None] + ["a"] * 39)}),
+         "metadata 'groups' must hold strings; entries [0] do not"),
+        (lambda path: save_pairs(path, audio_embeds=torch.randn(40, 16).index_fill(0, torch.tensor([5]), 0.0)),
+         "audio_embeds rows [5] are all zeros"),
     ],
-    ids=["missing", "shapes", "nan", "metadata", "same-text-without-texts"],
+    ids=["missing", "shapes", "nan", "metadata", "same-text-without-texts", "null-group", "zero-row"],
 )
 def test_bad_input_names_the_file_and_exits_2(tmp_path, capsys, make, message):
     path = make(tmp_path / "pairs.safetensors")
@@ -67,6 +71,22 @@ def test_bad_input_names_the_file_and_exits_2(tmp_path, capsys, make, message):
     error = capsys.readouterr().err
     assert code == 2 and str(path) in error and message in error
     assert not (tmp_path / "report.json").exists()
+
+
+def test_rows_of_any_scale_are_compared_by_direction(tmp_path):
+    """A row with values near 1e20 has a float32 norm of inf: it must still be its direction (before,
+    it became a row of zeros that tied with everything)."""
+    audio = torch.randn(40, 16, generator=torch.Generator().manual_seed(2))
+    text = audio + 0.01 * torch.randn(40, 16, generator=torch.Generator().manual_seed(3))
+    plain = save_pairs(tmp_path / "plain.safetensors", audio_embeds=audio, text_embeds=text)
+    scaled = save_pairs(tmp_path / "scaled.safetensors", audio_embeds=audio.index_fill(0, torch.tensor([7]), 0) +
+                        torch.zeros(40, 16).index_copy(0, torch.tensor([7]), audio[7:8] * 1e20), text_embeds=text)
+    reports = []
+    for path in (plain, scaled):
+        assert main(["eval", "--embeddings", str(path), "--output", str(path.with_suffix(".json"))]) == 0
+        reports.append(json.loads(path.with_suffix(".json").read_text()))
+    assert reports[1]["audio_to_text"] == reports[0]["audio_to_text"]
+    assert reports[1]["text_to_audio"] == reports[0]["text_to_audio"]
 
 
 def test_correct_set_and_tie_rules_are_options(tmp_path, capsys):
