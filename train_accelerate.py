@@ -142,6 +142,28 @@ def load_training_data(path):
     return mode, data
 
 
+def check_cache_fits(path, model, processor, model_name):
+    """Refuse a feature cache that other backbones or another processor made (another text prompt,
+    mel settings, tokenizer...): the head would be trained and validated on features that the
+    exported model, which keeps `--model`'s backbones and processor, never computes. The dtype may
+    differ (features cached in bfloat16 on a GPU train a float32 head). A cache whose marker records
+    no fingerprints (made by hand, or by an earlier version) is taken as it is, with a warning."""
+    from data_clasp.features import backbone_fingerprint, processor_fingerprint
+
+    with open(os.path.join(path, FEATURE_CACHE_MARKER), encoding="utf-8") as f:
+        recorded = json.load(f)
+    if not {"backbones", "processor"} <= set(recorded):
+        logger.warning(f"--train_data {path}: its marker records no fingerprints; not checked against --model {model_name}",
+                       main_process_only=True)
+        return
+    now = {"backbones": backbone_fingerprint(model), "processor": processor_fingerprint(processor)}
+    differ = [part for part, value in now.items() if recorded[part] != value]
+    if differ:
+        raise ValueError(f"--train_data {path} was cached with other {' and '.join(differ)} than --model {model_name} "
+                         f"({', '.join(f'{p} {recorded[p]} there, {now[p]} here' for p in differ)}): "
+                         f"rebuild it with `clasp features --model {model_name} --data ...`")
+
+
 # ---- model -----------------------------------------------------------------------------------
 
 
@@ -518,6 +540,7 @@ def main(argv=None):
     mode, data = load_training_data(args.train_data)
     model, processor = load_model_and_processor(args)
     if mode == "cached":
+        check_cache_fits(args.train_data, model, processor, args.model)
         frames = model.config.speech_pooling == "attention"  # else the cached mean is all the head needs
         train_set, val_set = CachedFeatures(data["train"], frames), CachedFeatures(data["validation"], frames)
         collate = train_set.collate

@@ -52,9 +52,10 @@ def processor_fingerprint(processor) -> str:
     """SHA-256 over everything the processor does to a row before the backbones see it.
 
     The feature extractor's saved settings (rates, mel filters, STFT sizes, normalisation, image size,
-    mean/std: its `to_dict()`, less the class names), the tokenizer itself (its full serialisation:
-    vocabulary, normaliser, special tokens) and the text prompt and length limit. Changing any of them
-    changes the cached features, so it must change the cache's name.
+    mean/std: its `to_dict()`, less the class names), the tokenizer itself (its serialisation:
+    vocabulary, normaliser, special tokens; and which side it truncates and pads) and the text prompt
+    and length limit. Changing any of them changes the cached features, so it must change the cache's
+    name. The fast tokenizer's truncation/padding state is left out: each call sets it anew.
     """
     digest = hashlib.sha256()
     settings = {k: v for k, v in processor.feature_extractor.to_dict().items()
@@ -62,16 +63,21 @@ def processor_fingerprint(processor) -> str:
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     tokenizer = processor.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
-    digest.update(backend.to_str().encode() if backend is not None
-                  else json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    if backend is not None:
+        serialised = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("truncation", "padding")}
+    else:
+        serialised = sorted(tokenizer.get_vocab().items())
+    sides = {k: getattr(tokenizer, k, None) for k in ("truncation_side", "padding_side")}
+    digest.update(json.dumps([serialised, sides], sort_keys=True).encode())
     digest.update(f"prefix={processor.text_prefix!r} max_length={processor.text_max_length}".encode())
     return digest.hexdigest()[:16]
 
 
-def cache_fingerprint(model, processor) -> str:
-    """What a cached feature depends on: the backbones, the processor and the dtype they ran in."""
-    parts = f"{backbone_fingerprint(model)}/{processor_fingerprint(processor)}/{model.dtype}"
-    return hashlib.sha256(parts.encode()).hexdigest()[:16]
+def cache_fingerprint(model, processor) -> dict:
+    """What a cached feature depends on: {"backbones", "processor", "dtype"}, and "fingerprint" over all three."""
+    parts = {"backbones": backbone_fingerprint(model), "processor": processor_fingerprint(processor),
+             "dtype": str(model.dtype).removeprefix("torch.")}
+    return {"fingerprint": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], **parts}
 
 
 def encode_rows(model, processor, batch_size: int):
@@ -122,7 +128,8 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
 
     state = process_state()
     splits = splits or list(data)
-    model_fp = cache_fingerprint(model, processor)
+    fingerprints = cache_fingerprint(model, processor)
+    model_fp = fingerprints["fingerprint"]
     chunks_dir = os.path.join(output_dir, "chunks")
     os.makedirs(chunks_dir, exist_ok=True)
     if state.is_main_process:  # datasets' temporary files of chunks a killed run left unfinished
@@ -182,7 +189,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         os.replace(os.path.join(staging, name), target)
     shutil.rmtree(staging)
     info = {
-        "fingerprint": model_fp, "model": model_name, "dtype": str(model.dtype).removeprefix("torch."), "data": {s: data[s]._fingerprint for s in splits},
+        **fingerprints, "model": model_name, "data": {s: data[s]._fingerprint for s in splits},
         "rows": {s: len(data[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }

@@ -326,3 +326,23 @@ def test_a_diverged_epoch_is_never_the_best_and_stops_training(tiny_setup, tmp_p
     assert result.returncode == 1
     assert "epoch 1's validation is not finite" in result.stderr and "nothing exported" in result.stderr
     assert not (output / "model.safetensors").exists() and not (output / "trained_weights.safetensors").exists()
+
+
+def test_a_cache_of_other_backbones_or_another_processor_is_refused(tiny_setup, tmp_path):
+    """The head would learn features that the exported model never computes."""
+    import shutil
+
+    from data_clasp.features import backbone_fingerprint
+
+    from modeling_clasp import ClaspModel
+
+    features = tmp_path / "features"
+    shutil.copytree(tiny_setup / "features", features)
+    backbones = backbone_fingerprint(ClaspModel.from_pretrained(tiny_setup / "model"))
+    (features / "clasp_features.json").write_text(json.dumps({"backbones": backbones, "processor": "0123456789abcdef"}))
+    command = _train_command(tiny_setup, tmp_path / "out", "--num_train_epochs", "1")
+    command[command.index("--train_data") + 1] = str(features)
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert f"--train_data {features} was cached with other processor than --model" in result.stderr
+    assert "processor 0123456789abcdef there" in result.stderr and not (tmp_path / "out" / "config.json").exists()

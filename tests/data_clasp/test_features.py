@@ -102,7 +102,7 @@ def test_cached_frames_reproduce_the_models_attention_pooled_embeddings(setup):
 @pytest.mark.parametrize("change", [
     ("text_prefix", "query: "), ("text_max_length", 7), ("spectrogram_n_mels", 24), ("whisper_hop_length", 200),
     ("image_size", 40), ("image_mean", [0.5, 0.5, 0.5]), ("image_std", [0.5, 0.5, 0.5]), ("do_normalize", True),
-    ("spectrogram_top_db", 60.0), ("tokenizer", "lower"),
+    ("spectrogram_top_db", 60.0), ("tokenizer", "lower"), ("truncation_side", "left"),
 ])
 def test_any_processor_change_rebuilds_the_cache(setup, change, monkeypatch):
     """A cache built with one processor is never reused for another: every setting that changes what the
@@ -119,6 +119,8 @@ def test_any_processor_change_rebuilds_the_cache(setup, change, monkeypatch):
     elif name == "tokenizer":
         from tokenizers import normalizers
         changed.tokenizer.backend_tokenizer.normalizer = normalizers.Lowercase()
+    elif name == "truncation_side":
+        changed.tokenizer.truncation_side = value
     else:
         setattr(changed.feature_extractor, name, value)
 
@@ -129,6 +131,17 @@ def test_any_processor_change_rebuilds_the_cache(setup, change, monkeypatch):
     assert calls == []  # the same processor: up to date
     build_feature_cache(model, changed, data, cache, batch_size=4, chunk_size=8, progress=False)
     assert calls, f"changing {name} reused the stale cache"
+
+
+def test_the_fingerprint_does_not_move_when_the_processor_is_used(setup):
+    """A fast tokenizer keeps the truncation/padding of its last call: that state is not a setting."""
+    from data_clasp.features import processor_fingerprint
+
+    _, _, _, processor = setup
+    before = processor_fingerprint(processor)
+    processor(text=["the cat sat on the mat"] * 2)
+    processor.tokenizer(["a"], truncation=True, max_length=3, padding="max_length")
+    assert processor_fingerprint(processor) == before
 
 
 def test_bf16_features_run_and_are_cached_apart_from_fp32(setup, tmp_path):
