@@ -307,7 +307,17 @@ class TrainingProgress:
 
 
 def atomic_save_state(accelerator, output_dir, step, limit, progress):
-    """save_state into a temporary folder, then rename: a kill never leaves a half checkpoint."""
+    """save_state into a temporary folder, then rename: a kill never leaves a half checkpoint.
+
+    Weights that are no longer finite (a diverging run) are not saved: the rotation would otherwise
+    replace the last good checkpoints with NaN ones, and `--resume_from_checkpoint latest` resume them.
+    """
+    model = accelerator.unwrap_model(accelerator._models[0])
+    broken = [name for name, p in model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if broken:
+        accelerator.print(f"[train] step {step}: checkpoint not saved, {len(broken)} trained weight(s) hold NaN/Inf "
+                          f"(first: {broken[0]}); the earlier checkpoints are kept")
+        return
     checkpoints = os.path.join(output_dir, "checkpoints")
     final = os.path.join(checkpoints, f"step_{step}")
     staging = os.path.join(checkpoints, f".tmp_step_{step}")

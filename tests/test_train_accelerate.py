@@ -307,9 +307,14 @@ def test_a_diverged_epoch_is_never_the_best_and_stops_training(tiny_setup, tmp_p
     training stops with a message naming the epoch and what was not finite, and exits 1 with epoch
     1 or 2 exported; with no finite epoch at all, nothing is exported."""
     output = tmp_path / "diverged"
-    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "5", "--inject_nan_after_epoch", "2"),
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "5", "--inject_nan_after_epoch", "2",
+                                           "--checkpointing_steps", "3"),
                             cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 1, result.stderr[-4000:]
+    # The checkpoints kept are finite ones (NaN weights are never saved, so they never rotate the good ones out).
+    assert "checkpoint not saved" in result.stdout + result.stderr
+    kept = sorted((output / "checkpoints").glob("step_*"))
+    assert kept and all(torch.isfinite(v).all() for c in kept for v in load_file(c / "model.safetensors").values())
     assert "epoch 3's validation is not finite (val_loss=nan; audio_embeds: 16 of 16 rows hold NaN/Inf)" in result.stderr
     summary = json.loads((output / "training_summary.json").read_text())
     assert [h["epoch"] for h in summary["history"]] == [1, 2, 3] and summary["best_epoch"] in (1, 2)
