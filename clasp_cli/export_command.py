@@ -219,6 +219,13 @@ def run(args) -> int:
     datasets = [name for name in (args.dataset or "").split(",") if name]
     if args.push_to_hub and args.repo and args.repo != args.push_to_hub:
         raise ValueError(f"--repo {args.repo} and --push-to-hub {args.push_to_hub} name different repos")
+    if args.push_to_hub:  # a malformed id is refused before anything is written
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError as error:
+            raise ValueError(f"--push-to-hub {args.push_to_hub}: {error}") from None
     if (args.private or args.revision) and not args.push_to_hub:
         raise ValueError("--private and --revision only apply with --push-to-hub REPO")
     path = export(args.model, args.output, repo=args.push_to_hub or args.repo, languages=languages, license=args.license,

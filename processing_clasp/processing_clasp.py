@@ -10,6 +10,7 @@ the sentence encoder was trained to.
 This file is also published flat on the Hub: it imports only transformers and the standard library.
 """
 
+import inspect
 import json
 import os
 import warnings
@@ -46,6 +47,12 @@ class ClaspProcessor(ProcessorMixin):
     def __call__(self, text=None, audio=None, sampling_rate=None, return_tensors="pt", **tokenizer_kwargs) -> BatchFeature:
         if text is None and audio is None:
             raise ValueError("ClaspProcessor needs `text`, `audio`, or both.")
+        # The tokenizer would ignore an argument it does not know; so would the processor, silently.
+        accepted = inspect.signature(type(self.tokenizer).__call__).parameters
+        unknown = sorted(k for k in tokenizer_kwargs if k not in accepted)
+        if unknown:
+            raise TypeError(f"ClaspProcessor got unexpected keyword argument(s) {unknown}: its extra arguments go to the "
+                            "tokenizer; audio settings (padding, truncation, max_length) go to processor.feature_extractor")
         outputs = {}
         if text is not None:
             outputs.update(self.tokenize(text, return_tensors=return_tensors, **tokenizer_kwargs))

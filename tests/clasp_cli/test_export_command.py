@@ -10,7 +10,7 @@ from huggingface_hub import ModelCard
 from clean_process import LOAD_AND_SCORE, RecordingHub, run_clean, write_inputs
 from modeling_clasp import ClaspModel
 from processing_clasp import ClaspProcessor
-from tiny import REPO, tiny_config, tiny_model, tiny_processor, tone
+from tiny import REPO, save_tiny_clasp, tiny_config, tiny_model, tiny_processor, tone
 
 TEXTS = ["the cat sat on the mat", "der hund ist", "el perro"]
 # What a CLASP Hub folder holds besides its card.
@@ -158,6 +158,13 @@ def test_export_push_to_hub_uploads_exactly_what_loads(tmp_path, monkeypatch, ca
 def test_push_options_need_push_to_hub(tmp_path):
     result = clasp("export", "--model", str(tmp_path), "--output", str(tmp_path / "hub"), "--revision", "v1")
     assert result.returncode == 2 and "--private and --revision only apply with --push-to-hub" in result.stderr
+    assert not (tmp_path / "hub").exists()
+
+
+def test_a_malformed_repo_id_is_refused_before_anything_is_written(tmp_path):
+    save_tiny_clasp(tmp_path / "model")
+    result = clasp("export", "--model", str(tmp_path / "model"), "--output", str(tmp_path / "hub"), "--push-to-hub", "bad//id")
+    assert result.returncode == 2 and "--push-to-hub bad//id:" in result.stderr
     assert not (tmp_path / "hub").exists()
 
 

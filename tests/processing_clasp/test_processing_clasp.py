@@ -14,6 +14,13 @@ def test_text_and_audio_together(tmp_path):
     assert out["input_ids"].shape[0] == 2 and out["input_values"].shape[0] == 2
 
 
+def test_unknown_arguments_are_refused_not_ignored(tmp_path):
+    processor = tiny_processor(tiny_config(), tmp_path)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\) \['foo'\]"):
+        processor(text=["the cat"], foo=1)
+    assert processor(text=["the cat sat"], max_length=3, truncation=True)["input_ids"].shape == (1, 3)  # the tokenizer's own
+
+
 def test_text_prefix_is_prepended(tmp_path):
     processor = tiny_processor(tiny_config(), tmp_path)
     processor.text_prefix = "the "
