@@ -16,23 +16,22 @@ REPO = Path(__file__).resolve().parent.parent
 WORDS = "the a cat dog sat on mat red blue green house car le chat est sur la der hund ist el perro".split()
 
 
+# The tiny waveform encoders share their sizes; they differ in how the convolutions normalise.
+TINY_WAVEFORM_ENCODER = dict(
+    hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+    conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
+    num_conv_pos_embedding_groups=2, vocab_size=12,
+)
+
+
 def tiny_hubert_config():
-    return HubertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True,
-        vocab_size=12,
-    )
+    """HuBERT-large-style: layer normalisation in the convolutions."""
+    return HubertConfig(**TINY_WAVEFORM_ENCODER, feat_extract_norm="layer", do_stable_layer_norm=True, conv_bias=True)
 
 
 def tiny_wav2vec2_config():
     """wav2vec2-base-style: group normalisation over time in the first convolution (as HuBERT-base, WavLM)."""
-    return Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-        conv_dim=(16, 16), conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=16,
-        num_conv_pos_embedding_groups=2, feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False,
-        vocab_size=12,
-    )
+    return Wav2Vec2Config(**TINY_WAVEFORM_ENCODER, feat_extract_norm="group", do_stable_layer_norm=False, conv_bias=False)
 
 
 def tiny_whisper_config():
