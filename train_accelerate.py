@@ -54,11 +54,11 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_clasp.features import CachedFeatures
+from data_clasp.features import MARKER, CachedFeatures
+from data_clasp.files import write_atomically
 from modeling_clasp import gather_with_grad
 
 logger = get_logger(__name__)
-FEATURE_CACHE_MARKER = "clasp_features.json"  # written by `clasp features`
 
 
 def parse_args(argv=None):
@@ -134,7 +134,7 @@ def load_training_data(path):
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"--train_data {path}: no such folder")
-    mode = "cached" if os.path.exists(os.path.join(path, FEATURE_CACHE_MARKER)) else "audio"
+    mode = "cached" if os.path.exists(os.path.join(path, MARKER)) else "audio"
     data = load_from_disk(path if mode == "cached" or not os.path.isdir(os.path.join(path, "dataset")) else os.path.join(path, "dataset"))
     for split in ("train", "validation"):
         if split not in data:
@@ -150,7 +150,7 @@ def check_cache_fits(path, model, processor, model_name):
     no fingerprints (made by hand, or by an earlier version) is taken as it is, with a warning."""
     from data_clasp.features import backbone_fingerprint, processor_fingerprint
 
-    with open(os.path.join(path, FEATURE_CACHE_MARKER), encoding="utf-8") as f:
+    with open(os.path.join(path, MARKER), encoding="utf-8") as f:
         recorded = json.load(f)
     if not {"backbones", "processor"} <= set(recorded):
         logger.warning(f"--train_data {path}: its marker records no fingerprints; not checked against --model {model_name}",
@@ -169,7 +169,7 @@ def check_cache_fits(path, model, processor, model_name):
 
 def load_model_and_processor(args):
     """A backbone preset (a fresh head) or a CLASP folder to continue, with this run's overrides."""
-    from clasp_cli.features_command import load_model_and_processor as load
+    from backbones_clasp.checkpoints import load_model_and_processor as load
 
     overrides = {"fusion": args.fusion, "loss": args.loss, "speech_pooling": args.speech_pooling}
     overrides = {k: v for k, v in overrides.items() if v is not None}
@@ -300,8 +300,6 @@ class TrainingProgress:
         old = os.path.join(folder, "custom_checkpoint_0.pkl")
         if os.path.exists(os.path.join(folder, cls.FILE)) or not os.path.exists(old):
             return
-        from clasp_cli.eval_command import write_atomically
-
         write_atomically(os.path.join(folder, cls.FILE), json.dumps(torch.load(old, map_location="cpu", weights_only=True)))
         os.remove(old)
 
@@ -691,9 +689,7 @@ def main(argv=None):
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
             "stopped_because": not_finite, "history": progress.history,
         }
-        with open(os.path.join(args.output_dir, "training_summary.json.tmp"), "w") as f:
-            json.dump(summary, f, indent=2)
-        os.replace(os.path.join(args.output_dir, "training_summary.json.tmp"), os.path.join(args.output_dir, "training_summary.json"))
+        write_atomically(os.path.join(args.output_dir, "training_summary.json"), json.dumps(summary, indent=2))
         if not_finite:
             exported = (f"exported epoch {progress.best_epoch}, the best finite one" if progress.best_epoch
                         else "no epoch was finite, nothing exported")

@@ -81,7 +81,7 @@ def gpu_gain() -> str:
 def main():
     import torch.nn.functional as F
 
-    from clasp_cli.features_command import load_model_and_processor
+    from backbones_clasp.checkpoints import load_model_and_processor
     from evaluation.embed import length_batches
 
     started = time.perf_counter()

@@ -45,7 +45,7 @@ def main():
     args = parser.parse_args()
     import torch
 
-    from clasp_cli.features_command import load_model_and_processor
+    from backbones_clasp.checkpoints import load_model_and_processor
     from search_clasp.embedding import ClaspEmbedder
     from search_clasp.quantization import quantize_model
 

@@ -45,7 +45,7 @@ def query_embedding_ms():
     try:
         import torch
 
-        from clasp_cli.features_command import load_model_and_processor
+        from backbones_clasp.checkpoints import load_model_and_processor
 
         model, processor = load_model_and_processor("offline-base")
         model.eval()

@@ -11,8 +11,9 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
+
+from data_clasp.files import write_atomically
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "bench", "results")
@@ -80,17 +81,11 @@ def format_table(columns: list[str], rows: list[list]) -> str:
 
 
 def write_result(name: str, result: dict) -> str:
-    """bench/results/<name>.json, via a temporary file and a rename: never half written."""
-    os.makedirs(RESULTS_DIR, exist_ok=True)
+    """bench/results/<name>.json, written whole (data_clasp.files.write_atomically)."""
     result = {"name": name, "machine": machine(), "command": f".venv/bin/python bench/{name}.py",
               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}
     path = os.path.join(RESULTS_DIR, f"{name}.json")
-    fd, temporary = tempfile.mkstemp(dir=RESULTS_DIR, prefix=f".{name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(result, f, indent=2)
-        f.write("\n")
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, path)
+    write_atomically(path, json.dumps(result, indent=2) + "\n")
     return path
 
 

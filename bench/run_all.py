@@ -18,6 +18,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import REPO_ROOT, RESULTS_DIR, format_table  # noqa: E402
+from data_clasp.files import write_atomically  # noqa: E402
 
 BENCH_DIR = os.path.join(REPO_ROOT, "bench")
 REPORT = os.path.join(REPO_ROOT, "BENCHMARKS.md")
@@ -74,14 +75,9 @@ def main() -> int:
                 failed.append(os.path.basename(script))
         run = {"wall_s": time.perf_counter() - started, "failed": failed,
                "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-        with open(FULL_RUN + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(run, f, indent=2)
-        os.replace(FULL_RUN + ".tmp", FULL_RUN)
+        write_atomically(FULL_RUN, json.dumps(run, indent=2))
         print(f"\nmake bench: {run['wall_s']:.0f} s for every benchmark", flush=True)
-    temporary = REPORT + ".tmp"
-    with open(temporary, "w", encoding="utf-8") as f:
-        f.write(report())
-    os.replace(temporary, REPORT)
+    write_atomically(REPORT, report())
     print(f"\nwrote {os.path.relpath(REPORT, REPO_ROOT)}" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from clasp_cli.eval_command import write_atomically
+from data_clasp.files import write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
@@ -69,8 +69,7 @@ def librivox_manifest(path, root="/usr/share/pocketsphinx/test/data/librivox") -
             text = words.replace("<s>", "").replace("</s>", "").strip()
             rows.append({"audio": os.path.join(root, file_id.rstrip(")") + ".wav"), "text": text,
                          "language": "en", "source": "librivox"})
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    write_atomically(path, "".join(json.dumps(row) + "\n" for row in rows))
     return bool(rows)
 
 

@@ -40,6 +40,7 @@ def run(args) -> int:
     from safetensors.torch import save
     from tqdm.auto import tqdm
 
+    from data_clasp.files import write_atomically
     from search_clasp.embedding import ClaspEmbedder
     from search_clasp.index import model_identity, read_entries
     from search_clasp.shards import embed_across_processes, process_state
@@ -80,17 +81,8 @@ def run(args) -> int:
         print(f"clasp embed: error: none of the {len(failed)} inputs could be embedded; nothing written",
               file=sys.stderr)
         return 2
-    os.makedirs(os.path.dirname(output), exist_ok=True)
-    temporary = f"{output}.tmp{os.getpid()}"  # written whole, then renamed: never a half-written file
-    try:
-        with open(temporary, "wb") as f:  # a Python file: a full disk raises here, at the write
-            f.write(save({"embeddings": torch.cat(embeddings).contiguous()},
-                         metadata={"paths": json.dumps(paths), "failed": json.dumps(failed)}))
-        os.replace(temporary, output)
-    except Exception as error:  # a full disk: leave no partial file, and say which output failed
-        if os.path.lexists(temporary):
-            os.unlink(temporary)
-        raise OSError(f"{output}: could not be written ({error})") from error
+    write_atomically(output, save({"embeddings": torch.cat(embeddings).contiguous()},
+                                  metadata={"paths": json.dumps(paths), "failed": json.dumps(failed)}))
     shutil.rmtree(f"{output}.shards", ignore_errors=True)  # the shards of a multi-process run: merged now
     print(f"embedded {len(paths)} file(s) into {output}" + (f"; {len(failed)} failed (listed in its metadata)" if failed else ""),
           file=sys.stderr)

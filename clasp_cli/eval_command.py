@@ -29,7 +29,8 @@ import argparse
 import json
 import os
 import sys
-import tempfile
+
+from data_clasp.files import write_atomically
 
 
 class InputError(Exception):
@@ -100,7 +101,7 @@ def run(args) -> int:
 def evaluate_model(args) -> int:
     import torch
 
-    from clasp_cli.features_command import load_model_and_processor
+    from backbones_clasp.checkpoints import load_model_and_processor
     from evaluation.model_report import model_report
     from evaluation.pairs import dataset_pairs, manifest_pairs
     from evaluation.report import format_report, report_to_markdown
@@ -214,17 +215,3 @@ def load_embeddings(path: str):
             metadata[key] = values
     return audio_embeds, text_embeds, metadata
 
-
-def write_atomically(path: str, text: str) -> None:
-    """Write to a temporary file beside `path`, then rename: readers never see half a report."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private; a report is for sharing
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise

@@ -90,7 +90,7 @@ def widget_examples(model, processor, path, repo, samples_dir, revision="main") 
     over the labels, the sentence encoder's prompt once before each label)."""
     import torch
 
-    from clasp_cli.audio_files import load_audio
+    from data_clasp.audio import load_audio
 
     os.makedirs(samples_dir, exist_ok=True)
     entries = []

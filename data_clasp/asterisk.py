@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import write_atomically
 from .schema import SAMPLING_RATE, SPLITS, normalise_text, stable_hash
 
 LANGUAGES = ("en", "es", "fr", "it", "ru")
@@ -239,9 +240,7 @@ def build_asterisk(output, languages=LANGUAGES, *, min_words: int = 3, per_langu
         row["translations"] = {k: v for k, v in sorted(texts[row["group"]].items()) if k != row["language"]}
     manifest = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     for name, text in (("manifest.jsonl", manifest), ("README.md", _readme(rows, languages))):
-        partial = output / f"{name}.partial"
-        partial.write_text(text, encoding="utf-8")
-        os.replace(partial, output / name)
+        write_atomically(output / name, text)
     dataset, unreadable = load_manifest(output / "manifest.jsonl")
     if unreadable:
         raise RuntimeError(f"{len(unreadable)} written clips do not decode, e.g. {unreadable[:3]}")

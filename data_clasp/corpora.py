@@ -35,6 +35,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from .files import write_atomically
 from .schema import normalise_text, stable_hash
 
 MAX_WORDS = 47  # the paper keeps sentences of at most 47 words
@@ -374,9 +375,7 @@ def load_sentences(sources=SOURCES, cache=None) -> list:
     if stored.exists():
         return [Sentence(**json.loads(line)) for line in stored.read_text(encoding="utf-8").splitlines()]
     sentences = merge_groups([s for read, argument, _ in readers for s in read(argument)])
-    partial = stored.with_suffix(".partial")
-    partial.write_text("".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in sentences), encoding="utf-8")
-    partial.replace(stored)
+    write_atomically(stored, "".join(json.dumps(asdict(s), ensure_ascii=False) + "\n" for s in sentences))
     return sentences
 
 

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .corpora import merge_groups
+from .files import write_atomically
 from .schema import SAMPLING_RATE, split_of_groups, stable_hash
 
 MIN_SECONDS, MAX_SECONDS = 0.3, 20.0
@@ -284,16 +285,14 @@ def write_dataset(output: Path, clips: list, translations: dict):
 
     split_of = split_of_groups(c["group"] for c in clips)
     manifest = output / "manifest.jsonl"
-    partial = output / "manifest.jsonl.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        for c in clips:
-            others = {k: v for k, v in sorted(translations[c["unit"]].items()) if k != c["language"]}
-            row = {"audio": c["audio"], "text": c["text"], "language": c["language"], "source": c["source"],
-                   "category": c["category"], "translations": others, "group": c["group"],
-                   "split": split_of[c["group"]], "duration": c["duration"], "voice": c["voice"],
-                   "speed": c["speed"], "pitch": c["pitch"]}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(partial, manifest)
+    rows = []
+    for c in clips:
+        others = {k: v for k, v in sorted(translations[c["unit"]].items()) if k != c["language"]}
+        rows.append({"audio": c["audio"], "text": c["text"], "language": c["language"], "source": c["source"],
+                     "category": c["category"], "translations": others, "group": c["group"],
+                     "split": split_of[c["group"]], "duration": c["duration"], "voice": c["voice"],
+                     "speed": c["speed"], "pitch": c["pitch"]})
+    write_atomically(manifest, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     bars_were_on = not datasets.are_progress_bars_disabled()
     datasets.disable_progress_bars()  # synthesis had its own bar; a dozen more say nothing
     try:

@@ -18,7 +18,7 @@ def manifest_pairs(path) -> list[dict]:
     A line that is not JSON, or lacks audio/text/language, is an error naming the line: a
     person wrote the manifest and should fix it. A clip that cannot be read is reported later.
     """
-    from clasp_cli.audio_files import load_audio
+    from data_clasp.audio import load_audio
     from data_clasp.loaders import read_manifest
     from data_clasp.schema import translations_list
 

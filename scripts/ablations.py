@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from clasp_cli.eval_command import write_atomically
+from data_clasp.files import write_atomically
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -33,7 +33,7 @@ def main():
     from safetensors.torch import save_file
     from transformers import BertTokenizerFast
 
-    from clasp_cli.features_command import load_model_and_processor
+    from backbones_clasp.checkpoints import load_model_and_processor
     from processing_clasp import ClaspProcessor
 
     shutil.rmtree(args.output, ignore_errors=True)

@@ -9,7 +9,7 @@ Identical transcripts of different sentences tie for real; CLASP's continuous em
 import json
 import numpy as np
 import torch
-from clasp_cli.features_command import load_model_and_processor
+from backbones_clasp.checkpoints import load_model_and_processor
 from evaluation.embed import embed_texts
 from evaluation.pairs import dataset_pairs, usable_clips
 from evaluation.protocols import correct_sets, rank_queries

@@ -65,7 +65,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     """
     from tqdm.auto import tqdm
 
-    from clasp_cli.features_command import check_checkpoint
+    from backbones_clasp.checkpoints import check_checkpoint
 
     from .embedding import ClaspEmbedder
     from .shards import embed_across_processes, process_state

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
-from clasp_cli.audio_files import AudioFileError, load_audio
+from data_clasp.audio import AudioFileError, load_audio
 from processing_clasp.feature_extraction_clasp import to_float_mono
 
 
@@ -74,7 +74,7 @@ class ClaspEmbedder:
     @classmethod
     def from_pretrained(cls, model_dir, quantize=None, **kwargs):
         """`quantize="int8"`: int8 encoders on the CPU (search_clasp.quantization.quantize_model)."""
-        from clasp_cli.features_command import load_model_and_processor
+        from backbones_clasp.checkpoints import load_model_and_processor
 
         from .quantization import quantize_model
 

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clasp_cli.audio_files import find_audio_files
+from data_clasp.audio import find_audio_files
 
 FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"

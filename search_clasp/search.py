@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from clasp_cli.audio_files import load_audio
+from data_clasp.audio import load_audio
 
 from .index import ClaspIndex, model_identity
 

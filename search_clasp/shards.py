@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save
 
+from data_clasp.files import write_atomically
 from data_clasp.processes import process_state  # noqa: F401 (re-exported: build.py and the commands use it)
 
 from .embedding import EmbeddedChunk
@@ -85,15 +86,10 @@ def embed_shard(inputs: list[str], path, fingerprint: str, load_embedder, strict
         chunks = list(embedder.embed_files(inputs, files_per_chunk=files_per_chunk, strict=strict, progress=progress))
         shard = EmbeddedChunk([p for c in chunks for p in c.paths], [d for c in chunks for d in c.durations],
                               torch.cat([c.embeddings for c in chunks]), [f for c in chunks for f in c.failed])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f"{path.name}.tmp{os.getpid()}")
     metadata = {"inputs": json.dumps(inputs), "fingerprint": fingerprint, "paths": json.dumps(shard.paths),
                 "failed": json.dumps(shard.failed)}
-    with open(temporary, "wb") as f:
-        f.write(save({"embeddings": shard.embeddings.contiguous(), "durations": torch.tensor(shard.durations, dtype=torch.float64)},
-                     metadata=metadata))
-    os.replace(temporary, path)
+    write_atomically(path, save({"embeddings": shard.embeddings.contiguous(),
+                                 "durations": torch.tensor(shard.durations, dtype=torch.float64)}, metadata=metadata))
     return shard
 
 

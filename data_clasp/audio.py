@@ -1,4 +1,4 @@
-"""Reading audio files for the batch commands, with errors that name the file and the reason.
+"""Decoding audio files, with errors that name the file and the reason.
 
 soundfile (libsndfile) reads WAV/FLAC/OGG quickly and exactly; anything else (MP3, M4A, OPUS in
 containers...) goes through torchcodec's FFmpeg decoder. Samples come back as they are stored, in

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from clasp_cli.audio_files import load_audio, read_ffmpeg, read_soundfile
+from data_clasp.audio import load_audio, read_ffmpeg, read_soundfile
 from processing_clasp import ClaspFeatureExtractor
 
 EXTRACTOR = ClaspFeatureExtractor(do_normalize=False, min_samples=1, image_size=32, spectrogram_n_mels=16)

@@ -1,0 +1,75 @@
+"""The import arrows between the repository's own modules run one way: down the layers of DESIGN.md.
+
+Every import is read with `ast` (module level, inside functions, relative, and
+`importlib.import_module("...")`), so a lazy import cannot hide an arrow that climbs back up.
+"""
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Bottom first; each layer stands only on itself and the layers below it (DESIGN.md, "Layers").
+LAYERS = [
+    ("Hub files", {"configuration_clasp", "modeling_clasp", "processing_clasp"}),
+    ("library", {"evaluation", "search_clasp", "data_clasp", "backbones_clasp"}),
+    ("command line and trainer", {"clasp_cli", "train_accelerate"}),
+    ("experiments and measurements", {"bench", "scripts"}),
+]
+LAYER_OF = {name: (rank, layer) for rank, (layer, names) in enumerate(LAYERS) for name in names}
+# Within one layer: the trainer stands on the library, not on the command line.
+FORBIDDEN_SIDEWAYS = {("train_accelerate", "clasp_cli")}
+
+
+def imported_names(source: str, package: str) -> list[tuple[int, str]]:
+    """(line, top-level name) of every import in `source`, a module of the top-level `package`."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.lineno, package if node.level else node.module.split(".")[0]))
+        elif (isinstance(node, ast.Call) and node.args and getattr(node.func, "attr", getattr(node.func, "id", None))
+              in ("import_module", "__import__")):
+            name = node.args[0]
+            if isinstance(name, ast.JoinedStr) and name.values:  # f"clasp_cli.{name}"
+                name = name.values[0]
+            if isinstance(name, ast.Constant) and isinstance(name.value, str):
+                found.append((node.lineno, name.value.split(".")[0]))
+    return found
+
+
+def own_modules():
+    """(path, top-level name) of every Python file of the layers."""
+    for name in LAYER_OF:
+        if (ROOT / f"{name}.py").is_file():
+            yield ROOT / f"{name}.py", name
+        else:
+            yield from ((path, name) for path in sorted((ROOT / name).rglob("*.py")))
+
+
+def test_the_parser_sees_lazy_relative_and_dynamic_imports():
+    source = ("import os\nfrom . import sibling\n"
+              "def f():\n    from clasp_cli.audio_files import load_audio\n"
+              "    importlib.import_module(f'bench.{x}')\n    __import__('scripts.gpu_run')\n")
+    assert imported_names(source, "evaluation") == [(1, "os"), (2, "evaluation"), (4, "clasp_cli"), (5, "bench"), (6, "scripts")]
+
+
+def test_every_package_and_top_level_module_has_a_layer():
+    found = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    found |= {p.stem for p in ROOT.glob("*.py")} - {"setup"}
+    assert found - set(LAYER_OF) == set(), "place it in a layer here and in DESIGN.md"
+    assert all((ROOT / name).exists() or (ROOT / f"{name}.py").exists() for name in LAYER_OF)
+
+
+def test_no_import_runs_back_up_the_layers():
+    upward = []
+    for path, package in own_modules():
+        rank, layer = LAYER_OF[package]
+        for line, name in imported_names(path.read_text(encoding="utf-8"), package):
+            if name not in LAYER_OF or name == package:
+                continue
+            other_rank, other_layer = LAYER_OF[name]
+            if other_rank > rank or (package, name) in FORBIDDEN_SIDEWAYS:
+                upward.append(f"{path.relative_to(ROOT)}:{line} ({layer}) imports {name} ({other_layer})")
+    assert upward == [], "imports that run back up the layers:\n" + "\n".join(upward)
