@@ -42,8 +42,7 @@ def backbone_fingerprint(model) -> str:
         for key, tensor in getattr(model, name).state_dict().items():
             digest.update(key.encode())
             digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    for key in ("text_pooling", "text_normalize", "speech_layer", "speech_frame_stride", "spectrogram_n_mels",
-                "spectrogram_hop_length"):
+    for key in ("text_pooling", "text_normalize", "speech_layer", "speech_frame_stride"):
         digest.update(f"{key}={getattr(model.config, key)}".encode())
     return digest.hexdigest()[:16]
 

@@ -12,7 +12,7 @@ import torch
 from safetensors.numpy import load_file
 
 from clean_process import run_clean
-from configuration_clasp import save_hub_code
+from configuration_clasp import ClaspConfig, save_hub_code
 from modeling_clasp import ClaspModel
 from processing_clasp import ClaspProcessor
 from tiny import REPO
@@ -76,3 +76,18 @@ def test_an_earlier_checkpoint_loads_through_todays_remote_code_in_a_clean_proce
     inputs = tmp_path / "inputs.json"
     inputs.write_text(json.dumps({"clips": [c.tolist() for c in clips], "texts": texts}))
     assert_outputs_match(run_clean(tmp_path, LOAD_AND_EMBED, folder, inputs), expected)
+
+
+def test_preprocessing_fields_of_an_earlier_config_are_dropped_on_load(tmp_path):
+    """Earlier versions kept preprocessing settings in config.json too, where no model code read
+    them (128 mels there, 16 in the processor that was used); the processor's files are their one
+    home, so they are neither attributes of the loaded config nor written again by its next save."""
+    earlier = json.loads((FIXTURE / "config.json").read_text())
+    assert earlier["spectrogram_n_mels"] == 128 and earlier["text_query_prefix"] == "query: "
+    config = ClaspConfig.from_pretrained(FIXTURE)
+    config.save_pretrained(tmp_path)
+    resaved = json.loads((tmp_path / "config.json").read_text())
+    for name in ("text_query_prefix", "text_passage_prefix", "text_max_length", "sampling_rate", "spectrogram_n_fft",
+                 "spectrogram_hop_length", "spectrogram_n_mels", "spectrogram_top_db"):
+        assert name in earlier and not hasattr(config, name) and name not in resaved, name
+    assert resaved["fusion"] == "gating" and resaved["speech_pooling"] == "attention"
