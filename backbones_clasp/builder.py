@@ -130,7 +130,7 @@ def read_sentence_transformer(path_or_id: str) -> dict:
     """How a sentence-transformers model embeds text, read from its files (no sentence-transformers import):
     {"transformer_path", "pooling", "normalize", "dense", "query_prompt", "max_length"}.
 
-    Supported pipelines: Transformer → Pooling(mean | cls) → [Dense(d→d, tanh) on cls] → [Normalize].
+    Supported pipelines: Transformer → Pooling(mean | cls, prompt included) → [Dense(d→d, tanh) on cls] → [Normalize].
     A plain transformers folder (no modules.json) is taken as mean pooling + normalisation.
     `max_length` is the Transformer module's `max_seq_length` (sentence_bert_config.json of
     sentence-transformers < 6; None where it names none); `query_prompt` is the "query" prompt of
@@ -147,15 +147,16 @@ def read_sentence_transformer(path_or_id: str) -> dict:
         if kind == "Transformer":
             if folder:
                 setup["transformer_path"] = os.path.join(path_or_id, folder) if os.path.isdir(path_or_id) else path_or_id
-            st_config = read_json(path_or_id, os.path.join(folder, "sentence_bert_config.json") if folder else "sentence_bert_config.json")
+            st_config = read_json(path_or_id, os.path.join(folder, "sentence_bert_config.json"))  # folder "": the root
             if st_config and st_config.get("max_seq_length"):
                 setup["max_length"] = st_config["max_seq_length"]
         elif kind == "Pooling":
             pooling = read_json(path_or_id, f"{folder}/config.json") or {}
-            if pooling.get("pooling_mode_cls_token"):
-                setup["pooling"] = "cls"
-            elif not pooling.get("pooling_mode_mean_tokens", True):
-                raise ValueError(f"{path_or_id}: only mean or cls pooling is supported, got {pooling}")
+            # sentence-transformers 6 writes "pooling_mode"; earlier versions one flag per mode.
+            setup["pooling"] = pooling.get("pooling_mode") or ("cls" if pooling.get("pooling_mode_cls_token") else
+                                                              "mean" if pooling.get("pooling_mode_mean_tokens", True) else None)
+            if setup["pooling"] not in ("mean", "cls") or pooling.get("include_prompt") is False:
+                raise ValueError(f"{path_or_id}: only mean or cls pooling over all tokens is supported, got {pooling}")
         elif kind == "Dense":
             setup["dense"] = read_tanh_dense(path_or_id, folder, read_json(path_or_id, f"{folder}/config.json") or {})
             setup["pooling"] = "pooler"

@@ -52,16 +52,18 @@ def test_a_model_built_from_backbones_is_ready_for_inference(tmp_path):
 def save_sentence_transformer(folder, tmp_path, style):
     """A tiny sentence-transformers model saved by sentence-transformers itself. "e5": mean pooling,
     Normalize, a "query: " prompt, the limit (10) in the tokenizer (sentence-transformers 6's layout).
-    "labse": cls pooling, Dense+tanh, Normalize, the Transformer in 0_Transformer/ with its
-    limit (12) in sentence_bert_config.json (the layout of LaBSE on the Hub)."""
+    "cls": cls pooling alone, limit 8. "labse": cls pooling, Dense+tanh, Normalize, the Transformer in
+    0_Transformer/ with its limit (12) in sentence_bert_config.json (the layout of LaBSE on the Hub)."""
     sentence_transformers = pytest.importorskip("sentence_transformers")
     from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
 
     BertModel(tiny_bert_config(len(WORDS) + 5)).save_pretrained(tmp_path / "bert")
     tiny_tokenizer(tmp_path).save_pretrained(tmp_path / "bert")
-    transformer = Transformer(str(tmp_path / "bert"), max_seq_length=10 if style == "e5" else None)
+    transformer = Transformer(str(tmp_path / "bert"), max_seq_length={"e5": 10, "cls": 8, "labse": None}[style])
     if style == "e5":
         modules, prompts = [transformer, Pooling(24, pooling_mode="mean"), Normalize()], {"query": "query: "}
+    elif style == "cls":
+        modules, prompts = [transformer, Pooling(24, pooling_mode="cls")], None
     else:
         modules, prompts = [transformer, Pooling(24, pooling_mode="cls"), Dense(24, 24, activation_function=nn.Tanh()),
                             Normalize()], None
@@ -77,16 +79,16 @@ def save_sentence_transformer(folder, tmp_path, style):
     return sentence_transformers.SentenceTransformer(str(folder), device="cpu")
 
 
-@pytest.mark.parametrize("style", ["e5", "labse"])
+@pytest.mark.parametrize("style", ["e5", "cls", "labse"])
 def test_text_embeds_prompt_and_limit_are_the_sentence_transformers_models(style, tmp_path):
     """The model's text embeddings, the processor's prompt and its token limit are those
     sentence-transformers itself uses for the folder (the model's and the processor's reading of
     the folder used to be two copies that disagreed on the limit)."""
     reference = save_sentence_transformer(tmp_path / "text", tmp_path, style)
     model, processor = build_clasp(**audio_parts(tmp_path), text=str(tmp_path / "text"), **TINY_HEAD)
-    assert processor.text_max_length == reference.max_seq_length == {"e5": 10, "labse": 12}[style]
-    assert processor.text_prefix == {"e5": "query: ", "labse": ""}[style]
-    assert model.config.text_pooling == {"e5": "mean", "labse": "pooler"}[style]
+    assert processor.text_max_length == reference.max_seq_length == {"e5": 10, "cls": 8, "labse": 12}[style]
+    assert processor.text_prefix == {"e5": "query: ", "cls": "", "labse": ""}[style]
+    assert model.config.text_pooling == {"e5": "mean", "cls": "cls", "labse": "pooler"}[style]
     expected = reference.encode(TEXTS, prompt_name="query" if style == "e5" else None, convert_to_tensor=True)
     with pytest.warns(UserWarning, match="text\\[1\\]: .* truncated"):  # the second text is over the limit
         inputs = processor(text=TEXTS)
