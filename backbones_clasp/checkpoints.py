@@ -8,13 +8,12 @@ import os
 def load_model_and_processor(model: str, **config_overrides):
     """A backbone preset (offline-base, paper: an untrained head) or a saved CLASP folder →
     (ClaspModel, ClaspProcessor). `config_overrides` (fusion, loss, freezing...) go to the config."""
+    from backbones_clasp.builder import BACKBONE_PRESETS, build_clasp
     from modeling_clasp import ClaspModel
-    from modeling_clasp.modeling_clasp import BACKBONE_PRESETS, resolve_backbones
     from processing_clasp import ClaspProcessor
 
     if model in BACKBONE_PRESETS:
-        return (ClaspModel.from_pretrained_backbones(preset=model, **config_overrides),
-                ClaspProcessor.from_pretrained_backbones(**resolve_backbones(None, None, None, model)))
+        return build_clasp(preset=model, **config_overrides)
     if not os.path.isfile(os.path.join(model, "config.json")):
         raise FileNotFoundError(f"--model {model}: neither a preset ({', '.join(BACKBONE_PRESETS)}) nor a CLASP folder")
     if not config_overrides:  # overrides (a new head, another pooling) start some weights afresh on purpose

@@ -32,7 +32,7 @@ TARGET = 50
 
 
 def offline_base_feature_extractor():
-    """The feature extractor ClaspProcessor.from_pretrained_backbones builds for offline-base
+    """The feature extractor backbones_clasp.build_clasp builds for offline-base
     (Whisper-base: 80 mel bins, up to 30 s; EfficientNet-Lite0: 224 x 224, ImageNet mean/std)."""
     from processing_clasp import ClaspFeatureExtractor
 

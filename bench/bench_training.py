@@ -180,7 +180,7 @@ def end_to_end_samples_per_s(data_dir: str) -> float:
 
 
 def main() -> None:
-    from modeling_clasp.modeling_clasp import resolve_backbones
+    from backbones_clasp import resolve_backbones
 
     started = time.perf_counter()
     torch.set_num_threads(THREADS)

@@ -118,6 +118,11 @@ PAPER_TEXT = dict(vocab_size=501153, hidden_size=768, num_hidden_layers=12, num_
 
 
 FUSIONS = ("concat", "gating", "speech_only", "spectrogram_only")
+# Fields earlier versions kept here though no model code read them: preprocessing settings, which
+# live in the processor's saved files (ClaspProcessor, ClaspFeatureExtractor). An old config.json
+# still carries them; they are dropped on load, so they do not come back on the next save.
+PREPROCESSING_FIELDS = ("text_query_prefix", "text_passage_prefix", "text_max_length", "sampling_rate",
+                        "spectrogram_n_fft", "spectrogram_hop_length", "spectrogram_n_mels", "spectrogram_top_db")
 
 
 class ClaspConfig(PretrainedConfig):
@@ -140,10 +145,6 @@ class ClaspConfig(PretrainedConfig):
         text_pooling (`str`): "mean" over real tokens, "cls", or "pooler" (the transformer's own pooler: for
             LaBSE this is sentence-transformers' Dense+tanh on the CLS token).
         text_normalize (`bool`): L2-normalise the sentence embedding, as sentence-transformers' Normalize.
-        text_query_prefix / text_passage_prefix (`str`): prompts the sentence encoder expects ("query: " for e5).
-        text_max_length (`int`): longer transcripts are truncated to this many tokens.
-        sampling_rate, spectrogram_n_fft, spectrogram_hop_length, spectrogram_n_mels, spectrogram_top_db:
-            the log-mel spectrogram fed to the CNN (it is resized to the CNN's `image_size`).
         fusion (`str`): "concat" or "gating" (the paper's two heads), or one branch alone, the paper's
             ablations: "speech_only" (the speech encoder) or "spectrogram_only" (the spectrogram CNN).
         fusion_branch_dims (`list[int]`): widths of each branch's MLP; the last is the branch output.
@@ -177,14 +178,6 @@ class ClaspConfig(PretrainedConfig):
         speech_pooling_heads=8,
         text_pooling="pooler",
         text_normalize=True,
-        text_query_prefix="",
-        text_passage_prefix="",
-        text_max_length=512,
-        sampling_rate=16000,
-        spectrogram_n_fft=1024,
-        spectrogram_hop_length=320,
-        spectrogram_n_mels=128,
-        spectrogram_top_db=80.0,
         fusion="concat",
         fusion_branch_dims=(768, 576, 768),
         fusion_head_dims=(1024, 800),
@@ -217,14 +210,6 @@ class ClaspConfig(PretrainedConfig):
         self.speech_pooling_heads = speech_pooling_heads
         self.text_pooling = text_pooling
         self.text_normalize = text_normalize
-        self.text_query_prefix = text_query_prefix
-        self.text_passage_prefix = text_passage_prefix
-        self.text_max_length = text_max_length
-        self.sampling_rate = sampling_rate
-        self.spectrogram_n_fft = spectrogram_n_fft
-        self.spectrogram_hop_length = spectrogram_hop_length
-        self.spectrogram_n_mels = spectrogram_n_mels
-        self.spectrogram_top_db = spectrogram_top_db
         self.fusion = fusion
         self.fusion_branch_dims = list(fusion_branch_dims)
         self.fusion_head_dims = list(fusion_head_dims)
@@ -238,6 +223,8 @@ class ClaspConfig(PretrainedConfig):
         self.freeze_speech_encoder = freeze_speech_encoder
         self.freeze_spectrogram_encoder = freeze_spectrogram_encoder
         self.freeze_text_encoder = freeze_text_encoder
+        for key in PREPROCESSING_FIELDS:  # in config.json files saved before the processor was their one home
+            kwargs.pop(key, None)
         kwargs.setdefault(
             "auto_map",
             {"AutoConfig": "configuration_clasp.ClaspConfig", "AutoModel": "modeling_clasp.ClaspModel"},

@@ -29,7 +29,7 @@ import torch
 
 from data_clasp.processes import process_state
 
-MARKER = "clasp_features.json"  # train_accelerate.FEATURE_CACHE_MARKER
+MARKER = "clasp_features.json"  # the finished-cache marker (the trainer reads this name)
 FEATURE_COLUMNS = ("speech_embeds", "spectrogram_embeds", "text_embeds")
 FRAME_COLUMNS = ("speech_frames", "speech_frame_weights")
 
@@ -42,9 +42,11 @@ def backbone_fingerprint(model) -> str:
         for key, tensor in getattr(model, name).state_dict().items():
             digest.update(key.encode())
             digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
-    for key in ("text_pooling", "text_normalize", "speech_layer", "speech_frame_stride", "spectrogram_n_mels",
-                "spectrogram_hop_length"):
+    for key in ("text_pooling", "text_normalize", "speech_layer", "speech_frame_stride"):
         digest.update(f"{key}={getattr(model.config, key)}".encode())
+    # ClaspConfig held these two (unread) preprocessing defaults until #18 moved preprocessing to the
+    # processor (hashed in processor_fingerprint); their old values keep earlier caches valid.
+    digest.update(b"spectrogram_n_mels=128spectrogram_hop_length=320")
     return digest.hexdigest()[:16]
 
 

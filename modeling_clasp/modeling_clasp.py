@@ -11,19 +11,16 @@ encoder itself: CLASP audio embeddings can be searched with any text that encode
 This file is also published flat on the Hub: it imports only torch, transformers and the standard library.
 """
 
-import json
-import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedModel
+from transformers import AutoModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPooling
-from transformers.modeling_utils import load_state_dict
-from transformers.utils import ModelOutput, cached_file, can_return_tuple
+from transformers.utils import ModelOutput, can_return_tuple
 
 from configuration_clasp.configuration_clasp import ClaspConfig, save_with_code
 
@@ -601,142 +598,6 @@ class ClaspModel(ClaspPreTrainedModel):
         # Not clamped here (its gradient would be 0 above the cap): the trainer clamps the parameter
         # after each optimizer step, as open_clip does, and from_pretrained clamps what it loads.
         return self.logit_scale.exp()
-
-    # ---- building from pretrained parts ----------------------------------------------------
-
-    @classmethod
-    def from_pretrained_backbones(cls, speech=None, spectrogram=None, text=None, preset=None, **config_kwargs):
-        """An untrained CLASP (fresh fusion head) on pretrained backbones.
-
-        `speech`, `spectrogram`, `text`: local folders or Hub ids of a speech encoder (HuBERT,
-        wav2vec2, WavLM, Whisper), a transformers image CNN, and a sentence-transformers model.
-        `preset` fills the ones not given: "paper" (HuBERT-large, EfficientNet-B7, LaBSE; needs
-        the Hub) or "offline-base" (Whisper-base, EfficientNet-Lite0, multilingual-e5-small,
-        built by `clasp backbones build`). Returns the model in eval mode, as `from_pretrained` does
-        (call `.train()` to train the head); `ClaspProcessor.from_pretrained_backbones` builds the
-        matching processor.
-        """
-        parts = resolve_backbones(speech, spectrogram, text, preset)
-        text_setup = read_sentence_transformer(parts["text"])
-        speech_config = AutoConfig.from_pretrained(parts["speech"])
-        spectrogram_config = AutoConfig.from_pretrained(parts["spectrogram"])
-        config = ClaspConfig(
-            speech_config=speech_config.to_dict(),
-            spectrogram_config=spectrogram_config.to_dict(),
-            text_config=AutoConfig.from_pretrained(text_setup["transformer_path"]).to_dict(),
-            text_pooling=text_setup["pooling"],
-            text_normalize=text_setup["normalize"],
-            text_query_prefix=text_setup["query_prefix"],
-            text_passage_prefix=text_setup["passage_prefix"],
-            text_max_length=text_setup["max_length"],
-            **config_kwargs,
-        )
-        model = cls(config)
-        if config.speech_is_whisper:
-            from transformers import WhisperModel
-
-            model.speech_model = WhisperModel.from_pretrained(parts["speech"]).get_encoder()
-        else:
-            model.speech_model = AutoModel.from_pretrained(parts["speech"])
-        model.spectrogram_model = AutoModel.from_pretrained(parts["spectrogram"])
-        pooling_kwargs = {} if config.text_pooling == "pooler" else {"add_pooling_layer": False}
-        model.text_model = AutoModel.from_pretrained(text_setup["transformer_path"], **pooling_kwargs)
-        if text_setup["dense"] is not None:  # LaBSE: sentence-transformers' Dense+tanh is BERT's pooler
-            model.text_model.pooler.dense.load_state_dict(text_setup["dense"])
-        return model.float().freeze_backbones().eval()  # as from_pretrained: ready for inference
-
-
-# Where `clasp backbones build` writes the offline backbones (keep in sync with backbones_clasp).
-def default_backbones_dir() -> str:
-    return os.environ.get("CLASP_BACKBONES_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "clasp", "backbones")
-
-
-BACKBONE_PRESETS = {
-    "paper": {
-        "speech": "facebook/hubert-large-ls960-ft",
-        "spectrogram": "google/efficientnet-b7",
-        "text": "sentence-transformers/LaBSE",
-    },
-    "offline-base": {"speech": "whisper-base", "spectrogram": "efficientnet-lite0", "text": "multilingual-e5-small"},
-}
-
-
-def resolve_backbones(speech, spectrogram, text, preset) -> dict:
-    chosen = {"speech": speech, "spectrogram": spectrogram, "text": text}
-    if preset is None and None in chosen.values():
-        preset = "offline-base"
-    if preset is not None:
-        if preset not in BACKBONE_PRESETS:
-            raise ValueError(f"unknown backbone preset {preset!r}; choose one of {sorted(BACKBONE_PRESETS)}")
-        for part, default in BACKBONE_PRESETS[preset].items():
-            if chosen[part] is None:
-                if preset == "offline-base":
-                    default = os.path.join(default_backbones_dir(), default)
-                    if not os.path.isdir(default):
-                        raise FileNotFoundError(
-                            f"offline backbone folder {default} is missing: run `clasp backbones build` first "
-                            "(or set CLASP_BACKBONES_DIR to where it was built)."
-                        )
-                chosen[part] = default
-    return chosen
-
-
-def read_sentence_transformer(path_or_id: str) -> dict:
-    """How a sentence-transformers model embeds text, read from its files (no sentence-transformers import).
-
-    Supported pipelines: Transformer → Pooling(mean | cls) → [Dense(d→d, tanh) on cls] → [Normalize].
-    A plain transformers folder (no modules.json) is taken as mean pooling + normalisation.
-    """
-
-    def read_json(name):
-        path = cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False)
-        if path is None:
-            return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-
-    setup = {"transformer_path": path_or_id, "pooling": "mean", "normalize": True, "dense": None,
-             "query_prefix": "", "passage_prefix": "", "max_length": 512}
-    modules = read_json("modules.json")
-    if modules is None:
-        return setup
-    setup["normalize"] = False
-    for module in modules:
-        kind, folder = module["type"].rsplit(".", 1)[-1], module.get("path", "")
-        if kind == "Transformer":
-            if folder:
-                setup["transformer_path"] = os.path.join(path_or_id, folder) if os.path.isdir(path_or_id) else path_or_id
-            st_config = read_json(os.path.join(folder, "sentence_bert_config.json") if folder else "sentence_bert_config.json")
-            if st_config and st_config.get("max_seq_length"):
-                setup["max_length"] = st_config["max_seq_length"]
-        elif kind == "Pooling":
-            pooling = read_json(f"{folder}/config.json") or {}
-            if pooling.get("pooling_mode_cls_token"):
-                setup["pooling"] = "cls"
-            elif not pooling.get("pooling_mode_mean_tokens", True):
-                raise ValueError(f"{path_or_id}: only mean or cls pooling is supported, got {pooling}")
-        elif kind == "Dense":
-            setup["dense"] = _read_tanh_dense(path_or_id, folder, read_json(f"{folder}/config.json") or {})
-            setup["pooling"] = "pooler"
-        elif kind == "Normalize":
-            setup["normalize"] = True
-        else:
-            raise ValueError(f"{path_or_id}: sentence-transformers module {module['type']} is not supported")
-    prompts = (read_json("config_sentence_transformers.json") or {}).get("prompts") or {}
-    setup["query_prefix"] = prompts.get("query", "")
-    setup["passage_prefix"] = prompts.get("passage", prompts.get("document", ""))
-    return setup
-
-
-def _read_tanh_dense(path_or_id, folder, dense_config) -> dict:
-    activation = dense_config.get("activation_function", "")
-    if not activation.endswith("Tanh") or dense_config.get("in_features") != dense_config.get("out_features"):
-        raise ValueError(f"{path_or_id}: only a square Dense with tanh after cls pooling (LaBSE) is supported")
-    weights = cached_file(path_or_id, f"{folder}/model.safetensors", _raise_exceptions_for_missing_entries=False)
-    if weights is None:
-        weights = cached_file(path_or_id, f"{folder}/pytorch_model.bin")
-    state = load_state_dict(weights, weights_only=True)  # safetensors, or a weights-only torch.load
-    return {"weight": state["linear.weight"], "bias": state["linear.bias"]}
 
 
 __all__ = ["ClaspModel", "ClaspPreTrainedModel", "ClaspOutput", "ClaspFusion", "ClaspAttentionPooling", "clasp_loss",

@@ -12,14 +12,13 @@ This file is also published flat on the Hub: it imports only transformers and th
 
 import inspect
 import json
-import os
 import warnings
 
-from transformers import AutoConfig, AutoTokenizer, BatchFeature, ProcessorMixin
+from transformers import AutoTokenizer, BatchFeature, ProcessorMixin
 from transformers.utils import cached_file
 
 from configuration_clasp.configuration_clasp import ClaspConfig, save_with_code
-from processing_clasp.feature_extraction_clasp import IMAGENET_MEAN, IMAGENET_STD, ClaspFeatureExtractor
+from processing_clasp.feature_extraction_clasp import ClaspFeatureExtractor
 
 # Which files `from_pretrained` reads (as transformers' `cached_file` takes them).
 HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "subfolder", "force_download", "proxies")
@@ -81,54 +80,6 @@ class ClaspProcessor(ProcessorMixin):
     @property
     def model_input_names(self):
         return list(dict.fromkeys(self.tokenizer.model_input_names + self.feature_extractor.model_input_names))
-
-    @classmethod
-    def from_pretrained_backbones(cls, speech, spectrogram, text, text_prefix=None, text_max_length=None):
-        """The processor matching `ClaspModel.from_pretrained_backbones` with the same parts.
-
-        Reads each part's own preprocessing settings: the speech encoder's normalisation (or
-        Whisper's mel bins), the CNN's input size and mean/std, the sentence encoder's tokenizer.
-        """
-
-        def read_json(path_or_id, name):
-            path = cached_file(path_or_id, name, _raise_exceptions_for_missing_entries=False)
-            if path is None:
-                return {}
-            with open(path, encoding="utf-8") as f:
-                return json.load(f)
-
-        speech_config = AutoConfig.from_pretrained(speech)
-        speech_preprocessing = read_json(speech, "preprocessor_config.json")
-        image_preprocessing = read_json(spectrogram, "preprocessor_config.json")
-        image_size = getattr(AutoConfig.from_pretrained(spectrogram), "image_size", 224)
-        if speech_config.model_type == "whisper":
-            speech_kwargs = dict(
-                speech_features="whisper_log_mel",
-                feature_size=speech_config.num_mel_bins,
-                do_normalize=False,
-                max_samples=speech_config.max_source_positions * 2 * 160,
-            )
-        else:
-            speech_kwargs = dict(speech_features="waveform", feature_size=1, do_normalize=speech_preprocessing.get("do_normalize", True))
-        feature_extractor = ClaspFeatureExtractor(
-            image_size=image_size if isinstance(image_size, int) else image_size[0],
-            image_mean=image_preprocessing.get("image_mean", IMAGENET_MEAN),
-            image_std=image_preprocessing.get("image_std", IMAGENET_STD),
-            **speech_kwargs,
-        )
-        transformer_path = text
-        modules = read_json(text, "modules.json")
-        for module in modules or []:
-            if module["type"].endswith("Transformer") and module.get("path") and os.path.isdir(text):
-                transformer_path = os.path.join(text, module["path"])
-        prompts = read_json(text, "config_sentence_transformers.json").get("prompts") or {}
-        st_config = read_json(text, "sentence_bert_config.json")
-        return cls(
-            feature_extractor,
-            AutoTokenizer.from_pretrained(transformer_path),
-            text_prefix=prompts.get("query", "") if text_prefix is None else text_prefix,
-            text_max_length=text_max_length or st_config.get("max_seq_length") or 512,
-        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):

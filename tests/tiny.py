@@ -67,7 +67,6 @@ def tiny_config(speech="hubert", **kwargs):
         spectrogram_config=tiny_efficientnet_config().to_dict(),
         text_config=tiny_bert_config(len(WORDS) + 5).to_dict(),
         text_pooling="mean",
-        text_query_prefix="query: ",
         fusion_branch_dims=[16, 12, 16],
         fusion_head_dims=[20, 18],
     )

@@ -88,6 +88,19 @@ def test_each_save_writes_its_own_flat_code(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config", "model", "processor"]  # no staging left behind
 
 
+def test_the_hub_files_hold_no_backbone_building(tmp_path):
+    """Remote code rebuilds and runs a saved CLASP; presets, backbone folders and
+    sentence-transformers parsing live in backbones_clasp.builder, which is not exported."""
+    config = tiny_config()
+    tiny_model(config).save_pretrained(tmp_path)
+    tiny_processor(config, tmp_path).save_pretrained(tmp_path)
+    for path in tmp_path.glob("*.py"):
+        source = path.read_text()
+        for library_only in ("from_pretrained_backbones", "CLASP_BACKBONES_DIR", "expanduser", "modules.json",
+                             "sentence_bert_config", "BACKBONE_PRESETS"):
+            assert library_only not in source, (path.name, library_only)
+
+
 def test_a_failed_save_leaves_no_folder_and_no_partial_file(tmp_path, monkeypatch):
     import transformers.modeling_utils
 
