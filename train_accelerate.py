@@ -87,6 +87,10 @@ def parse_args(argv=None):
     parser.add_argument("--config_overrides", default=None,
                         help='ClaspConfig fields to override, "key=value,key=value" with JSON values, e.g. '
                              '"fusion_dropout=[0.3,0.2],logit_scale_init_value=3.0,speech_frame_stride=2"')
+    parser.add_argument("--speech_trainable_layers", type=int, default=None,
+                        help="train the speech encoder's last k layers with the head (on a cache built for k)")
+    parser.add_argument("--speech_learning_rate", type=float, default=None,
+                        help="learning rate of the trained speech-encoder layers (default: --learning_rate)")
     parser.add_argument("--unfreeze_speech_encoder", action="store_true", help="end-to-end mode: train the speech encoder too")
     parser.add_argument("--metric_for_best_model", choices=["mrr", "loss"], default="mrr",
                         help="which validation figure chooses the best epoch and drives early stopping (default mrr)")
@@ -171,7 +175,8 @@ def load_model_and_processor(args):
     """A backbone preset (a fresh head) or a CLASP folder to continue, with this run's overrides."""
     from backbones_clasp.checkpoints import load_model_and_processor as load
 
-    overrides = {"fusion": args.fusion, "loss": args.loss, "speech_pooling": args.speech_pooling}
+    overrides = {"fusion": args.fusion, "loss": args.loss, "speech_pooling": args.speech_pooling,
+                 "speech_trainable_layers": args.speech_trainable_layers}
     overrides = {k: v for k, v in overrides.items() if v is not None}
     overrides.update(parse_config_overrides(args.config_overrides))
     if args.unfreeze_speech_encoder:
@@ -241,18 +246,29 @@ def synchronise_batch_norm(model):
     return model
 
 
-def parameter_groups(model, weight_decay):
+def parameter_groups(model, weight_decay, speech_learning_rate=None):
     """AdamW parameter groups as open_clip's trainer makes them (src/open_clip_train/main.py): no weight
     decay on gains and biases (tensors of fewer than 2 dimensions: biases, norm weights) nor on the
-    logit scale; `weight_decay` on the rest. Only parameters that train."""
+    logit scale; `weight_decay` on the rest. Only parameters that train. With `speech_learning_rate`,
+    the speech encoder's trained layers form two more groups at that rate (a pretrained encoder
+    fine-tunes at a smaller rate than a fresh head)."""
     def exclude(name, p):
-        return p.ndim < 2 or "bn" in name or "ln" in name or "bias" in name or "logit_scale" in name
+        return p.ndim < 2 or "bn" in name or "ln" in name or "norm" in name or "bias" in name or "logit_scale" in name
 
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
-    return [
-        {"params": [p for name, p in named if exclude(name, p)], "weight_decay": 0.0},
-        {"params": [p for name, p in named if not exclude(name, p)], "weight_decay": weight_decay},
+    head = [(n, p) for n, p in named if speech_learning_rate is None or not n.startswith("speech_model.")]
+    groups = [
+        {"params": [p for name, p in head if exclude(name, p)], "weight_decay": 0.0},
+        {"params": [p for name, p in head if not exclude(name, p)], "weight_decay": weight_decay},
     ]
+    speech = [(n, p) for n, p in named if speech_learning_rate is not None and n.startswith("speech_model.")]
+    if speech:
+        groups += [
+            {"params": [p for name, p in speech if exclude(name, p)], "weight_decay": 0.0, "lr": speech_learning_rate},
+            {"params": [p for name, p in speech if not exclude(name, p)], "weight_decay": weight_decay,
+             "lr": speech_learning_rate},
+        ]
+    return groups
 
 
 # ---- checkpoints -----------------------------------------------------------------------------
@@ -348,7 +364,7 @@ TRAINED_WEIGHTS = "trained_weights.safetensors"
 def frozen_prefixes(model) -> tuple:
     """State-dict prefixes of the frozen backbones: what training never changes."""
     frozen = model._frozen_modules()
-    return tuple(f"{name}." for name, child in model.named_children() if any(child is module for module in frozen))
+    return tuple(f"{name}." for name, child in model.named_modules() if any(child is module for module in frozen))
 
 
 def trained_keys(model) -> set:
@@ -549,7 +565,8 @@ def main(argv=None):
     model, processor = load_model_and_processor(args)
     if mode == "cached":
         check_cache_fits(args.train_data, model, processor, args.model)
-        frames = model.config.speech_pooling == "attention"  # else the cached mean is all the head needs
+        # Attention pooling and trainable top layers need the frames; else the cached mean is all the head needs.
+        frames = model.config.speech_pooling == "attention" or model.config.speech_trainable_layers > 0
         train_set, val_set = CachedFeatures(data["train"], frames), CachedFeatures(data["validation"], frames)
         collate = train_set.collate
     else:
@@ -567,7 +584,7 @@ def main(argv=None):
     if accelerator.num_processes > 1:
         synchronise_batch_norm(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay, args.speech_learning_rate), lr=args.learning_rate)
     steps_per_epoch = math.ceil(len(train_loader) / accelerator.num_processes / args.gradient_accumulation_steps)
     max_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_steps / steps_per_epoch)

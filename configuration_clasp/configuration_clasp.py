@@ -142,6 +142,12 @@ class ClaspConfig(PretrainedConfig):
             Whisper's and HuBERT's 50 frames a second into 12.5, ~ the rate of phones). The weighted mean
             of the windows is exactly the mean of the frames, so "mean" pooling does not depend on it.
         speech_pooling_heads (`int`): attention heads of the "attention" pooling.
+        speech_trainable_layers (`int`): the last k layers of the (otherwise frozen) speech encoder train
+            with the head (0: none, the paper). Their input, the hidden state that enters layer L-k, is
+            what `get_speech_frames` returns and `clasp features` caches (windowed by
+            `speech_frame_stride`); `pool_speech` runs the k layers (and the encoder's final norm) on
+            it, so training on the cache and encoding raw audio compute the same thing. Needs
+            `speech_layer=-1`. SAMU-XLSR and SENSE (XLS-R toward frozen LaBSE) train the encoder itself.
         text_pooling (`str`): "mean" over real tokens, "cls", or "pooler" (the transformer's own pooler: for
             LaBSE this is sentence-transformers' Dense+tanh on the CLS token).
         text_normalize (`bool`): L2-normalise the sentence embedding, as sentence-transformers' Normalize.
@@ -176,6 +182,7 @@ class ClaspConfig(PretrainedConfig):
         speech_pooling="mean",
         speech_frame_stride=4,
         speech_pooling_heads=8,
+        speech_trainable_layers=0,
         text_pooling="pooler",
         text_normalize=True,
         fusion="concat",
@@ -202,12 +209,20 @@ class ClaspConfig(PretrainedConfig):
             raise ValueError(f"loss must be 'contrastive', 'contrastive_fixed' or 'huber', got {loss!r}")
         if speech_pooling not in ("mean", "attention"):
             raise ValueError(f"speech_pooling must be 'mean' or 'attention', got {speech_pooling!r}")
+        depth = getattr(self.speech_config, "encoder_layers", None) or getattr(self.speech_config, "num_hidden_layers", 0)
+        if not isinstance(speech_trainable_layers, int) or not 0 <= speech_trainable_layers <= depth:
+            raise ValueError(f"speech_trainable_layers must be an int from 0 to the speech encoder's {depth} layers, "
+                             f"got {speech_trainable_layers!r}")
+        if speech_trainable_layers and speech_layer != -1:
+            raise ValueError(f"speech_trainable_layers={speech_trainable_layers} trains the encoder's last layers: "
+                             f"it needs speech_layer=-1, got {speech_layer}")
         if text_pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"text_pooling must be 'mean', 'cls' or 'pooler', got {text_pooling!r}")
         self.speech_layer = speech_layer
         self.speech_pooling = speech_pooling
         self.speech_frame_stride = speech_frame_stride
         self.speech_pooling_heads = speech_pooling_heads
+        self.speech_trainable_layers = speech_trainable_layers
         self.text_pooling = text_pooling
         self.text_normalize = text_normalize
         self.fusion = fusion

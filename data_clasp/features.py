@@ -4,7 +4,8 @@ CLASP's backbones are frozen in the paper's setting, so their outputs never chan
 training: run them once, keep per row
 
     speech_frames          [windows, hidden] float16: the speech encoder's frames, averaged in windows
-                           of config.speech_frame_stride (what "attention" pooling attends over)
+                           of config.speech_frame_stride (what "attention" pooling attends over; with
+                           config.speech_trainable_layers = k, the hidden state entering the last k layers)
     speech_frame_weights   [windows]: each window's share of real frames
     speech_embeds          [hidden]: the mean over real frames, L2-normalised ("mean" pooling, the paper)
     spectrogram_embeds     [cnn hidden]: the pooled spectrogram-CNN features, L2-normalised
@@ -47,6 +48,8 @@ def backbone_fingerprint(model) -> str:
     # ClaspConfig held these two (unread) preprocessing defaults until #18 moved preprocessing to the
     # processor (hashed in processor_fingerprint); their old values keep earlier caches valid.
     digest.update(b"spectrogram_n_mels=128spectrogram_hop_length=320")
+    if model.config.speech_trainable_layers:  # another hidden state is cached (absent: caches of 0 stay valid)
+        digest.update(f"speech_trainable_layers={model.config.speech_trainable_layers}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -103,7 +106,9 @@ def encode_rows(model, processor, batch_size: int):
             inputs = {k: v.to(model.device, model.dtype if v.is_floating_point() else v.dtype) for k, v in inputs.items()}
             name = processor.feature_extractor.speech_input_name  # input_values, or Whisper's input_features
             speech_frames, frame_weights = model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])
-            speech_out = torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1).cpu()
+            # "mean" pooling: the model's own (through its pretrained top layers, if some train); else the mean.
+            speech_out = (model.pool_speech(speech_frames, frame_weights) if model.speech_pooler is None else
+                          torch.nn.functional.normalize(masked_mean(speech_frames, frame_weights).float(), dim=-1)).cpu()
             spectrogram_out = model.get_spectrogram_embeds(inputs["pixel_values"]).float().cpu()
             speech_frames, frame_weights = speech_frames.cpu(), frame_weights.float().cpu()
             for j, i in enumerate(chunk):

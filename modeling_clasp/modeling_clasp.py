@@ -273,6 +273,15 @@ def rename_old_audio_inputs(config: ClaspConfig, audio: dict, unknown: dict, cal
     return audio
 
 
+def _modules_without(module: nn.Module, kept: list[nn.Module]) -> list[nn.Module]:
+    """The largest submodules of `module` that contain none of `kept` (what is left frozen around them)."""
+    if any(module is k for k in kept):
+        return []
+    if not any(m is k for m in module.modules() for k in kept):
+        return [module]
+    return [part for child in module.children() for part in _modules_without(child, kept)]
+
+
 class ClaspPreTrainedModel(PreTrainedModel):
     config: ClaspConfig
     config_class = ClaspConfig
@@ -330,19 +339,64 @@ class ClaspModel(ClaspPreTrainedModel):
         return save_with_code(self, super().save_pretrained, save_directory, push_to_hub, kwargs)
 
     def freeze_backbones(self):
-        """No gradient for the backbones the config freezes (and no learnable scale without the contrastive loss)."""
+        """No gradient for the backbones the config freezes, but for the speech encoder's last
+        `config.speech_trainable_layers` layers (and no learnable scale without the contrastive loss)."""
+        if self.config.freeze_speech_encoder and self.speech_model is not None:
+            self.speech_model.requires_grad_(False)  # parameters outside any submodule too
+            if self.config.speech_trainable_layers:
+                layers, norm = self._speech_top_layers()
+                for module in [*layers, *([norm] if norm is not None else [])]:
+                    module.requires_grad_(True)
         for module in self._frozen_modules():
             module.requires_grad_(False)
         self.logit_scale.requires_grad_(self.config.loss == "contrastive")
         return self
 
     def _frozen_modules(self):
+        """The frozen modules; with trainable top layers, the speech encoder's other parts."""
+        speech = [self.speech_model]
+        if self.config.speech_trainable_layers and self.speech_model is not None:
+            layers, norm = self._speech_top_layers()
+            speech = _modules_without(self.speech_model, [*layers, *([norm] if norm is not None else [])])
         frozen = (
-            (self.config.freeze_speech_encoder, self.speech_model),
+            *((self.config.freeze_speech_encoder, module) for module in speech),
             (self.config.freeze_spectrogram_encoder, self.spectrogram_model),
             (self.config.freeze_text_encoder, self.text_model),
         )
         return [module for is_frozen, module in frozen if is_frozen and module is not None]  # None: not loaded (text only)
+
+    def _speech_top_layers(self) -> tuple[list[nn.Module], nn.Module | None]:
+        """The speech encoder's last `config.speech_trainable_layers` layers and the norm after them
+        (Whisper's and the stable-layer-norm wav2vec2/HuBERT's final layer norm; None where the norm
+        comes before the layers, as in wav2vec2-base)."""
+        k = self.config.speech_trainable_layers
+        if self.config.speech_is_whisper:
+            return list(self.speech_model.layers[len(self.speech_model.layers) - k :]), self.speech_model.layer_norm
+        encoder = self.speech_model.encoder
+        norm = encoder.layer_norm if getattr(self.speech_model.config, "do_stable_layer_norm", False) else None
+        return list(encoder.layers[len(encoder.layers) - k :]), norm
+
+    def _speech_state_index(self) -> int:
+        """Which of the encoder's hidden states `get_speech_frames` returns: `config.speech_layer`, or
+        with k trainable layers the one entering layer L-k (index -1-k of L+1 states)."""
+        k = self.config.speech_trainable_layers
+        return -1 - k if k else self.config.speech_layer
+
+    def run_trainable_layers(self, speech_frames, speech_frame_weights) -> torch.Tensor:
+        """The speech encoder's last `config.speech_trainable_layers` layers (and its final norm) on
+        `speech_frames` `[batch, windows, hidden]`; windows of weight 0 (padding) are masked in
+        attention. Returns `[batch, windows, hidden]`; the frames unchanged when k = 0."""
+        if not self.config.speech_trainable_layers:
+            return speech_frames
+        layers, norm = self._speech_top_layers()
+        hidden = speech_frames.to(next(layers[0].parameters()).dtype)
+        keep = (speech_frame_weights > 0)[:, None, None, :]
+        attention_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
+        attention_mask = attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)
+        for layer in layers:
+            hidden = layer(hidden, attention_mask)
+            hidden = hidden[0] if isinstance(hidden, tuple) else hidden
+        return norm(hidden) if norm is not None else hidden
 
     def train(self, mode: bool = True):
         # A frozen backbone keeps its batch-norm statistics and runs without dropout.
@@ -380,15 +434,18 @@ class ClaspModel(ClaspPreTrainedModel):
         attention_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
         attention_mask = attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)
         states = [hidden]
-        for layer in encoder.layers:
+        depth = len(encoder.layers) - self.config.speech_trainable_layers  # the rest run in run_trainable_layers
+        for layer in encoder.layers[:depth]:
             hidden = layer(hidden, attention_mask)
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
             states.append(hidden)
-        states[-1] = encoder.layer_norm(hidden)
+        if depth == len(encoder.layers):
+            states[-1] = encoder.layer_norm(hidden)
         return states, frame_mask
 
     def get_speech_frames(self, speech_inputs, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The speech encoder's hidden states (`config.speech_layer`) averaged in windows of
+        """The speech encoder's hidden states (`config.speech_layer`; with `config.speech_trainable_layers`
+        = k, the state entering layer L-k, where Whisper stops) averaged in windows of
         `config.speech_frame_stride` frames: `[batch, windows, hidden]`, and each window's share of
         real (unpadded) frames `[batch, windows]`. What `clasp features` caches for the speech branch.
 
@@ -399,7 +456,7 @@ class ClaspModel(ClaspPreTrainedModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_speech_encoder):
             if self.config.speech_is_whisper:
                 states, frame_mask = self._whisper_hidden_states(speech_inputs, attention_mask)
-                hidden = states[self.config.speech_layer]
+                hidden = states[-1 if self.config.speech_trainable_layers else self.config.speech_layer]
             elif attention_mask is not None and getattr(self.speech_model.config, "feat_extract_norm", None) == "group":
                 hidden, frame_mask = self._unpadded_hidden_states(speech_inputs, attention_mask)
             else:
@@ -410,8 +467,9 @@ class ClaspModel(ClaspPreTrainedModel):
             return window_mean(hidden, frame_mask, self.config.speech_frame_stride)
 
     def _speech_hidden_states(self, input_values, attention_mask):
-        outputs = self.speech_model(input_values, attention_mask=attention_mask, output_hidden_states=self.config.speech_layer != -1)
-        return outputs.last_hidden_state if self.config.speech_layer == -1 else outputs.hidden_states[self.config.speech_layer]
+        index = self._speech_state_index()
+        outputs = self.speech_model(input_values, attention_mask=attention_mask, output_hidden_states=index != -1)
+        return outputs.last_hidden_state if index == -1 else outputs.hidden_states[index]
 
     def _unpadded_hidden_states(self, input_values, attention_mask):
         """Hidden states `[batch, frames, hidden]` and frame mask of a group-normalised encoder, each
@@ -435,7 +493,9 @@ class ClaspModel(ClaspPreTrainedModel):
         return hidden, frame_mask.long()
 
     def pool_speech(self, speech_frames, speech_frame_weights) -> torch.Tensor:
-        """One L2-normalised vector per clip from its frames (`config.speech_pooling`)."""
+        """One L2-normalised vector `[batch, hidden]` per clip from its frames (`get_speech_frames`):
+        the trainable top layers (`config.speech_trainable_layers`, if any), then `config.speech_pooling`."""
+        speech_frames = self.run_trainable_layers(speech_frames, speech_frame_weights)
         if self.speech_pooler is None:
             pooled = masked_mean(speech_frames, speech_frame_weights)
         else:

@@ -1,0 +1,145 @@
+"""`speech_trainable_layers`: the speech encoder's last k layers train on the feature cache, and the
+exported model computes from raw audio what training computed from the cache."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from datasets import Audio, Dataset, DatasetDict, load_from_disk
+from safetensors.torch import load_file
+
+from clean_process import run_clean
+from data_clasp.features import build_feature_cache, cache_fingerprint
+from modeling_clasp import ClaspModel
+from tiny import REPO, WORDS, tiny_config, tiny_model, tiny_processor, tone
+
+
+def _clips():
+    return [tone(0.4, freq=180.0, seed=1), tone(0.9, freq=260.0, seed=2), tone(0.65, freq=330.0, seed=3)]
+
+
+@pytest.mark.parametrize("speech", ["whisper", "hubert", "wav2vec2"])
+def test_the_top_layers_run_on_the_frames_reproduce_the_whole_encoder(speech, tmp_path):
+    """k = 1 at stride 1: the frames entering the last layer, run through it (and the final norm)
+    by run_trainable_layers, give the whole encoder's pooled output (k = 0) — padding and batching
+    included. Whisper's own path, HuBERT-large's padded stable-layer-norm encoder and wav2vec2-base's
+    unpadded group-norm one."""
+    torch.manual_seed(0)
+    whole = tiny_model(tiny_config(speech, speech_frame_stride=1)).eval()
+    top = ClaspModel(tiny_config(speech, speech_frame_stride=1, speech_trainable_layers=1)).eval()
+    top.load_state_dict(whole.state_dict())
+    processor = tiny_processor(whole.config, tmp_path)
+    inputs = processor(audio=_clips(), sampling_rate=16000)
+    name = processor.feature_extractor.speech_input_name
+    with torch.no_grad():
+        expected = whole.get_speech_embeds(inputs[name], inputs[f"{name}_mask"])
+        frames, weights = top.get_speech_frames(inputs[name], inputs[f"{name}_mask"])
+        got = top.pool_speech(frames, weights)
+        entering = whole.get_speech_frames(inputs[name], inputs[f"{name}_mask"])[0]
+    torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-4)
+    # ... and what is cached is not the output: the frames differ from the whole encoder's.
+    assert (frames - entering).abs().max() > 1e-2
+
+
+def test_only_the_top_layers_and_the_head_train(tmp_path):
+    model = ClaspModel(tiny_config("whisper", speech_trainable_layers=1))
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    speech = {name for name in trainable if name.startswith("speech_model.")}
+    assert speech and all(name.startswith(("speech_model.layers.1.", "speech_model.layer_norm.")) for name in speech)
+    assert not any(name.startswith(("spectrogram_model.", "text_model.")) for name in trainable)
+    assert any(name.startswith("fusion.") for name in trainable)
+    model.train()
+    assert model.speech_model.layers[1].training and not model.speech_model.layers[0].training
+    assert not model.speech_model.conv1.training
+
+
+def test_the_config_refuses_more_layers_than_the_encoder_has_or_another_layer():
+    with pytest.raises(ValueError, match="speech_trainable_layers"):
+        tiny_config("whisper", speech_trainable_layers=3)  # the tiny Whisper has 2
+    with pytest.raises(ValueError, match="speech_layer=-1"):
+        tiny_config("whisper", speech_trainable_layers=1, speech_layer=-2)
+
+
+def test_the_cache_of_another_k_has_another_fingerprint(tmp_path):
+    torch.manual_seed(0)
+    zero = tiny_model(tiny_config("whisper"))
+    one = ClaspModel(tiny_config("whisper", speech_trainable_layers=1))
+    one.load_state_dict(zero.state_dict())
+    processor = tiny_processor(zero.config, tmp_path)
+    assert cache_fingerprint(zero, processor)["backbones"] != cache_fingerprint(one, processor)["backbones"]
+
+
+EMBED_RAW_AUDIO = """
+    import numpy as np, torch
+    from transformers import AutoModel, AutoProcessor
+    folder, data = sys.argv[1], json.load(open(sys.argv[2]))
+    model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    inputs = processor(audio=[np.asarray(c, dtype=np.float32) for c in data["clips"]], sampling_rate=16000)
+    with torch.no_grad():
+        embeds = model.get_audio_features(**inputs).pooler_output
+    print(json.dumps({"embeds": embeds.tolist(), "trainable_layers": model.config.speech_trainable_layers}))
+"""
+
+
+def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_path):
+    """clasp features (k = 1) → train_accelerate.py --speech_trainable_layers 1 → the exported Hub
+    folder, loaded with remote code in a clean process, embeds the raw clips as the trained model
+    embeds their cached frames; the last layer changed, the layers below did not."""
+    rng = np.random.default_rng(0)
+    paths, texts = [], []
+    for i in range(24):
+        path = tmp_path / f"clip{i}.wav"
+        soundfile.write(path, tone(0.3 + 0.05 * (i % 7), freq=120 + 25 * i, seed=i), 16000)
+        paths.append(str(path))
+        texts.append(" ".join(rng.choice(WORDS, 3)))
+    rows = Dataset.from_dict({"audio": paths, "text": texts}).cast_column("audio", Audio(sampling_rate=16000))
+    data = DatasetDict({"train": rows.select(range(16)), "validation": rows.select(range(16, 24))})
+    config = tiny_config("whisper", speech_trainable_layers=1, fusion_dropout=[0.0, 0.0])
+    torch.manual_seed(0)
+    start = tiny_model(config).eval()
+    processor = tiny_processor(config, tmp_path)
+    start.save_pretrained(tmp_path / "start")
+    processor.save_pretrained(tmp_path / "start")
+    start = ClaspModel.from_pretrained(tmp_path / "start").eval()  # as `clasp features --model FOLDER` loads it
+    cache = build_feature_cache(start, processor, data, str(tmp_path / "features"), batch_size=4, chunk_size=8,
+                                progress=False)
+
+    output = tmp_path / "trained"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / "train_accelerate.py"), "--train_data", cache, "--model", str(tmp_path / "start"),
+         "--output_dir", str(output), "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
+         "--speech_learning_rate", "1e-2", "--num_train_epochs", "3", "--seed", "3"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    before, after = start.state_dict(), load_file(output / "model.safetensors")
+    assert not torch.equal(before["speech_model.layers.1.fc1.weight"], after["speech_model.layers.1.fc1.weight"])
+    assert torch.equal(before["speech_model.layers.0.fc1.weight"], after["speech_model.layers.0.fc1.weight"])
+
+    # What training computes for a validation row: the trained model on its cached features.
+    trained = ClaspModel.from_pretrained(output).eval()
+    cached = load_from_disk(cache)["validation"].with_format("torch")
+    with torch.no_grad():
+        from_cache = torch.stack([
+            trained.get_audio_features(speech_frames=row["speech_frames"][None].float(),
+                                       speech_frame_weights=row["speech_frame_weights"][None],
+                                       spectrogram_embeds=row["spectrogram_embeds"][None]).pooler_output[0]
+            for row in (cached[i] for i in range(len(cached)))])
+        untrained = start.get_audio_features(speech_frames=cached[0]["speech_frames"][None].float(),
+                                             speech_frame_weights=cached[0]["speech_frame_weights"][None],
+                                             spectrogram_embeds=cached[0]["spectrogram_embeds"][None]).pooler_output[0]
+    clips = [soundfile.read(p, dtype="float32")[0] for p in paths[16:]]
+    (tmp_path / "clips.json").write_text(json.dumps({"clips": [c.tolist() for c in clips]}))
+    raw = run_clean(tmp_path, EMBED_RAW_AUDIO, output, tmp_path / "clips.json")
+    assert raw["trainable_layers"] == 1
+    raw_embeds = torch.tensor(raw["embeds"])
+    # float16 frames in the cache: agreement to ~1e-3, far closer than the untrained model is.
+    torch.testing.assert_close(raw_embeds, from_cache, atol=3e-3, rtol=0)
+    assert (raw_embeds[0] - untrained).abs().max() > 10 * (raw_embeds[0] - from_cache[0]).abs().max()
