@@ -27,6 +27,13 @@ def protocol_notes(report: dict) -> list[str]:
     soft = report["soft"]
     notes = [f"ties: {report['ties']}, {TIE_RULES[report['ties']]}",
              f"correct set: {report['correct_set']}, {CORRECT_SET_RULES[report['correct_set']]}"]
+    hubness = report.get("hubness", {"method": "none"})  # reports from before the option ranked by cosine
+    if hubness["method"] == "csls":
+        notes.append(f"hubness: csls k={hubness['k']}, scores 2 cos(q, c) - r(c), r(c) the mean cosine of candidate c "
+                     f"to its {hubness['k']} nearest of {hubness['bank_rows']} training embeddings of the query modality "
+                     "(Conneau et al., ICLR 2018)")
+    else:
+        notes.append("hubness: none, scores are cosine similarities")
     if soft["k"] is None:
         notes.append(f"soft protocol {soft['note']}")
     elif soft["k"] != soft["k_requested"]:
