@@ -82,18 +82,19 @@ class ClaspSearch:
             raise ValueError(f"{path}: this search was opened for text queries only (text_only=True)")
         return load_audio(path)
 
-    def _search(self, embed, k, nprobe, ef) -> list[dict]:
+    def _search(self, embed, k, nprobe, ef, hubness="none") -> list[dict]:
         started = time.perf_counter()
         query = embed()
         embedded = time.perf_counter()
-        hits = self.index.search(query.numpy()[None], k=k, nprobe=nprobe, ef=ef)[0]
+        hits = self.index.search(query.numpy()[None], k=k, nprobe=nprobe, ef=ef, hubness=hubness)[0]
         self.last_timing = {"embed_s": embedded - started, "search_s": time.perf_counter() - embedded}
         return hits
 
-    def text(self, query: str, k=10, nprobe=None, ef=None) -> list[dict]:
+    def text(self, query: str, k=10, nprobe=None, ef=None, hubness="none") -> list[dict]:
+        """The k files that best match `query`; hubness="csls": re-ranked by CSLS (see ClaspIndex.search)."""
         if not query.strip():
             raise ValueError("the query is empty")
-        return self._search(lambda: self.embedder.embed_texts([query])[0], k, nprobe, ef)
+        return self._search(lambda: self.embedder.embed_texts([query])[0], k, nprobe, ef, hubness)
 
     def audio(self, path, k=10, nprobe=None, ef=None) -> list[dict]:
         """Query by example: files that sound like they say what `path` says."""
