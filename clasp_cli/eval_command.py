@@ -18,7 +18,8 @@ pessimistic). Both are recorded in the report.
 --hubness csls ranks by CSLS (Conneau et al., ICLR 2018): 2 cos(q, c) less each candidate's mean
 cosine to its k nearest rows of --hubness-bank, a safetensors file of training-pair embeddings
 (`audio_embeds`, `text_embeds` [B, D]; scripts/hubness_sweep.py writes one with the k chosen on
-validation in its header, which --csls-k overrides). It discounts "hub" candidates that sit near
+validation in its header, which --csls-k overrides); with --model, the default bank is the
+model folder's hubness_bank.safetensors. It discounts "hub" candidates that sit near
 many queries; recorded in the report as report["hubness"]. On a small collection the soft protocol's k is
 lowered to what every query can fill (report["soft"]["k"], with "k_requested").
 
@@ -88,7 +89,8 @@ def register(subparsers) -> None:
     parser.add_argument("--hubness", choices=HUBNESS, default="none",
                         help="none = rank by cosine (default); csls = hubness-corrected scores, needs --hubness-bank")
     parser.add_argument("--hubness-bank", metavar="FILE.safetensors",
-                        help="with --hubness csls: training audio_embeds / text_embeds (see scripts/hubness_sweep.py)")
+                        help="with --hubness csls: training audio_embeds / text_embeds (see scripts/hubness_sweep.py; "
+                             "default with --model: MODEL/hubness_bank.safetensors)")
     parser.add_argument("--csls-k", type=int, default=None,
                         help="with --hubness csls: neighbours in the bank (default: the bank's csls_k, else 10)")
     parser.set_defaults(func=run, parser=parser)
@@ -96,7 +98,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     if args.hubness == "csls" and args.hubness_bank is None:
-        args.parser.error("--hubness csls needs --hubness-bank FILE.safetensors")
+        if args.model is None:
+            args.parser.error("--hubness csls needs --hubness-bank FILE.safetensors")
+        from evaluation.hubness import BANK_FILE
+
+        args.hubness_bank = os.path.join(args.model, BANK_FILE)
     if args.hubness == "none" and (args.hubness_bank or args.csls_k is not None):
         args.parser.error("--hubness-bank and --csls-k go with --hubness csls")
     hubness = hubness_options(args)  # a bad bank is refused before a model loads

@@ -15,7 +15,10 @@ queries: a test query's rank does not depend on the other test queries.
 
 A bank file is a safetensors file with `audio_embeds` [B, D] and `text_embeds` [B, D] (any float
 dtype; row i of each a training pair) and, in its header metadata, `csls_k`: the k chosen on
-validation (scripts/hubness_sweep.py writes one).
+validation (scripts/hubness_sweep.py writes one). Saved in a model's folder as BANK_FILE, it is
+that model's default bank, and `clasp export` copies it into the Hub folder: users of the model
+get the correction without the training data. It is not part of the model: loading ignores it,
+and it does not change the model's identity (search_clasp.index.model_identity).
 """
 
 import os
@@ -25,6 +28,7 @@ import numpy as np
 from evaluation.protocols import as_numpy
 from evaluation.retrieval_metrics.rank_metrics import refuse_non_finite
 
+BANK_FILE = "hubness_bank.safetensors"
 # Rows of candidates scored against the bank at once: 64 MiB of float32 scores for a 16k bank.
 BLOCK_BYTES = 64 * 2**20
 

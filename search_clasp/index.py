@@ -110,8 +110,10 @@ def model_identity(model_dir) -> str:
     same header (names, shapes, offsets) and the same frozen backbones, so only the bytes tell
     them apart. Hashing a few hundred MB takes about a second, and loading reads them anyway.
     """
+    from evaluation.hubness import BANK_FILE
+
     model_dir = Path(model_dir)
-    weights = sorted(model_dir.glob("*.safetensors"))
+    weights = sorted(path for path in model_dir.glob("*.safetensors") if path.name != BANK_FILE)  # not the model
     if not (model_dir / "config.json").is_file() or not weights:
         raise ValueError(f"{model_dir}: not a CLASP model folder (needs config.json and *.safetensors)")
     digest = hashlib.sha256()

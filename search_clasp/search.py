@@ -32,6 +32,7 @@ def load_text_model(model_dir):
     from transformers.initialization import no_init_weights
 
     from configuration_clasp import ClaspConfig
+    from evaluation.hubness import BANK_FILE
     from modeling_clasp import ClaspModel
     from modeling_clasp.modeling_clasp import build_text_encoder
 
@@ -44,6 +45,8 @@ def load_text_model(model_dir):
     weights = {}
     try:
         for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))):
+            if os.path.basename(path) == BANK_FILE:  # the optional hubness bank, not weights
+                continue
             with safe_open(path, framework="pt") as f:
                 weights.update({name: f.get_tensor(name) for name in f.keys() if not name.startswith(AUDIO_BACKBONES)})
         model.load_state_dict(weights, strict=True, assign=True)  # every name and shape, or an error naming them

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import soundfile
 import torch
 from safetensors.torch import save_file
 
@@ -127,3 +128,34 @@ def test_eval_option_mistakes_exit_2(tmp_path, options):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--embeddings", "e.safetensors", "--output", str(tmp_path / "r.json"), *options])
     assert exit_info.value.code == 2
+
+
+def test_a_bank_beside_the_model_is_no_weight_and_is_exported(tmp_path):
+    """hubness_bank.safetensors in a model folder: loading, checking and identity ignore it, `clasp
+    eval --hubness csls` takes it by default, and `clasp export` copies it into the Hub folder."""
+    from clasp_cli.export_command import export
+    from clasp_cli.features_command import check_checkpoint
+    from modeling_clasp import ClaspModel
+    from search_clasp import model_identity
+    from search_clasp.search import load_text_model
+    from tiny import save_tiny_clasp, tone
+
+    model_dir = save_tiny_clasp(tmp_path / "model")
+    identity = model_identity(model_dir)
+    dim = ClaspModel.from_pretrained(model_dir).config.projection_dim
+    bank = torch.nn.functional.normalize(torch.randn(2, 6, dim, generator=torch.Generator().manual_seed(0)), dim=-1)
+    save_hubness_bank(model_dir / "hubness_bank.safetensors", *bank, csls_k=2)
+    assert model_identity(model_dir) == identity
+    check_checkpoint(model_dir)
+    load_text_model(model_dir)
+    manifest = tmp_path / "pairs.jsonl"
+    for i, text in enumerate(["the cat sat", "red house", "el perro"]):
+        soundfile.write(tmp_path / f"{i}.wav", tone(0.3 + 0.1 * i, freq=150 + 40 * i, seed=i), 16000)
+        with open(manifest, "a") as f:
+            f.write(json.dumps({"audio": f"{i}.wav", "text": text, "language": "en"}) + "\n")
+    assert main(["eval", "--model", str(model_dir), "--manifest", str(manifest), "--output", str(tmp_path / "r.json"),
+                 "--hubness", "csls"]) == 0
+    assert json.loads((tmp_path / "r.json").read_text())["hubness"] == {"method": "csls", "k": 2, "bank_rows": 6}
+    hub = export(model_dir, tmp_path / "hub")
+    assert load_hubness_bank(f"{hub}/hubness_bank.safetensors")[1] == 2
+    ClaspModel.from_pretrained(hub)
