@@ -13,15 +13,15 @@ cannot be read is reported (stderr and "failed" in the report) and left out.
 --correct-set says which candidates count as correct for a query (same-group: the readings of its
 sentence group in any language, the default; same-text: identical texts only), --ties how tied
 scores count (expected: the mean over random orders of the tied candidates, the default;
-pessimistic). Both are recorded in the report.
+pessimistic). Both are recorded in the report. On a small collection the soft protocol's k is
+lowered to what every query can fill (report["soft"]["k"], with "k_requested").
 
 --hubness csls ranks by CSLS (Conneau et al., ICLR 2018): 2 cos(q, c) less each candidate's mean
 cosine to its k nearest rows of --hubness-bank, a safetensors file of training-pair embeddings
 (`audio_embeds`, `text_embeds` [B, D]; scripts/hubness_sweep.py writes one with the k chosen on
 validation in its header, which --csls-k overrides); with --model, the default bank is the
-model folder's hubness_bank.safetensors. It discounts "hub" candidates that sit near
-many queries; recorded in the report as report["hubness"]. On a small collection the soft protocol's k is
-lowered to what every query can fill (report["soft"]["k"], with "k_requested").
+model folder's hubness_bank.safetensors. It discounts "hub" candidates that sit near many
+queries; recorded in the report as report["hubness"]. The ASR baseline stays uncorrected.
 
 --asr-baseline adds the cascade the paper compares with: Whisper transcribes each clip (language
 forced from the row), the same model's text encoder embeds the transcripts, and the transcripts

@@ -29,7 +29,7 @@ from evaluation.protocols import as_numpy
 from evaluation.retrieval_metrics.rank_metrics import refuse_non_finite
 
 BANK_FILE = "hubness_bank.safetensors"
-# Rows of candidates scored against the bank at once: 64 MiB of float32 scores for a 16k bank.
+# Candidates scored against the bank at once: as many rows as 64 MiB of float32 scores hold.
 BLOCK_BYTES = 64 * 2**20
 
 

@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from clasp_cli.audio_files import find_audio_files
+from evaluation.hubness import BANK_FILE, csls_penalty, load_hubness_bank
 
 FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"
@@ -61,7 +62,6 @@ DEFAULT_NPROBE = 16
 DEFAULT_EF = 64
 BLOCK_ROWS = 65536  # rows added to FAISS at a time (100 MB at 384-d)
 ON_DISK_BLOCKS = "ivf-blocks.tmp"  # per-block indexes of an on-disk build, merged and then deleted
-HUBNESS_BANK = "hubness_bank.safetensors"
 RERANK_DEPTH = 100  # nearest items by cosine re-ranked by CSLS, at first (see the module docstring)
 
 
@@ -110,8 +110,6 @@ def model_identity(model_dir) -> str:
     same header (names, shapes, offsets) and the same frozen backbones, so only the bytes tell
     them apart. Hashing a few hundred MB takes about a second, and loading reads them anyway.
     """
-    from evaluation.hubness import BANK_FILE
-
     model_dir = Path(model_dir)
     weights = sorted(path for path in model_dir.glob("*.safetensors") if path.name != BANK_FILE)  # not the model
     if not (model_dir / "config.json").is_file() or not weights:
@@ -340,15 +338,18 @@ class ClaspIndex:
         import faiss
 
         queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.info["dim"]))
-        params = None
-        if self.info["kind"] == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=nprobe or DEFAULT_NPROBE)
-        elif self.info["kind"] == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef or DEFAULT_EF, k))
+
+        def params(depth):  # FAISS's settings for the `depth` best
+            if self.info["kind"] == "ivf":
+                return faiss.SearchParametersIVF(nprobe=nprobe or DEFAULT_NPROBE)
+            if self.info["kind"] == "hnsw":
+                return faiss.SearchParametersHNSW(efSearch=max(ef or DEFAULT_EF, depth))
+            return None
+
         if hubness == "csls":
             scores, positions, corrected = self._csls_search(queries, k, params)
         elif hubness == "none":
-            scores, positions = self.faiss.search(queries, k, params=params)
+            scores, positions = self.faiss.search(queries, k, params=params(k))
         else:
             raise ValueError(f"hubness must be 'none' or 'csls', got {hubness!r}")
         found = sorted({int(p) for p in positions.ravel() if p >= 0})
@@ -379,8 +380,6 @@ class ClaspIndex:
         """Copy a bank file (evaluation/hubness.py) into the index and record its k (default: the
         bank's own, else 10); `write_hubness` then computes the items' penalties. ValueError for a
         bank that cannot be used, or when the index already has another bank or k."""
-        from evaluation.hubness import load_hubness_bank
-
         bank, bank_k = load_hubness_bank(bank_path)
         k = csls_k if csls_k is not None else bank_k or 10
         if not 1 <= k <= len(bank["text_embeds"]) or bank["text_embeds"].shape[1] != self.info["dim"]:
@@ -391,9 +390,9 @@ class ClaspIndex:
         if self.info.get("hubness_bank_sha256") not in (None, digest) or self.info.get("csls_k") not in (None, k):
             raise ValueError(f"{self.directory} was built with another hubness bank or csls k "
                              f"(k={self.info['csls_k']}): build a new index for that")
-        temporary = self.directory / f"{HUBNESS_BANK}.tmp{os.getpid()}"
+        temporary = self.directory / f"{BANK_FILE}.tmp{os.getpid()}"
         shutil.copyfile(bank_path, temporary)
-        os.replace(temporary, self.directory / HUBNESS_BANK)
+        os.replace(temporary, self.directory / BANK_FILE)
         with self.lock, self.db:
             self.db.execute("CREATE TABLE IF NOT EXISTS hubness (position INTEGER PRIMARY KEY, penalty REAL NOT NULL)")
         self._set_info(hubness_bank_sha256=digest, csls_k=k)
@@ -401,11 +400,9 @@ class ClaspIndex:
     def write_hubness(self):
         """Compute the penalty r(c) of every item that lacks one, a block a transaction (a killed run
         keeps the blocks it committed). Nothing to do for an index without a bank."""
-        from evaluation.hubness import csls_penalty, load_hubness_bank
-
         if "csls_k" not in self.info:
             return
-        bank = load_hubness_bank(self.directory / HUBNESS_BANK)[0]["text_embeds"]
+        bank = load_hubness_bank(self.directory / BANK_FILE)[0]["text_embeds"]
         count = len(self)
         with self.lock:
             done = self.db.execute("SELECT COUNT(*) FROM hubness").fetchone()[0]
@@ -416,7 +413,8 @@ class ClaspIndex:
                                     [(start + i, float(p)) for i, p in enumerate(penalty)])
 
     def _csls_search(self, queries, k, params):
-        """(cosines, positions, CSLS scores) [Q, k], best CSLS first (see the module docstring)."""
+        """(cosines, positions, CSLS scores) [Q, k], best CSLS first (see the module docstring);
+        params(depth): FAISS's search parameters for the depth best."""
         if "csls_k" not in self.info:
             raise ValueError(f"{self.directory} has no hubness penalties: build it with "
                              "`clasp index --hubness-bank FILE.safetensors`")
@@ -433,14 +431,15 @@ class ClaspIndex:
         for query in queries:
             depth = min(max(k, RERANK_DEPTH), total)
             while True:
-                cosines, positions = (row[0] for row in self.faiss.search(query[None], depth, params=params))
+                cosines, positions = (row[0] for row in self.faiss.search(query[None], depth, params=params(depth)))
                 keep = positions >= 0
                 cosines, positions = cosines[keep], positions[keep]
                 corrected = 2 * cosines - penalties[positions]
                 order = np.argsort(-corrected, kind="stable")[:k]
                 # Anything FAISS did not return scores at most 2 * (its last cosine) - the smallest penalty.
                 bound = 2 * cosines[-1] - smallest if len(cosines) else -np.inf
-                if depth >= total or (len(order) == k and corrected[order[-1]] >= bound):
+                # FAISS had no more to give (IVF: the probed lists are exhausted), or none unseen can win.
+                if depth >= total or len(cosines) < depth or (len(order) == k and corrected[order[-1]] >= bound):
                     break
                 depth = min(2 * depth, total)
             for result, values in zip(results, (cosines, positions, corrected)):
