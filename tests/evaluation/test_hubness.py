@@ -52,6 +52,16 @@ def test_a_hub_wins_without_correction_and_loses_with_it():
     assert corrected["hubness"] == {"method": "csls", "k": 2, "bank_rows": 4}
 
 
+def test_model_card_entries_name_the_correction():
+    from evaluation.report import model_index_results
+
+    audio, text, bank = hub_collection()
+    plain = model_index_results(retrieval_report(audio, text, soft_k=2), "pairs")
+    corrected = model_index_results(retrieval_report(audio, text, soft_k=2, hubness="csls", hubness_bank=bank,
+                                                     csls_k=2), "pairs")
+    assert "hubness" not in plain[0].metric_args and corrected[0].metric_args["hubness"] == "csls k=2"
+
+
 def test_constant_candidates_score_chance():
     """Every candidate alike: alike penalties, so CSLS ties them all and the gold gets 1/N."""
     audio, text, bank = hub_collection()
