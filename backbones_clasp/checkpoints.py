@@ -36,12 +36,14 @@ def check_checkpoint(model_dir):
     from safetensors import SafetensorError, safe_open
 
     from configuration_clasp import ClaspConfig
+    from evaluation.hubness import BANK_FILE
     from modeling_clasp import ClaspModel
 
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in ClaspModel(ClaspConfig.from_pretrained(model_dir)).state_dict().items()}
     stored = {}
-    weight_files = sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors")))
+    weight_files = sorted(path for path in glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))
+                          if os.path.basename(path) != BANK_FILE)  # the optional hubness bank is no weight
     if not weight_files:
         raise ValueError(f"{model_dir}: no *.safetensors weights")
     for path in weight_files:

@@ -32,6 +32,7 @@ def load_text_model(model_dir):
     from transformers.initialization import no_init_weights
 
     from configuration_clasp import ClaspConfig
+    from evaluation.hubness import BANK_FILE
     from modeling_clasp import ClaspModel
     from modeling_clasp.modeling_clasp import build_text_encoder
 
@@ -44,6 +45,8 @@ def load_text_model(model_dir):
     weights = {}
     try:
         for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))):
+            if os.path.basename(path) == BANK_FILE:  # the optional hubness bank, not weights
+                continue
             with safe_open(path, framework="pt") as f:
                 weights.update({name: f.get_tensor(name) for name in f.keys() if not name.startswith(AUDIO_BACKBONES)})
         model.load_state_dict(weights, strict=True, assign=True)  # every name and shape, or an error naming them
@@ -82,18 +85,19 @@ class ClaspSearch:
             raise ValueError(f"{path}: this search was opened for text queries only (text_only=True)")
         return load_audio(path)
 
-    def _search(self, embed, k, nprobe, ef) -> list[dict]:
+    def _search(self, embed, k, nprobe, ef, hubness="none") -> list[dict]:
         started = time.perf_counter()
         query = embed()
         embedded = time.perf_counter()
-        hits = self.index.search(query.numpy()[None], k=k, nprobe=nprobe, ef=ef)[0]
+        hits = self.index.search(query.numpy()[None], k=k, nprobe=nprobe, ef=ef, hubness=hubness)[0]
         self.last_timing = {"embed_s": embedded - started, "search_s": time.perf_counter() - embedded}
         return hits
 
-    def text(self, query: str, k=10, nprobe=None, ef=None) -> list[dict]:
+    def text(self, query: str, k=10, nprobe=None, ef=None, hubness="none") -> list[dict]:
+        """The k files that best match `query`; hubness="csls": re-ranked by CSLS (see ClaspIndex.search)."""
         if not query.strip():
             raise ValueError("the query is empty")
-        return self._search(lambda: self.embedder.embed_texts([query])[0], k, nprobe, ef)
+        return self._search(lambda: self.embedder.embed_texts([query])[0], k, nprobe, ef, hubness)
 
     def audio(self, path, k=10, nprobe=None, ef=None) -> list[dict]:
         """Query by example: files that sound like they say what `path` says."""
