@@ -110,10 +110,12 @@ def model_identity(model_dir) -> str:
     same header (names, shapes, offsets) and the same frozen backbones, so only the bytes tell
     them apart. Hashing a few hundred MB takes about a second, and loading reads them anyway.
     """
+    from backbones_clasp.checkpoints import weight_files
+
     model_dir = Path(model_dir)
-    weights = sorted(path for path in model_dir.glob("*.safetensors") if path.name != BANK_FILE)  # not the model
-    if not (model_dir / "config.json").is_file() or not weights:
-        raise ValueError(f"{model_dir}: not a CLASP model folder (needs config.json and *.safetensors)")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir}: not a CLASP model folder (needs config.json and model.safetensors)")
+    weights = [Path(path) for path in weight_files(model_dir)]
     digest = hashlib.sha256()
     for path in [model_dir / "config.json", model_dir / "processor_config.json", *weights]:
         if path.is_file():

@@ -25,14 +25,11 @@ def load_text_model(model_dir):
     backbones' is read with safetensors' `safe_open` and assigned. `speech_model` and
     `spectrogram_model` are None. ValueError naming the folder if the weights do not fit its config.
     """
-    import glob
-    import os
-
     from safetensors import safe_open
     from transformers.initialization import no_init_weights
 
+    from backbones_clasp.checkpoints import weight_files
     from configuration_clasp import ClaspConfig
-    from evaluation.hubness import BANK_FILE
     from modeling_clasp import ClaspModel
     from modeling_clasp.modeling_clasp import build_text_encoder
 
@@ -43,10 +40,9 @@ def load_text_model(model_dir):
         model.text_model = build_text_encoder(config)
     model.speech_model = model.spectrogram_model = None
     weights = {}
+    paths = weight_files(model_dir)
     try:
-        for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))):
-            if os.path.basename(path) == BANK_FILE:  # the optional hubness bank, not weights
-                continue
+        for path in paths:
             with safe_open(path, framework="pt") as f:
                 weights.update({name: f.get_tensor(name) for name in f.keys() if not name.startswith(AUDIO_BACKBONES)})
         model.load_state_dict(weights, strict=True, assign=True)  # every name and shape, or an error naming them
