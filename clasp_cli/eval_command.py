@@ -140,6 +140,7 @@ def evaluate_model(args, hubness: dict) -> int:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
     device = "cuda" if torch.cuda.is_available() and not args.quantize else "cpu"
     model, processor = load_model_and_processor(args.model)  # weights that do not fit the config are refused
+    refuse_a_bank_of_another_dimension(args, hubness, model.config.projection_dim)  # before hours of embedding
     model = quantize_model(model, args.quantize).to(device).eval()
     transcriber = None
     if args.asr_baseline or args.asr_model:
@@ -175,6 +176,7 @@ def evaluate_embeddings(args, hubness: dict) -> int:
     from evaluation.report import format_report, report_to_markdown
 
     audio_embeds, text_embeds, metadata = load_embeddings(args.embeddings)
+    refuse_a_bank_of_another_dimension(args, hubness, audio_embeds.shape[1])
     try:
         report = retrieval_report(audio_embeds, text_embeds, correct_set=args.correct_set, ties=args.ties,
                                   soft_k=args.soft_k, seed=args.seed, **metadata, **hubness)
@@ -200,6 +202,13 @@ def hubness_options(args) -> dict:
     if not 1 <= k <= len(bank["text_embeds"]):
         raise ValueError(f"--csls-k {k}: must lie in [1, {len(bank['text_embeds'])}], the rows of {args.hubness_bank}")
     return {"hubness": "csls", "hubness_bank": bank, "csls_k": k}
+
+
+def refuse_a_bank_of_another_dimension(args, hubness: dict, dim: int) -> None:
+    """ValueError naming --hubness-bank when its rows are not in the evaluated embeddings' space."""
+    if hubness.get("hubness") == "csls" and hubness["hubness_bank"]["text_embeds"].shape[1] != dim:
+        raise ValueError(f"{args.hubness_bank}: the hubness bank's rows have "
+                         f"{hubness['hubness_bank']['text_embeds'].shape[1]} dimensions, the embeddings {dim}")
 
 
 def load_embeddings(path: str):

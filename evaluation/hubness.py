@@ -59,8 +59,8 @@ def csls_penalty(candidates, bank, k: int) -> np.ndarray:
 def load_hubness_bank(path) -> tuple[dict, int | None]:
     """({"audio_embeds", "text_embeds"}: float32 [B, D] L2-normalised, csls_k from the header or None).
 
-    ValueError naming the file when it is missing, unreadable, lacks a tensor, or holds rows of
-    other shapes, zero rows, or NaN / infinite values.
+    ValueError naming the file when it is missing, unreadable, lacks a tensor, holds tensors of
+    two shapes, zero rows or NaN / infinite values, or a header csls_k that is not an integer in [1, B].
     """
     import json
 
@@ -77,6 +77,10 @@ def load_hubness_bank(path) -> tuple[dict, int | None]:
             header = f.metadata() or {}
     except SafetensorError as error:
         raise ValueError(f"{path}: not a readable safetensors file ({error})") from None
+    shapes = {name: tuple(embeds.shape) for name, embeds in bank.items()}
+    if shapes["audio_embeds"] != shapes["text_embeds"]:  # row i of each is one training pair, in one space
+        raise ValueError(f"{path}: audio_embeds {shapes['audio_embeds']} and text_embeds {shapes['text_embeds']} "
+                         "must have one shape [B, D]")
     for name, embeds in bank.items():
         if embeds.ndim != 2 or len(embeds) == 0:
             raise ValueError(f"{path}: {name} must be [B, D] with B > 0, got {tuple(embeds.shape)}")
@@ -88,7 +92,15 @@ def load_hubness_bank(path) -> tuple[dict, int | None]:
         if not (norms > 0).all():
             raise ValueError(f"{path}: {name} rows {np.flatnonzero(~(norms[:, 0] > 0)).tolist()[:10]} are all zeros")
         bank[name] = (embeds / norms).astype(np.float32)
-    k = json.loads(header["csls_k"]) if "csls_k" in header else None
+    if "csls_k" not in header:
+        return bank, None
+    try:
+        k = json.loads(header["csls_k"])
+    except ValueError:
+        k = None
+    if type(k) is not int or not 1 <= k <= len(bank["text_embeds"]):
+        raise ValueError(f"{path}: csls_k {header['csls_k']!r} in its header; it must be an integer in "
+                         f"[1, {len(bank['text_embeds'])}] (the bank's rows)")
     return bank, k
 
 

@@ -133,6 +133,43 @@ def test_eval_bad_bank_exits_2(tmp_path, capsys, options, message):
     assert message in capsys.readouterr().err and not (tmp_path / "r.json").exists()
 
 
+@pytest.mark.parametrize("shapes, header, message", [
+    ({"audio_embeds": (6, 4), "text_embeds": (5, 4)}, {}, r"audio_embeds \(6, 4\) and text_embeds \(5, 4\)"),
+    ({"audio_embeds": (6, 4), "text_embeds": (6, 3)}, {}, r"audio_embeds \(6, 4\) and text_embeds \(6, 3\)"),
+    ({"audio_embeds": (6, 4), "text_embeds": (6, 4)}, {"csls_k": "five"}, "csls_k 'five' in its header"),
+    ({"audio_embeds": (6, 4), "text_embeds": (6, 4)}, {"csls_k": "0"}, "csls_k '0' in its header"),
+    ({"audio_embeds": (6, 4), "text_embeds": (6, 4)}, {"csls_k": "7"}, "csls_k '7' in its header"),
+])
+def test_a_bank_file_that_cannot_serve_is_refused_naming_it(tmp_path, shapes, header, message):
+    path = tmp_path / "odd_bank.safetensors"
+    save_file({name: torch.nn.functional.normalize(torch.randn(shape), dim=-1) for name, shape in shapes.items()},
+              str(path), metadata=header)
+    with pytest.raises(ValueError, match=message) as error:
+        load_hubness_bank(path)
+    assert str(path) in str(error.value)
+
+
+def test_eval_names_a_bank_of_another_dimension_before_embedding(tmp_path, capsys, monkeypatch):
+    """The bank must be in the evaluated embeddings' space: with --embeddings and with --model, the
+    error names the bank file (not the pairs), and --model refuses it before embedding a clip."""
+    from tiny import save_tiny_clasp, tone
+
+    pairs, _ = save_collection(tmp_path)  # 19-d embeddings
+    bank = tmp_path / "bank_5d.safetensors"
+    save_hubness_bank(bank, *torch.nn.functional.normalize(torch.randn(2, 6, 5), dim=-1), csls_k=2)
+    assert main(["eval", "--embeddings", str(pairs), "--output", str(tmp_path / "r.json"), "--hubness", "csls",
+                 "--hubness-bank", str(bank)]) == 2
+    assert f"{bank}: the hubness bank's rows have 5 dimensions, the embeddings 19" in capsys.readouterr().err
+    model_dir = save_tiny_clasp(tmp_path / "model")
+    monkeypatch.setattr("evaluation.model_report.model_report", lambda *a, **k: pytest.fail("embedded before refusing"))
+    soundfile.write(tmp_path / "0.wav", tone(0.3), 16000)
+    manifest = tmp_path / "pairs.jsonl"
+    manifest.write_text(json.dumps({"audio": "0.wav", "text": "the cat sat", "language": "en"}) + "\n")
+    assert main(["eval", "--model", str(model_dir), "--manifest", str(manifest), "--output", str(tmp_path / "r.json"),
+                 "--hubness", "csls", "--hubness-bank", str(bank)]) == 2
+    assert f"{bank}: the hubness bank's rows have 5 dimensions, the embeddings" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("options", [["--hubness", "csls"], ["--csls-k", "3"], ["--hubness", "dual"]])
 def test_eval_option_mistakes_exit_2(tmp_path, options):
     with pytest.raises(SystemExit) as exit_info:
