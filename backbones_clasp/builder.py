@@ -97,8 +97,15 @@ def resolve_backbones(speech, spectrogram, text, preset) -> dict:
     """{"speech", "spectrogram", "text"}: the parts given, the others from `preset` ("paper":
     HuBERT-large, EfficientNet-B7, LaBSE, from the Hub; "offline-base", the default: Whisper-base,
     EfficientNet-Lite0, multilingual-e5-small under `default_backbones_dir()`, built by
-    `clasp backbones build`)."""
+    `clasp backbones build`). A part given as a path (absolute, ./, ~/) that is no folder: FileNotFoundError
+    naming it (transformers would call it a malformed Hub id)."""
     chosen = {"speech": speech, "spectrogram": spectrogram, "text": text}
+    for part, path in chosen.items():
+        if path is None:
+            continue
+        chosen[part] = path = os.path.expanduser(os.fspath(path))
+        if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
+            raise FileNotFoundError(f"{part} backbone {path}: no such folder")
     if preset is None and None in chosen.values():
         preset = "offline-base"
     if preset is not None:

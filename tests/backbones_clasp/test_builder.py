@@ -103,3 +103,12 @@ def test_an_unknown_preset_and_a_missing_offline_folder_are_named(tmp_path, monk
     monkeypatch.setenv("CLASP_BACKBONES_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere' / 'whisper-base'} is missing"):
         build_clasp()
+
+
+@pytest.mark.parametrize("part", ["speech", "spectrogram", "text"])
+def test_a_local_folder_that_does_not_exist_is_named_as_a_folder(tmp_path, part):
+    """A path (absolute, ./ or ~/) that is not there is no Hub id: say so, not "Repo id must be in the form"."""
+    missing = str(tmp_path / "typo")
+    with pytest.raises(FileNotFoundError, match=f"{part} backbone {missing}: no such folder"):
+        resolve_backbones(**{part: missing}, **{p: None for p in ("speech", "spectrogram", "text") if p != part},
+                          preset="paper")
