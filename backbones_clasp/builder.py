@@ -152,8 +152,11 @@ def read_sentence_transformer(path_or_id: str) -> dict:
     for module in modules:
         kind, folder = module["type"].rsplit(".", 1)[-1], module.get("path", "")
         if kind == "Transformer":
+            if folder and not os.path.isdir(path_or_id):  # transformers would read the repo's root
+                raise ValueError(f"{path_or_id}: its Transformer is in {folder}/; download the repo "
+                                 f"(`hf download {path_or_id} --local-dir DIR`) and pass DIR")
             if folder:
-                setup["transformer_path"] = os.path.join(path_or_id, folder) if os.path.isdir(path_or_id) else path_or_id
+                setup["transformer_path"] = os.path.join(path_or_id, folder)
             st_config = read_json(path_or_id, os.path.join(folder, "sentence_bert_config.json"))  # folder "": the root
             if st_config and st_config.get("max_seq_length"):
                 setup["max_length"] = st_config["max_seq_length"]

@@ -112,3 +112,14 @@ def test_a_local_folder_that_does_not_exist_is_named_as_a_folder(tmp_path, part)
     with pytest.raises(FileNotFoundError, match=f"{part} backbone {missing}: no such folder"):
         resolve_backbones(**{part: missing}, **{p: None for p in ("speech", "spectrogram", "text") if p != part},
                           preset="paper")
+
+
+def test_a_hub_model_with_its_transformer_in_a_subfolder_is_refused(monkeypatch):
+    """AutoModel.from_pretrained("org/name") reads the repo's root, not 0_Transformer/: say so rather
+    than build from whatever the root holds."""
+    from backbones_clasp import builder
+
+    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]
+    monkeypatch.setattr(builder, "read_json", lambda path, name: modules if name == "modules.json" else None)
+    with pytest.raises(ValueError, match="org/old-layout: its Transformer is in 0_Transformer/"):
+        builder.read_sentence_transformer("org/old-layout")
