@@ -97,8 +97,15 @@ def resolve_backbones(speech, spectrogram, text, preset) -> dict:
     """{"speech", "spectrogram", "text"}: the parts given, the others from `preset` ("paper":
     HuBERT-large, EfficientNet-B7, LaBSE, from the Hub; "offline-base", the default: Whisper-base,
     EfficientNet-Lite0, multilingual-e5-small under `default_backbones_dir()`, built by
-    `clasp backbones build`)."""
+    `clasp backbones build`). A part given as a path (absolute, ./, ~/) that is no folder: FileNotFoundError
+    naming it (transformers would call it a malformed Hub id)."""
     chosen = {"speech": speech, "spectrogram": spectrogram, "text": text}
+    for part, path in chosen.items():
+        if path is None:
+            continue
+        chosen[part] = path = os.path.expanduser(os.fspath(path))
+        if (os.path.isabs(path) or path.startswith(".")) and not os.path.isdir(path):
+            raise FileNotFoundError(f"{part} backbone {path}: no such folder")
     if preset is None and None in chosen.values():
         preset = "offline-base"
     if preset is not None:
@@ -145,8 +152,11 @@ def read_sentence_transformer(path_or_id: str) -> dict:
     for module in modules:
         kind, folder = module["type"].rsplit(".", 1)[-1], module.get("path", "")
         if kind == "Transformer":
+            if folder and not os.path.isdir(path_or_id):  # transformers would read the repo's root
+                raise ValueError(f"{path_or_id}: its Transformer is in {folder}/; download the repo "
+                                 f"(`hf download {path_or_id} --local-dir DIR`) and pass DIR")
             if folder:
-                setup["transformer_path"] = os.path.join(path_or_id, folder) if os.path.isdir(path_or_id) else path_or_id
+                setup["transformer_path"] = os.path.join(path_or_id, folder)
             st_config = read_json(path_or_id, os.path.join(folder, "sentence_bert_config.json"))  # folder "": the root
             if st_config and st_config.get("max_seq_length"):
                 setup["max_length"] = st_config["max_seq_length"]

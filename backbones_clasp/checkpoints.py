@@ -2,7 +2,30 @@
 a folder whose weights do not fit its config.json (the command line, the trainer, the search index,
 the benchmarks and the scripts all load models through here)."""
 
+import json
 import os
+
+
+def weight_files(model_dir) -> list[str]:
+    """The safetensors files transformers loads from `model_dir`: model.safetensors, or the shards
+    model.safetensors.index.json names. Other *.safetensors beside them (a hubness bank, a user's
+    embeddings) are not weights. ValueError naming the folder and the file when one is missing."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
+
+    index = os.path.join(model_dir, SAFE_WEIGHTS_INDEX_NAME)
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                names = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"{index}: not a safetensors index with a weight_map ({error!r})") from None
+    else:
+        names = [SAFE_WEIGHTS_NAME]
+    paths = [os.path.join(model_dir, name) for name in names]
+    missing = [name for name, path in zip(names, paths) if not os.path.isfile(path)]
+    if missing:
+        raise ValueError(f"{model_dir}: no weights file {', '.join(missing)}")
+    return paths
 
 
 def load_model_and_processor(model: str, **config_overrides):
@@ -30,8 +53,6 @@ def check_checkpoint(model_dir):
     mismatch as a RuntimeError pointing at that log, and a cut-short file as a bare SafetensorError.
     The expected names and shapes come from a model built on the meta device (no memory, no time).
     """
-    import glob
-
     import torch
     from safetensors import SafetensorError, safe_open
 
@@ -41,10 +62,7 @@ def check_checkpoint(model_dir):
     with torch.device("meta"):
         expected = {name: tuple(t.shape) for name, t in ClaspModel(ClaspConfig.from_pretrained(model_dir)).state_dict().items()}
     stored = {}
-    weight_files = sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors")))
-    if not weight_files:
-        raise ValueError(f"{model_dir}: no *.safetensors weights")
-    for path in weight_files:
+    for path in weight_files(model_dir):
         try:
             with safe_open(path, framework="pt") as f:
                 stored.update({name: tuple(f.get_slice(name).get_shape()) for name in f.keys()})

@@ -16,6 +16,13 @@ scores count (expected: the mean over random orders of the tied candidates, the 
 pessimistic). Both are recorded in the report. On a small collection the soft protocol's k is
 lowered to what every query can fill (report["soft"]["k"], with "k_requested").
 
+--hubness csls ranks by CSLS (Conneau et al., ICLR 2018): 2 cos(q, c) less each candidate's mean
+cosine to its k nearest rows of --hubness-bank, a safetensors file of training-pair embeddings
+(`audio_embeds`, `text_embeds` [B, D]; scripts/hubness_sweep.py writes one with the k chosen on
+validation in its header, which --csls-k overrides); with --model, the default bank is the
+model folder's hubness_bank.safetensors. It discounts "hub" candidates that sit near many
+queries; recorded in the report as report["hubness"]. The ASR baseline stays uncorrected.
+
 --asr-baseline adds the cascade the paper compares with: Whisper transcribes each clip (language
 forced from the row), the same model's text encoder embeds the transcripts, and the transcripts
 stand in for the audio in the same protocol; with its WER and seconds per clip.
@@ -38,7 +45,7 @@ class InputError(Exception):
 
 
 def register(subparsers) -> None:
-    from evaluation.protocols import CORRECT_SETS
+    from evaluation.protocols import CORRECT_SETS, HUBNESS
     from evaluation.retrieval_metrics.rank_metrics import TIES
 
     parser = subparsers.add_parser(
@@ -80,25 +87,41 @@ def register(subparsers) -> None:
     parser.add_argument("--soft-k", type=int, default=100,
                         help="soft protocol pool: gold + k-1 random (default 100; lowered to what a small collection allows)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the soft protocol's random candidates (default 0)")
+    parser.add_argument("--hubness", choices=HUBNESS, default="none",
+                        help="none = rank by cosine (default); csls = hubness-corrected scores, needs --hubness-bank")
+    parser.add_argument("--hubness-bank", metavar="FILE.safetensors",
+                        help="with --hubness csls: training audio_embeds / text_embeds (see scripts/hubness_sweep.py; "
+                             "default with --model: MODEL/hubness_bank.safetensors)")
+    parser.add_argument("--csls-k", type=int, default=None,
+                        help="with --hubness csls: neighbours in the bank (default: the bank's csls_k, else 10)")
     parser.set_defaults(func=run, parser=parser)
 
 
 def run(args) -> int:
+    if args.hubness == "csls" and args.hubness_bank is None:
+        if args.model is None:
+            args.parser.error("--hubness csls needs --hubness-bank FILE.safetensors")
+        from evaluation.hubness import BANK_FILE
+
+        args.hubness_bank = os.path.join(args.model, BANK_FILE)
+    if args.hubness == "none" and (args.hubness_bank or args.csls_k is not None):
+        args.parser.error("--hubness-bank and --csls-k go with --hubness csls")
+    hubness = hubness_options(args)  # a bad bank is refused before a model loads
     if args.model is not None:
-        return evaluate_model(args)
+        return evaluate_model(args, hubness)
     model_only = (("--manifest", args.manifest), ("--data", args.data), ("--asr-baseline", args.asr_baseline),
                   ("--asr-model", args.asr_model), ("--asr-cache", args.asr_cache), ("--quantize", args.quantize))
     for flag, value in model_only:
         if value:
             args.parser.error(f"{flag} goes with --model, not --embeddings")  # exits with code 2
     try:
-        return evaluate_embeddings(args)
+        return evaluate_embeddings(args, hubness)
     except InputError as error:
         print(f"clasp eval: error: {error}", file=sys.stderr)
         return 2
 
 
-def evaluate_model(args) -> int:
+def evaluate_model(args, hubness: dict) -> int:
     import torch
 
     from backbones_clasp.checkpoints import load_model_and_processor
@@ -117,6 +140,7 @@ def evaluate_model(args) -> int:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
     device = "cuda" if torch.cuda.is_available() and not args.quantize else "cpu"
     model, processor = load_model_and_processor(args.model)  # weights that do not fit the config are refused
+    refuse_a_bank_of_another_dimension(args, hubness, model.config.projection_dim)  # before hours of embedding
     model = quantize_model(model, args.quantize).to(device).eval()
     transcriber = None
     if args.asr_baseline or args.asr_model:
@@ -127,7 +151,7 @@ def evaluate_model(args) -> int:
 
     report = model_report(model, processor, pairs, batch_size=args.batch_size, correct_set=args.correct_set,
                           ties=args.ties, soft_k=args.soft_k, seed=args.seed, transcriber=transcriber,
-                          asr_cache=args.asr_cache if transcriber else None)
+                          asr_cache=args.asr_cache if transcriber else None, **hubness)
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"
@@ -147,14 +171,15 @@ def default_whisper_dir() -> str:
     return os.path.join(default_backbones_dir(), "whisper-base")
 
 
-def evaluate_embeddings(args) -> int:
+def evaluate_embeddings(args, hubness: dict) -> int:
     from evaluation.protocols import retrieval_report
     from evaluation.report import format_report, report_to_markdown
 
     audio_embeds, text_embeds, metadata = load_embeddings(args.embeddings)
+    refuse_a_bank_of_another_dimension(args, hubness, audio_embeds.shape[1])
     try:
         report = retrieval_report(audio_embeds, text_embeds, correct_set=args.correct_set, ties=args.ties,
-                                  soft_k=args.soft_k, seed=args.seed, **metadata)
+                                  soft_k=args.soft_k, seed=args.seed, **metadata, **hubness)
     except ValueError as error:  # e.g. --correct-set same-text without texts in the metadata
         raise InputError(f"{args.embeddings}: {error}") from None
     write_atomically(args.output, json.dumps(report, indent=2) + "\n")
@@ -163,6 +188,27 @@ def evaluate_embeddings(args) -> int:
         write_atomically(args.markdown, report_to_markdown(report, title=title))
     print(format_report(report))
     return 0
+
+
+def hubness_options(args) -> dict:
+    """retrieval_report's hubness keywords from --hubness, --hubness-bank and --csls-k; ValueError naming
+    the bank file when it cannot be used (`clasp` prints it as one line, exit code 2)."""
+    if args.hubness == "none":
+        return {}
+    from evaluation.hubness import load_hubness_bank
+
+    bank, bank_k = load_hubness_bank(args.hubness_bank)
+    k = args.csls_k if args.csls_k is not None else bank_k or 10
+    if not 1 <= k <= len(bank["text_embeds"]):
+        raise ValueError(f"--csls-k {k}: must lie in [1, {len(bank['text_embeds'])}], the rows of {args.hubness_bank}")
+    return {"hubness": "csls", "hubness_bank": bank, "csls_k": k}
+
+
+def refuse_a_bank_of_another_dimension(args, hubness: dict, dim: int) -> None:
+    """ValueError naming --hubness-bank when its rows are not in the evaluated embeddings' space."""
+    if hubness.get("hubness") == "csls" and hubness["hubness_bank"]["text_embeds"].shape[1] != dim:
+        raise ValueError(f"{args.hubness_bank}: the hubness bank's rows have "
+                         f"{hubness['hubness_bank']['text_embeds'].shape[1]} dimensions, the embeddings {dim}")
 
 
 def load_embeddings(path: str):

@@ -4,7 +4,8 @@ The folder is what `save_pretrained` writes (config with auto_map, safetensors, 
 code, processor and tokenizer files) plus README.md, a model card made with huggingface_hub's
 ModelCard / ModelCardData. With `--widget`, the card's widget shows example clips (copied into
 samples/) with candidate labels and the scores this model gives them, computed here. It is built in a temporary folder and renamed into place, so an
-interrupted export never leaves a half-written model behind. With `--push-to-hub REPO` the folder,
+interrupted export never leaves a half-written model behind. The model folder's hubness bank
+(hubness_bank.safetensors, see evaluation/hubness.py), if it has one, is copied beside the model. With `--push-to-hub REPO` the folder,
 and only it, is then uploaded to the Hub in one commit.
 """
 
@@ -158,6 +159,7 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
 
 def export(model_dir, output_dir, repo=None, languages=(), license="mit", datasets=(), eval_results_path=None,
            dataset_name=None, widget_path=None, revision=None):
+    from evaluation.hubness import BANK_FILE
     from modeling_clasp import ClaspModel
     from processing_clasp import ClaspProcessor
 
@@ -182,6 +184,8 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
         card.save(os.path.join(staging, "README.md"))
         if eval_results is not None:
             shutil.copyfile(eval_results_path, os.path.join(staging, "eval_results.json"))
+        if os.path.isfile(os.path.join(model_dir, BANK_FILE)):  # an optional extra file: loading ignores it
+            shutil.copyfile(os.path.join(model_dir, BANK_FILE), os.path.join(staging, BANK_FILE))
         if os.path.exists(output_dir):
             previous = output_dir + ".previous"
             shutil.rmtree(previous, ignore_errors=True)

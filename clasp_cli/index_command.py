@@ -5,6 +5,8 @@
 A manifest is JSONL: {"audio": path, "text"?: transcript, "language"?: code} a line; its text and
 language are shown with search results. The build is resumable: rerun the same command after an
 interruption and it continues where it stopped. `--add` appends files the index does not hold yet.
+`--hubness-bank FILE.safetensors` (from scripts/hubness_sweep.py) stores each file's CSLS penalty
+for `clasp search --hubness csls`; the bank is copied into the index.
 `accelerate launch [--num_processes N] -m clasp_cli.main index ...` embeds in N processes, each on
 its own device, and builds the same index (see search_clasp/shards.py).
 """
@@ -31,15 +33,23 @@ def register(subparsers):
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quantize", choices=("int8",), default=None,
                         help="int8: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32")
+    parser.add_argument("--hubness-bank", metavar="FILE.safetensors", default=None,
+                        help="training audio_embeds / text_embeds: store each file's hubness penalty for "
+                             "`clasp search --hubness csls` (see evaluation/hubness.py)")
+    parser.add_argument("--csls-k", type=int, default=None,
+                        help="with --hubness-bank: neighbours in the bank (default: the bank's csls_k, else 10)")
     parser.set_defaults(func=run)
 
 
 def run(args) -> int:
     from search_clasp.build import build_index
 
+    if args.csls_k is not None and args.hubness_bank is None:
+        raise ValueError("--csls-k goes with --hubness-bank")
     summary = build_index(args.output, args.model, args.audio, add=args.add, kind=args.kind, nlist=args.nlist, m=args.m,
                           window_s=args.window_s, hop_s=args.hop_s, on_disk=args.on_disk, batch_size=args.batch_size,
-                          files_per_chunk=args.chunk_files, device=args.device, quantize=args.quantize)
+                          files_per_chunk=args.chunk_files, device=args.device, quantize=args.quantize,
+                          hubness_bank=args.hubness_bank, csls_k=args.csls_k)
     if summary is None:  # a process of a multi-process launch other than the main one, which reports
         return 0
     for failure in summary.failed:

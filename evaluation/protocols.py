@@ -27,6 +27,9 @@ monolingual: per language, queries AND candidates restricted to that language's 
 cross-lingual: text queries in another language (translations of row i's text, embedded by
     the caller) against all audio, text -> audio only.
 NaN or infinite embeddings are a ValueError naming the rows (NaN would win every comparison).
+hubness: "none" ranks by cosine; "csls" ranks by 2 cos(q, c) - r_bank(c), each candidate's mean
+    cosine to its k nearest rows of a bank of training embeddings of the query modality taken off
+    (evaluation/hubness.py; Conneau et al., ICLR 2018), in every protocol and breakdown.
 
 The scores are computed a block of query rows at a time, the block sized by a memory budget,
 and the hard and soft ranks are both read off the same block, so no score is computed twice.
@@ -39,6 +42,7 @@ import numpy as np
 from evaluation.retrieval_metrics.rank_metrics import TIED_RANK, TIES, metrics_from_ranks, refuse_non_finite, tied_ranks
 
 DIRECTIONS = ("audio_to_text", "text_to_audio")
+HUBNESS = ("none", "csls")
 CORRECT_SETS = ("same-group", "same-text")
 # Score rows held at once. The matmul runs as fast on 64 MiB blocks as on larger ones, and the
 # compare-and-count passes faster (the block stays nearer the cache): N = 11,411, d = 768, 4,096
@@ -111,14 +115,16 @@ def as_numpy(embeds) -> np.ndarray:
 
 
 def rank_queries(
-    queries, candidates, gold, correct_set, wrong_candidates=None, memory_budget_bytes=MEMORY_BUDGET_BYTES
+    queries, candidates, gold, correct_set, wrong_candidates=None, memory_budget_bytes=MEMORY_BUDGET_BYTES,
+    candidate_penalty=None,
 ):
     """Hard ranks of each query's correct set among all candidates, and soft ranks of its gold
     among itself and `wrong_candidates` [Q, k-1] (None when not given): TIED_RANK arrays [Q]
     (wrong candidates above, tied, correct candidates tied) for `metrics_from_ranks`.
 
     queries [Q, D], candidates [N, D]: numpy or torch. gold [Q]: index of each query's own
-    partner among the candidates. correct_set [N]: the ids of `correct_sets`. ValueError naming
+    partner among the candidates. correct_set [N]: the ids of `correct_sets`. candidate_penalty
+    [N] (None: 0): the score is 2 q.c - candidate_penalty[c], CSLS with `hubness.csls_penalty`. ValueError naming
     the rows when queries or candidates hold NaN or infinite values, or when their norms are so
     large that a score could overflow float32.
     numpy on purpose: on CPU its BLAS matmul and its compare-and-count were faster than
@@ -132,6 +138,11 @@ def rank_queries(
     if largest_norm[0] * largest_norm[1] >= np.finfo(np.float32).max:
         raise ValueError("queries x candidates: scores would overflow float32; normalise the embeddings")
     gold, correct_set = np.asarray(gold), np.asarray(correct_set)
+    if candidate_penalty is not None:
+        candidate_penalty = as_numpy(candidate_penalty)
+        if candidate_penalty.shape != (len(candidates),):
+            raise ValueError(f"need one penalty per candidate ({len(candidates)}), got shape {candidate_penalty.shape}")
+        refuse_non_finite(candidate_penalty[:, None], "candidate_penalty")
     gold_sets = correct_set[gold]
     # The rows of every correct set, grouped: set s is members[set_start[s] : set_start[s] + set_size[s]].
     members = np.argsort(correct_set, kind="stable")
@@ -146,6 +157,8 @@ def rank_queries(
     for start in range(0, len(queries), rows_per_block):
         block = slice(start, start + rows_per_block)
         scores = queries[block] @ candidates.T
+        if candidate_penalty is not None:
+            scores = 2 * scores - candidate_penalty
         # The scores of each query's correct candidates, one segment per query (at `offsets`).
         sizes = set_size[gold_sets[block]]
         offsets = np.cumsum(sizes) - sizes
@@ -188,6 +201,9 @@ def retrieval_report(
     seed: int = 0,
     embed_s: float = 0.0,
     memory_budget_bytes: int = MEMORY_BUDGET_BYTES,
+    hubness: str = "none",
+    hubness_bank: dict | None = None,
+    csls_k: int = 10,
 ) -> dict:
     """Everything the paper reports, as one dict that the printers and other tools read.
 
@@ -201,8 +217,11 @@ def retrieval_report(
     soft_k: the soft pool's size, lowered to what every query can fill ("soft": {"k",
     "k_requested"}), and the soft protocol left out ("k": None and a "note") when some query has
     no wrong candidate at all. embed_s: the caller's embedding time (0.0 when precomputed).
+    hubness: "none" or "csls" (see the module docstring), with hubness_bank {"audio_embeds":
+    [B, D], "text_embeds": [B, D]} (training pairs, L2-normalised; `hubness.load_hubness_bank`)
+    and csls_k neighbours; recorded as report["hubness"] = {"method", "k", "bank_rows"}.
     ValueError for rows of different lengths, NaN or infinite values (naming the rows), an
-    unknown rule, soft_k < 2, or correct_set="same-text" without texts.
+    unknown rule, soft_k < 2, correct_set="same-text" without texts, or "csls" without a bank.
     """
     if correct_set not in CORRECT_SETS:
         raise ValueError(f"correct_set must be one of {CORRECT_SETS}, got {correct_set!r}")
@@ -212,6 +231,12 @@ def retrieval_report(
         raise ValueError(f"ties must be one of {TIES}, got {ties!r}")
     if soft_k < 2:
         raise ValueError(f"soft_k must be at least 2 (the gold and a wrong candidate), got {soft_k}")
+    if hubness not in HUBNESS:
+        raise ValueError(f"hubness must be one of {HUBNESS}, got {hubness!r}")
+    if hubness == "csls" and hubness_bank is None:
+        raise ValueError("hubness='csls' needs a hubness_bank of training audio_embeds and text_embeds")
+    from evaluation.hubness import csls_penalty  # it imports this module
+
     audio_embeds, text_embeds = as_numpy(audio_embeds), as_numpy(text_embeds)
     num_rows = len(audio_embeds)
     if len(text_embeds) != num_rows:
@@ -226,11 +251,17 @@ def retrieval_report(
     soft_k_possible = min(soft_k, num_rows - np.bincount(set_ids).max() + 1)
 
     started = time.perf_counter()
+    # Each direction's candidates discounted by their closeness to the bank of the query modality.
+    penalty = {"audio_to_text": None, "text_to_audio": None}
+    if hubness == "csls":
+        penalty = {"audio_to_text": csls_penalty(text_embeds, hubness_bank["audio_embeds"], csls_k),
+                   "text_to_audio": csls_penalty(audio_embeds, hubness_bank["text_embeds"], csls_k)}
     wrong = sample_wrong_candidates(gold, set_ids, soft_k_possible, seed) if soft_k_possible >= 2 else None
     directions = {"audio_to_text": (audio_embeds, text_embeds), "text_to_audio": (text_embeds, audio_embeds)}
     hard, soft = {}, {}
     for direction, (queries, candidates) in directions.items():
-        hard[direction], soft[direction] = rank_queries(queries, candidates, gold, set_ids, wrong, memory_budget_bytes)
+        hard[direction], soft[direction] = rank_queries(queries, candidates, gold, set_ids, wrong, memory_budget_bytes,
+                                                        penalty[direction])
     monolingual = {}
     languages = None if languages is None else np.asarray(languages)
     for language in [] if languages is None else np.unique(languages):
@@ -238,17 +269,20 @@ def retrieval_report(
         own_sets = np.unique(set_ids[rows], return_inverse=True)[1].reshape(-1)
         monolingual[str(language)] = {
             direction: rank_queries(queries[rows], candidates[rows], np.arange(len(rows)), own_sets, None,
-                                    memory_budget_bytes)[0]
+                                    memory_budget_bytes,
+                                    None if penalty[direction] is None else penalty[direction][rows])[0]
             for direction, (queries, candidates) in directions.items()
         }
     cross_ranks = {
-        code: rank_queries(queries, audio_embeds, rows, set_ids, None, memory_budget_bytes)[0]
+        code: rank_queries(queries, audio_embeds, rows, set_ids, None, memory_budget_bytes, penalty["text_to_audio"])[0]
         for code, (queries, rows) in (cross_lingual or {}).items()
     }
     score_and_rank_s = time.perf_counter() - started
 
     report = {direction: metrics_from_ranks(hard[direction], ties) for direction in DIRECTIONS}
     report["ties"], report["correct_set"] = ties, correct_set
+    report["hubness"] = {"method": hubness, "k": csls_k if hubness == "csls" else None,
+                         "bank_rows": len(hubness_bank["text_embeds"]) if hubness == "csls" else 0}
     if wrong is None:
         report["soft"] = {"k": None, "k_requested": soft_k,
                           "note": "left out: some query has no wrong candidate (every row is correct for it)"}

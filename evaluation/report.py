@@ -27,6 +27,11 @@ def protocol_notes(report: dict) -> list[str]:
     soft = report["soft"]
     notes = [f"ties: {report['ties']}, {TIE_RULES[report['ties']]}",
              f"correct set: {report['correct_set']}, {CORRECT_SET_RULES[report['correct_set']]}"]
+    hubness = report.get("hubness", {"method": "none"})  # reports from before the option ranked by cosine
+    if hubness["method"] == "csls":
+        notes.append(f"hubness: csls k={hubness['k']}, scores 2 cos(q, c) - r(c), r(c) the mean cosine of candidate c "
+                     f"to its {hubness['k']} nearest of {hubness['bank_rows']} training embeddings of the query modality "
+                     "(Conneau et al., ICLR 2018)")
     if soft["k"] is None:
         notes.append(f"soft protocol {soft['note']}")
     elif soft["k"] != soft["k_requested"]:
@@ -119,6 +124,8 @@ def model_index_results(
 
     protocol_notes(report)  # refuses a report without its rules
     rules = {"correct_set": report["correct_set"], "ties": report["ties"]}
+    if report.get("hubness", {}).get("method") == "csls":
+        rules["hubness"] = f"csls k={report['hubness']['k']}"
 
     return [
         EvalResult(

@@ -55,12 +55,15 @@ def open_or_create(index_dir: Path, add: bool, identity: str, model_dir, setting
 
 def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, m=None, window_s=None, hop_s=None,
                 on_disk=None, batch_size=16, files_per_chunk=64, device=None, quantize=None, on_chunk=None,
-                progress=True) -> BuildSummary | None:
+                progress=True, hubness_bank=None, csls_k=None) -> BuildSummary | None:
     """Embed the audio of `inputs` (directories, files, JSONL manifests) into the index at `index_dir`.
 
     Settings left as None are the existing index's (or the defaults for a new one). `on_chunk(chunk)`
     is called after each chunk is committed (for reporting, and for tests that kill the build
-    mid-way). Raises ValueError when a new index would hold nothing. Under a multi-process
+    mid-way). `hubness_bank`: a bank file (evaluation/hubness.py) whose text embeddings give each
+    item its CSLS penalty, with `csls_k` neighbours (default: the bank's k), for
+    `search(..., hubness="csls")`; an index keeps its bank, and its later --add runs compute the new
+    items' penalties. Raises ValueError when a new index would hold nothing. Under a multi-process
     `accelerate launch`, returns None on every process but the main one.
     """
     from tqdm.auto import tqdm
@@ -73,6 +76,10 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     index_dir = Path(os.path.abspath(index_dir))
     identity = model_identity(model_dir)  # before loading anything: a wrong model is refused at once
     check_checkpoint(model_dir)  # and a broken one before a .partial index is started with its identity
+    if hubness_bank is not None:
+        from evaluation.hubness import load_hubness_bank
+
+        load_hubness_bank(hubness_bank)  # a bad bank is refused before anything is written
     entries, failed = read_entries(inputs)
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)
@@ -80,6 +87,8 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     state = process_state()
     with state.main_process_first():  # the main process starts a new index; the others then open it
         index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
+        if hubness_bank is not None and state.is_main_process:
+            index.set_hubness_bank(hubness_bank, csls_k)
     summary = BuildSummary(index_dir, failed=failed)
     present = index.paths()
     todo = [entry for entry in entries if entry.path not in present]
@@ -123,6 +132,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
         raise ValueError("no audio could be embedded: no index written" + "".join(
             f"\n  {failure['path']}: {failure['reason']}" for failure in summary.failed))
     index.write_faiss()
+    index.write_hubness()
     index.close()
     if is_partial:
         os.replace(index.directory, index_dir)

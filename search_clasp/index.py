@@ -5,6 +5,8 @@
                           text, language, embedding); row `position` is FAISS row `position`
         index.faiss       inner-product index over the items' embeddings (cosine: they are unit vectors)
         index.N.ivfdata   with --on-disk only: the IVF lists of index.faiss's N vectors (memory-mapped)
+        hubness_bank.safetensors   with --hubness-bank only: the training embeddings text queries are
+                          corrected with; SQLite's hubness table holds each item's penalty
 
 SQLite is the record. Each chunk of embedded files is committed in one transaction, so a killed
 build loses at most the chunk in flight and a rerun skips what is committed. The FAISS file is
@@ -25,6 +27,14 @@ page cache, which it reclaims). `--add` merges the existing lists with the new b
 .ivfdata file (a sequential copy, no re-clustering), then replaces index.faiss atomically and
 deletes the old file: a reader still holding the old one keeps its mapping; a killed run leaves
 index.faiss and its lists as they were.
+
+Hubness correction (CSLS, evaluation/hubness.py): an index built with a bank of training text
+embeddings stores each item's penalty r(c), its mean cosine to its k nearest bank texts, derived
+from SQLite and caught up like index.faiss. `search(..., hubness="csls")` then asks FAISS for the
+best N by cosine (N = max(k, RERANK_DEPTH), doubled as needed) and re-ranks them by 2 cos - r(c).
+Every item outside those N scores at most 2 cos_N - min r, so the depth is doubled until the k-th
+re-ranked score reaches that bound: the top k are those of an exhaustive CSLS search (of what
+FAISS returns, for the approximate kinds).
 """
 
 import contextlib
@@ -43,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from data_clasp.audio import find_audio_files
+from evaluation.hubness import BANK_FILE, csls_penalty, load_hubness_bank
 
 FAISS_FILE = "index.faiss"
 METADATA_FILE = "metadata.sqlite"
@@ -51,6 +62,7 @@ DEFAULT_NPROBE = 16
 DEFAULT_EF = 64
 BLOCK_ROWS = 65536  # rows added to FAISS at a time (100 MB at 384-d)
 ON_DISK_BLOCKS = "ivf-blocks.tmp"  # per-block indexes of an on-disk build, merged and then deleted
+RERANK_DEPTH = 100  # nearest items by cosine re-ranked by CSLS, at first (see the module docstring)
 
 
 @dataclass
@@ -98,10 +110,12 @@ def model_identity(model_dir) -> str:
     same header (names, shapes, offsets) and the same frozen backbones, so only the bytes tell
     them apart. Hashing a few hundred MB takes about a second, and loading reads them anyway.
     """
+    from backbones_clasp.checkpoints import weight_files
+
     model_dir = Path(model_dir)
-    weights = sorted(model_dir.glob("*.safetensors"))
-    if not (model_dir / "config.json").is_file() or not weights:
-        raise ValueError(f"{model_dir}: not a CLASP model folder (needs config.json and *.safetensors)")
+    if not (model_dir / "config.json").is_file():
+        raise ValueError(f"{model_dir}: not a CLASP model folder (needs config.json and model.safetensors)")
+    weights = [Path(path) for path in weight_files(model_dir)]
     digest = hashlib.sha256()
     for path in [model_dir / "config.json", model_dir / "processor_config.json", *weights]:
         if path.is_file():
@@ -125,6 +139,7 @@ class ClaspIndex:
         self.info = {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM info")}
         self.info.setdefault("on_disk", False)  # an index from before --on-disk
         self._faiss = None
+        self._penalties = None  # hubness penalties by position, read at the first CSLS search
         for leftover in self.directory.glob(FAISS_FILE + ".tmp*"):  # from a run killed while writing
             leftover.unlink()
 
@@ -316,17 +331,29 @@ class ClaspIndex:
             index.ntotal = ivf.ntotal = count
             del blocks
 
-    def search(self, queries, k=10, nprobe=None, ef=None) -> list[list[dict]]:
-        """For each query embedding, the k best items, best first: {path, score, rank, duration, text?, language?}."""
+    def search(self, queries, k=10, nprobe=None, ef=None, hubness="none") -> list[list[dict]]:
+        """For each query embedding, the k best items, best first: {path, score, rank, duration, text?, language?}.
+
+        hubness="csls": text-query embeddings ranked by 2 cos - r(item) (see the module docstring),
+        each hit with its "csls_score" beside the cosine "score"; ValueError if the index has no penalties.
+        """
         import faiss
 
         queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.info["dim"]))
-        params = None
-        if self.info["kind"] == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=nprobe or DEFAULT_NPROBE)
-        elif self.info["kind"] == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(ef or DEFAULT_EF, k))
-        scores, positions = self.faiss.search(queries, k, params=params)
+
+        def params(depth):  # FAISS's settings for the `depth` best
+            if self.info["kind"] == "ivf":
+                return faiss.SearchParametersIVF(nprobe=nprobe or DEFAULT_NPROBE)
+            if self.info["kind"] == "hnsw":
+                return faiss.SearchParametersHNSW(efSearch=max(ef or DEFAULT_EF, depth))
+            return None
+
+        if hubness == "csls":
+            scores, positions, corrected = self._csls_search(queries, k, params)
+        elif hubness == "none":
+            scores, positions = self.faiss.search(queries, k, params=params(k))
+        else:
+            raise ValueError(f"hubness must be 'none' or 'csls', got {hubness!r}")
         found = sorted({int(p) for p in positions.ravel() if p >= 0})
         with self.lock:
             rows = self.db.execute(
@@ -341,10 +368,85 @@ class ClaspIndex:
                     continue
                 path, duration, text, language = by_position[int(position)]
                 hit = {"path": path, "score": float(score), "rank": len(hits) + 1, "duration": duration}
+                if hubness == "csls":
+                    hit["csls_score"] = float(corrected[len(results)][len(hits)])
                 hit.update({key: value for key, value in (("text", text), ("language", language)) if value is not None})
                 hits.append(hit)
             results.append(hits)
         return results
+
+
+    # ---- hubness ---------------------------------------------------------------------------
+
+    def set_hubness_bank(self, bank_path, csls_k=None):
+        """Copy a bank file (evaluation/hubness.py) into the index and record its k (default: the
+        bank's own, else 10); `write_hubness` then computes the items' penalties. ValueError for a
+        bank that cannot be used, or when the index already has another bank or k."""
+        bank, bank_k = load_hubness_bank(bank_path)
+        k = csls_k if csls_k is not None else bank_k or 10
+        if not 1 <= k <= len(bank["text_embeds"]) or bank["text_embeds"].shape[1] != self.info["dim"]:
+            raise ValueError(f"{bank_path}: needs [B, {self.info['dim']}] text_embeds and k in [1, B]; got "
+                             f"{list(bank['text_embeds'].shape)} and k={k}")
+        with open(bank_path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        if self.info.get("hubness_bank_sha256") not in (None, digest) or self.info.get("csls_k") not in (None, k):
+            raise ValueError(f"{self.directory} was built with another hubness bank or csls k "
+                             f"(k={self.info['csls_k']}): build a new index for that")
+        temporary = self.directory / f"{BANK_FILE}.tmp{os.getpid()}"
+        shutil.copyfile(bank_path, temporary)
+        os.replace(temporary, self.directory / BANK_FILE)
+        with self.lock, self.db:
+            self.db.execute("CREATE TABLE IF NOT EXISTS hubness (position INTEGER PRIMARY KEY, penalty REAL NOT NULL)")
+        self._set_info(hubness_bank_sha256=digest, csls_k=k)
+
+    def write_hubness(self):
+        """Compute the penalty r(c) of every item that lacks one, a block a transaction (a killed run
+        keeps the blocks it committed). Nothing to do for an index without a bank."""
+        if "csls_k" not in self.info:
+            return
+        bank = load_hubness_bank(self.directory / BANK_FILE)[0]["text_embeds"]
+        count = len(self)
+        with self.lock:
+            done = self.db.execute("SELECT COUNT(*) FROM hubness").fetchone()[0]
+        for start in range(done, count, BLOCK_ROWS):
+            penalty = csls_penalty(self.embeddings(start=start, stop=start + BLOCK_ROWS), bank, self.info["csls_k"])
+            with self.lock, self.db:
+                self.db.executemany("INSERT INTO hubness VALUES (?, ?)",
+                                    [(start + i, float(p)) for i, p in enumerate(penalty)])
+
+    def _csls_search(self, queries, k, params):
+        """(cosines, positions, CSLS scores) [Q, k], best CSLS first (see the module docstring);
+        params(depth): FAISS's search parameters for the depth best."""
+        if "csls_k" not in self.info:
+            raise ValueError(f"{self.directory} has no hubness penalties: build it with "
+                             "`clasp index --hubness-bank FILE.safetensors`")
+        total = self.faiss.ntotal
+        if self._penalties is None or len(self._penalties) != total:
+            with self.lock:
+                rows = self.db.execute("SELECT penalty FROM hubness ORDER BY position").fetchall()
+            self._penalties = np.array([penalty for (penalty,) in rows], dtype=np.float32)
+            if len(self._penalties) != total:
+                raise ValueError(f"{self.directory}: {len(self._penalties)} hubness penalties for {total} items: "
+                                 "the build did not finish; rerun `clasp index`")
+        penalties, smallest = self._penalties, float(self._penalties.min())
+        results = [], [], []
+        for query in queries:
+            depth = min(max(k, RERANK_DEPTH), total)
+            while True:
+                cosines, positions = (row[0] for row in self.faiss.search(query[None], depth, params=params(depth)))
+                keep = positions >= 0
+                cosines, positions = cosines[keep], positions[keep]
+                corrected = 2 * cosines - penalties[positions]
+                order = np.argsort(-corrected, kind="stable")[:k]
+                # Anything FAISS did not return scores at most 2 * (its last cosine) - the smallest penalty.
+                bound = 2 * cosines[-1] - smallest if len(cosines) else -np.inf
+                # FAISS had no more to give (IVF: the probed lists are exhausted), or none unseen can win.
+                if depth >= total or len(cosines) < depth or (len(order) == k and corrected[order[-1]] >= bound):
+                    break
+                depth = min(2 * depth, total)
+            for result, values in zip(results, (cosines, positions, corrected)):
+                result.append(np.pad(values[order], (0, k - len(order)), constant_values=-1))
+        return tuple(np.stack(result) for result in results)
 
 
 @contextlib.contextmanager

@@ -25,12 +25,10 @@ def load_text_model(model_dir):
     backbones' is read with safetensors' `safe_open` and assigned. `speech_model` and
     `spectrogram_model` are None. ValueError naming the folder if the weights do not fit its config.
     """
-    import glob
-    import os
-
     from safetensors import safe_open
     from transformers.initialization import no_init_weights
 
+    from backbones_clasp.checkpoints import weight_files
     from configuration_clasp import ClaspConfig
     from modeling_clasp import ClaspModel
     from modeling_clasp.modeling_clasp import build_text_encoder
@@ -42,8 +40,9 @@ def load_text_model(model_dir):
         model.text_model = build_text_encoder(config)
     model.speech_model = model.spectrogram_model = None
     weights = {}
+    paths = weight_files(model_dir)
     try:
-        for path in sorted(glob.glob(os.path.join(glob.escape(os.fspath(model_dir)), "*.safetensors"))):
+        for path in paths:
             with safe_open(path, framework="pt") as f:
                 weights.update({name: f.get_tensor(name) for name in f.keys() if not name.startswith(AUDIO_BACKBONES)})
         model.load_state_dict(weights, strict=True, assign=True)  # every name and shape, or an error naming them
@@ -82,18 +81,19 @@ class ClaspSearch:
             raise ValueError(f"{path}: this search was opened for text queries only (text_only=True)")
         return load_audio(path)
 
-    def _search(self, embed, k, nprobe, ef) -> list[dict]:
+    def _search(self, embed, k, nprobe, ef, hubness="none") -> list[dict]:
         started = time.perf_counter()
         query = embed()
         embedded = time.perf_counter()
-        hits = self.index.search(query.numpy()[None], k=k, nprobe=nprobe, ef=ef)[0]
+        hits = self.index.search(query.numpy()[None], k=k, nprobe=nprobe, ef=ef, hubness=hubness)[0]
         self.last_timing = {"embed_s": embedded - started, "search_s": time.perf_counter() - embedded}
         return hits
 
-    def text(self, query: str, k=10, nprobe=None, ef=None) -> list[dict]:
+    def text(self, query: str, k=10, nprobe=None, ef=None, hubness="none") -> list[dict]:
+        """The k files that best match `query`; hubness="csls": re-ranked by CSLS (see ClaspIndex.search)."""
         if not query.strip():
             raise ValueError("the query is empty")
-        return self._search(lambda: self.embedder.embed_texts([query])[0], k, nprobe, ef)
+        return self._search(lambda: self.embedder.embed_texts([query])[0], k, nprobe, ef, hubness)
 
     def audio(self, path, k=10, nprobe=None, ef=None) -> list[dict]:
         """Query by example: files that sound like they say what `path` says."""

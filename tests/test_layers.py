@@ -1,11 +1,15 @@
 """The import arrows between the repository's own modules run one way: down the layers of DESIGN.md.
 
-Every import is read with `ast` (module level, inside functions, relative, and
-`importlib.import_module("...")`), so a lazy import cannot hide an arrow that climbs back up.
+Every import is read with `ast` (module level, inside functions, relative), and so is every string
+that names one of our modules ("clasp_cli.main" given to importlib, runpy, pkgutil or `python -m`;
+"train_accelerate.py" given to a subprocess), so a lazy import cannot hide an arrow that climbs back up.
 """
 
 import ast
+import re
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -21,22 +25,27 @@ LAYER_OF = {name: (rank, layer) for rank, (layer, names) in enumerate(LAYERS) fo
 FORBIDDEN_SIDEWAYS = {("train_accelerate", "clasp_cli")}
 
 
+# A string that is a module path: "clasp_cli", "clasp_cli.main", "pkg.module:attr", "train_accelerate.py".
+MODULE_PATH = re.compile(r"([A-Za-z_]\w*)(\.\w+)*(:[\w.]+)?")
+# The start of an f-string that builds one: f"clasp_cli.{name}".
+MODULE_PREFIX = re.compile(r"([A-Za-z_]\w*)\.")
+
+
 def imported_names(source: str, package: str) -> list[tuple[int, str]]:
-    """(line, top-level name) of every import in `source`, a module of the top-level `package`."""
+    """(line, top-level name) of every import in `source`, a module of the top-level `package`, and of
+    every string that may name a module (the caller keeps the names of our own modules)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             found.append((node.lineno, package if node.level else node.module.split(".")[0]))
-        elif (isinstance(node, ast.Call) and node.args and getattr(node.func, "attr", getattr(node.func, "id", None))
-              in ("import_module", "__import__")):
-            name = node.args[0]
-            if isinstance(name, ast.JoinedStr) and name.values:  # f"clasp_cli.{name}"
-                name = name.values[0]
-            if isinstance(name, ast.Constant) and isinstance(name.value, str):
-                found.append((node.lineno, name.value.split(".")[0]))
-    return found
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_PATH.fullmatch(node.value):
+            found.append((node.lineno, MODULE_PATH.fullmatch(node.value).group(1)))
+        elif (isinstance(node, ast.JoinedStr) and node.values and isinstance(node.values[0], ast.Constant)
+              and MODULE_PREFIX.match(node.values[0].value)):
+            found.append((node.lineno, MODULE_PREFIX.match(node.values[0].value).group(1)))
+    return sorted(found)
 
 
 def own_modules():
@@ -53,6 +62,19 @@ def test_the_parser_sees_lazy_relative_and_dynamic_imports():
               "def f():\n    from clasp_cli.audio_files import load_audio\n"
               "    importlib.import_module(f'bench.{x}')\n    __import__('scripts.gpu_run')\n")
     assert imported_names(source, "evaluation") == [(1, "os"), (2, "evaluation"), (4, "clasp_cli"), (5, "bench"), (6, "scripts")]
+
+
+@pytest.mark.parametrize("call", [
+    "importlib.import_module(name='clasp_cli.main')",
+    "importlib.import_module('.main', package='clasp_cli')",
+    "import_module_alias('clasp_cli.main')",
+    "runpy.run_module('clasp_cli.main')",
+    "pkgutil.resolve_name('clasp_cli.main:main')",
+    "subprocess.run([sys.executable, '-m', 'clasp_cli.main', 'eval'])",
+    "subprocess.run(['accelerate', 'launch', 'train_accelerate.py'])",
+])
+def test_the_parser_sees_a_module_named_by_a_string(call):
+    assert (2, "clasp_cli" if "clasp_cli" in call else "train_accelerate") in imported_names(f"x = 1\n{call}\n", "evaluation")
 
 
 def test_every_package_and_top_level_module_has_a_layer():

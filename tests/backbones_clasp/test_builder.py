@@ -103,3 +103,23 @@ def test_an_unknown_preset_and_a_missing_offline_folder_are_named(tmp_path, monk
     monkeypatch.setenv("CLASP_BACKBONES_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'nowhere' / 'whisper-base'} is missing"):
         build_clasp()
+
+
+@pytest.mark.parametrize("part", ["speech", "spectrogram", "text"])
+def test_a_local_folder_that_does_not_exist_is_named_as_a_folder(tmp_path, part):
+    """A path (absolute, ./ or ~/) that is not there is no Hub id: say so, not "Repo id must be in the form"."""
+    missing = str(tmp_path / "typo")
+    with pytest.raises(FileNotFoundError, match=f"{part} backbone {missing}: no such folder"):
+        resolve_backbones(**{part: missing}, **{p: None for p in ("speech", "spectrogram", "text") if p != part},
+                          preset="paper")
+
+
+def test_a_hub_model_with_its_transformer_in_a_subfolder_is_refused(monkeypatch):
+    """AutoModel.from_pretrained("org/name") reads the repo's root, not 0_Transformer/: say so rather
+    than build from whatever the root holds."""
+    from backbones_clasp import builder
+
+    modules = [{"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"}]
+    monkeypatch.setattr(builder, "read_json", lambda path, name: modules if name == "modules.json" else None)
+    with pytest.raises(ValueError, match="org/old-layout: its Transformer is in 0_Transformer/"):
+        builder.read_sentence_transformer("org/old-layout")

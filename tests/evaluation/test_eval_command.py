@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from clasp_cli.main import main
 
 REPO = Path(__file__).resolve().parents[2]
-REPORT_KEYS = {"audio_to_text", "text_to_audio", "ties", "correct_set", "soft", "by_language", "monolingual",
+REPORT_KEYS = {"audio_to_text", "text_to_audio", "ties", "correct_set", "hubness", "soft", "by_language", "monolingual",
                "cross_lingual", "timing", "num_queries"}
 METRIC_KEYS = {"hits@1", "recall@5", "recall@10", "mrr", "mean_rank", "median_rank"}
 

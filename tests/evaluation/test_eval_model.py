@@ -13,7 +13,7 @@ import torch
 
 from clasp_cli.main import main
 from evaluation.asr_baseline import edit_distance, error_rates, error_units
-from evaluation.embed import embed_audio
+from evaluation.embed import embed_audio, embed_pairs
 from evaluation.model_report import model_report
 from evaluation.pairs import manifest_pairs, usable_clips
 from modeling_clasp import ClaspModel
@@ -111,6 +111,30 @@ def test_small_collection_gets_a_soft_pool_it_can_fill(clasp_dir, loaded, tmp_pa
     model, processor = loaded
     same_text = model_report(model, processor, manifest_pairs(manifest), batch_size=8, correct_set="same-text")
     assert same_text["correct_set"] == "same-text" and same_text["soft"]["k"] == 40
+
+
+def test_hubness_correction_of_a_model(clasp_dir, loaded, manifest, tmp_path):
+    """--hubness csls with --model: the CLASP ranks are those of retrieval_report with the bank."""
+    from evaluation.hubness import load_hubness_bank, save_hubness_bank
+    from evaluation.protocols import retrieval_report
+
+    model, processor = loaded
+    generator = torch.Generator().manual_seed(5)
+    bank_embeds = torch.nn.functional.normalize(torch.randn(2, 12, model.config.projection_dim, generator=generator), dim=-1)
+    bank = tmp_path / "bank.safetensors"
+    save_hubness_bank(bank, *bank_embeds, csls_k=2)
+    output = tmp_path / "report.json"
+    assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output), "--soft-k", "3",
+                 "--hubness", "csls", "--hubness-bank", str(bank)]) == 0
+    report = json.loads(output.read_text())
+    assert report["hubness"] == {"method": "csls", "k": 2, "bank_rows": 12}
+    pairs = manifest_pairs(manifest)
+    lengths, _, kept = usable_clips(pairs, processor.feature_extractor)
+    embedded = embed_pairs(model, processor, [pairs[i] for i in kept], lengths, batch_size=3)
+    expected = retrieval_report(embedded["audio_embeds"], embedded["text_embeds"], soft_k=2, hubness="csls",
+                                hubness_bank=load_hubness_bank(bank)[0], csls_k=2)  # float16 on disk
+    for direction in ("audio_to_text", "text_to_audio"):
+        assert report[direction] == pytest.approx(expected[direction], abs=1e-6)
 
 
 def test_batches_by_length_and_restores_the_order(loaded, manifest):

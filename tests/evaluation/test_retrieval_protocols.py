@@ -115,7 +115,7 @@ def test_report_shape_breakdowns_and_cross_lingual():
     )
     metric_keys = {"hits@1", "recall@5", "recall@10", "mrr", "mean_rank", "median_rank"}
     assert set(report) == {
-        "audio_to_text", "text_to_audio", "ties", "correct_set", "soft", "by_language", "monolingual",
+        "audio_to_text", "text_to_audio", "ties", "correct_set", "hubness", "soft", "by_language", "monolingual",
         "cross_lingual", "timing", "num_queries",
     }
     assert report["ties"] == "expected" and report["correct_set"] == "same-group"

@@ -1,0 +1,100 @@
+"""Hubness correction (CSLS) on and off, k chosen on validation, then the test split once.
+
+    OMP_NUM_THREADS=1 python scripts/hubness_sweep.py --model artifacts/demo-small/model \
+        --features artifacts/demo-small/features --output /tmp/csls [--ks 1 5 10 20 50]
+
+Embeds every split of a `clasp features` cache with the model's own forward on the cached
+features (as train_accelerate's validation does), takes the training split as the hubness bank,
+and ranks validation with the hard protocol (fair ties, same-group correct set) for each k and
+without correction. The k with the best validation MRR (mean of both directions, the trainer's
+selection rule) is chosen, or none if no k beats cosine; only then is the test split scored, for
+"none" and the chosen k. Writes OUTPUT/hubness_sweep.json and OUTPUT/hubness_bank.safetensors
+(the training bank with the chosen k, for `clasp eval --hubness csls --hubness-bank ...`).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from data_clasp.features import CachedFeatures  # noqa: E402
+from evaluation.hubness import save_hubness_bank  # noqa: E402
+from evaluation.protocols import DIRECTIONS, retrieval_report  # noqa: E402
+
+
+@torch.no_grad()
+def embed_split(model, split, batch_size=512):
+    """(audio_embeds, text_embeds) [N, D] of a cached split: the model's forward on its features."""
+    rows = CachedFeatures(split, frames=model.config.speech_pooling == "attention")
+    audio, text = [], []
+    for start in range(0, len(rows), batch_size):
+        batch = rows.collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
+        out = model(**batch)
+        audio.append(out.audio_embeds.float())
+        text.append(out.text_embeds.float())
+    return torch.cat(audio).numpy(), torch.cat(text).numpy()
+
+
+def score(split, audio, text, bank, k):
+    report = retrieval_report(audio, text, groups=split["group"], texts=split["text"], soft_k=2,
+                              hubness="none" if k is None else "csls", hubness_bank=bank, csls_k=k or 10)
+    return {direction: {key: report[direction][key] for key in ("hits@1", "mrr", "mean_rank")} for direction in DIRECTIONS}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--features", required=True, help="a `clasp features` cache (train / validation / test)")
+    parser.add_argument("--output", required=True, help="folder for hubness_sweep.json and hubness_bank.safetensors")
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20, 50])
+    args = parser.parse_args(argv)
+    from datasets import load_from_disk
+
+    from modeling_clasp import ClaspModel
+
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    model = ClaspModel.from_pretrained(args.model).eval()
+    data = load_from_disk(args.features)
+    embeds = {name: embed_split(model, data[name]) for name in ("train", "validation", "test")}
+    bank = {"audio_embeds": embeds["train"][0], "text_embeds": embeds["train"][1]}
+    print(f"embedded {', '.join(f'{n} {len(e[0])}' for n, e in embeds.items())} rows in {time.perf_counter() - started:.0f} s")
+
+    def line(split_name, k, result):
+        cells = "  ".join(f"{result[d]['hits@1']:.3f} {result[d]['mrr']:.3f} {result[d]['mean_rank']:6.1f}" for d in DIRECTIONS)
+        print(f"{split_name:<10} {'none' if k is None else f'csls k={k}':<11} {cells}")
+
+    print(f"{'split':<10} {'hubness':<11} audio->text HITS@1 MRR meanR   text->audio HITS@1 MRR meanR")
+    validation = {}
+    for k in [None, *args.ks]:
+        validation[k] = score(data["validation"], *embeds["validation"], bank, k)
+        line("validation", k, validation[k])
+    mean_mrr = {k: np.mean([result[d]["mrr"] for d in DIRECTIONS]) for k, result in validation.items()}
+    chosen = max(mean_mrr, key=lambda k: (mean_mrr[k], k is None))  # a tie keeps cosine
+    print(f"chosen on validation (mean MRR of both directions): {'none' if chosen is None else f'csls k={chosen}'}")
+    test = {k: score(data["test"], *embeds["test"], bank, k) for k in dict.fromkeys([None, chosen])}
+    for k, result in test.items():
+        line("test", k, result)
+
+    os.makedirs(args.output, exist_ok=True)
+    save_hubness_bank(os.path.join(args.output, "hubness_bank.safetensors"), *embeds["train"],
+                      csls_k=max(args.ks, key=mean_mrr.get), source=f"{os.path.abspath(args.features)} train split")
+    result = {"model": os.path.abspath(args.model), "features": os.path.abspath(args.features),
+              "bank_rows": len(bank["text_embeds"]), "chosen_k": chosen,
+              "validation": {str(k): r for k, r in validation.items()}, "test": {str(k): r for k, r in test.items()},
+              "seconds": time.perf_counter() - started}
+    path = os.path.join(args.output, "hubness_sweep.json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path} ({result['seconds']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
