@@ -145,7 +145,7 @@ def test_eval_bad_bank_exits_2(tmp_path, capsys, options, message):
     assert message in capsys.readouterr().err and not (tmp_path / "r.json").exists()
 
 
-@pytest.mark.parametrize("options", [["--hubness", "csls"], ["--csls-k", "3"], ["--hubness", "dual"]])
+@pytest.mark.parametrize("options", [["--hubness", "csls"], ["--csls-k", "3"], ["--hubness", "dual"], ["--also-csls"]])
 def test_eval_option_mistakes_exit_2(tmp_path, options):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--embeddings", "e.safetensors", "--output", str(tmp_path / "r.json"), *options])
