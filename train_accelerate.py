@@ -31,7 +31,9 @@ changes: the frozen backbones (~570 MB for offline-base) are the preset's, loade
 The best epoch on the validation split is exported to output_dir as a Hub folder at the end: by
 default the best mean reciprocal rank (both directions, the hard protocol, rows of one sentence
 group counting as correct for each other as in `clasp eval`), since retrieval is what CLASP is
-for and the contrastive loss keeps falling after retrieval has stopped improving.
+for and the contrastive loss keeps falling after retrieval has stopped improving. Beside it goes
+the hubness bank of `clasp eval --hubness csls` (output_dir/hubness_bank.safetensors: the training
+pairs embedded by the exported model, csls_k chosen on validation; `--no_hubness_bank` leaves it out).
 An epoch whose validation loss or embeddings are not finite (a diverged run) is never the best:
 training stops there with a message naming the epoch and what was not finite, exports the best
 finite epoch if there was one, and exits with status 1.
@@ -56,6 +58,7 @@ from tqdm.auto import tqdm
 
 from data_clasp.features import MARKER, CachedFeatures
 from data_clasp.files import write_atomically
+from evaluation.hubness import BANK_FILE
 from modeling_clasp import gather_with_grad
 
 logger = get_logger(__name__)
@@ -95,6 +98,12 @@ def parse_args(argv=None):
     parser.add_argument("--metric_for_best_model", choices=["mrr", "loss"], default="mrr",
                         help="which validation figure chooses the best epoch and drives early stopping (default mrr)")
     parser.add_argument("--early_stopping_patience", type=int, default=10, help="epochs without a better validation figure")
+    # Two flags, not BooleanOptionalAction: it would spell the second --no-hubness_bank.
+    parser.add_argument("--hubness_bank", action="store_true", default=True,
+                        help="write output_dir/hubness_bank.safetensors for CSLS (`clasp eval --hubness csls`): the "
+                             "training pairs embedded by the exported model, csls_k chosen on validation (the default)")
+    parser.add_argument("--no_hubness_bank", dest="hubness_bank", action="store_false",
+                        help="write no hubness bank (and remove an earlier run's from output_dir)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--num_workers", type=int, default=0)
     # Fault injection for the resume test: SIGKILL this process right after saving checkpoint N,
@@ -468,6 +477,32 @@ def export_best(accelerator, model, processor, output_dir):
     os.rmdir(staging)
 
 
+@torch.no_grad()
+def write_hubness_bank(model, train_loader, val_loader, val_correct_set, output_dir, device) -> dict:
+    """The bank of CSLS hubness correction (evaluation/hubness.py) beside the exported model: the
+    training split's audio and text embeddings by the model's own forward (its exported, best
+    weights), and csls_k chosen on the validation split (`choose_csls_k`: the hard protocol's mean
+    MRR of both directions, the figure that chose the best epoch). Main process only; the loaders
+    unprepared, in order. Returns the summary's "hubness" entry: k, bank rows, validation figures
+    without and with CSLS at that k."""
+    from evaluation.hubness import choose_csls_k, save_hubness_bank
+
+    def embed(loader):
+        audio, text = [], []
+        for batch in loader:
+            out = model(**{name: value.to(device) for name, value in batch.items()})
+            audio.append(out.audio_embeds.float().cpu())
+            text.append(out.text_embeds.float().cpu())
+        return torch.cat(audio), torch.cat(text)
+
+    model.eval()
+    bank = dict(zip(("audio_embeds", "text_embeds"), embed(train_loader)))
+    # The validation rows' correct-set ids serve as their group labels: the same rows count as correct.
+    k, figures = choose_csls_k(*embed(val_loader), bank, groups=val_correct_set)
+    save_hubness_bank(os.path.join(output_dir, BANK_FILE), **bank, csls_k=k, source="train_accelerate.py: the training split")
+    return {"csls_k": k, "bank_rows": len(bank["text_embeds"]), "validation": {"none": figures[None], "csls": figures[k]}}
+
+
 # ---- validation ------------------------------------------------------------------------------
 
 
@@ -694,8 +729,16 @@ def main(argv=None):
 
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        hubness = None
         if progress.best_epoch:  # none when the first epoch already diverged
             export_best(accelerator, model, processor, args.output_dir)
+            if args.hubness_bank:
+                hubness = write_hubness_bank(
+                    unwrapped, DataLoader(train_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
+                    DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
+                    val_correct_set, args.output_dir, accelerator.device)
+            elif os.path.exists(os.path.join(args.output_dir, BANK_FILE)):  # an earlier run's: not this model's
+                os.remove(os.path.join(args.output_dir, BANK_FILE))
         plot_history(progress.history, os.path.join(args.output_dir, "training_curves.png"))
         summary = {
             "mode": mode, "num_processes": accelerator.num_processes, "effective_batch": effective_batch,
@@ -704,7 +747,7 @@ def main(argv=None):
             "metric_for_best_model": args.metric_for_best_model, "best_epoch": progress.best_epoch,
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
-            "stopped_because": not_finite, "history": progress.history,
+            "stopped_because": not_finite, "hubness": hubness, "history": progress.history,
         }
         write_atomically(os.path.join(args.output_dir, "training_summary.json"), json.dumps(summary, indent=2))
         if not_finite:

@@ -22,6 +22,8 @@ cosine to its k nearest rows of --hubness-bank, a safetensors file of training-p
 validation in its header, which --csls-k overrides); with --model, the default bank is the
 model folder's hubness_bank.safetensors. It discounts "hub" candidates that sit near many
 queries; recorded in the report as report["hubness"]. The ASR baseline stays uncorrected.
+--also-csls (with --model) keeps the report by cosine and adds the CSLS ranking of the same
+embeddings as report["csls"] (a whole report of its own): on and off from one encoding.
 
 --asr-baseline adds the cascade the paper compares with: Whisper transcribes each clip (language
 forced from the row), the same model's text encoder embeds the transcripts, and the transcripts
@@ -94,18 +96,24 @@ def register(subparsers) -> None:
                              "default with --model: MODEL/hubness_bank.safetensors)")
     parser.add_argument("--csls-k", type=int, default=None,
                         help="with --hubness csls: neighbours in the bank (default: the bank's csls_k, else 10)")
+    parser.add_argument("--also-csls", action="store_true",
+                        help="with --model: rank by cosine, and add the CSLS ranking of the same embeddings as "
+                             "report['csls'] (bank and k as --hubness csls takes them)")
     parser.set_defaults(func=run, parser=parser)
 
 
 def run(args) -> int:
-    if args.hubness == "csls" and args.hubness_bank is None:
+    if args.also_csls and (args.model is None or args.hubness == "csls"):
+        args.parser.error("--also-csls goes with --model and a cosine report (not --embeddings, not --hubness csls)")
+    csls = args.hubness == "csls" or args.also_csls
+    if csls and args.hubness_bank is None:
         if args.model is None:
             args.parser.error("--hubness csls needs --hubness-bank FILE.safetensors")
         from evaluation.hubness import BANK_FILE
 
         args.hubness_bank = os.path.join(args.model, BANK_FILE)
-    if args.hubness == "none" and (args.hubness_bank or args.csls_k is not None):
-        args.parser.error("--hubness-bank and --csls-k go with --hubness csls")
+    if not csls and (args.hubness_bank or args.csls_k is not None):
+        args.parser.error("--hubness-bank and --csls-k go with --hubness csls or --also-csls")
     hubness = hubness_options(args)  # a bad bank is refused before a model loads
     if args.model is not None:
         return evaluate_model(args, hubness)
@@ -149,6 +157,8 @@ def evaluate_model(args, hubness: dict) -> int:
         transcriber = WhisperTranscriber(args.asr_model or default_whisper_dir(), device=device, batch_size=args.batch_size,
                                          num_beams=args.asr_num_beams)
 
+    if args.also_csls:
+        hubness = {"also_csls": hubness}
     report = model_report(model, processor, pairs, batch_size=args.batch_size, correct_set=args.correct_set,
                           ties=args.ties, soft_k=args.soft_k, seed=args.seed, transcriber=transcriber,
                           asr_cache=args.asr_cache if transcriber else None, **hubness)
@@ -157,6 +167,10 @@ def evaluate_model(args, hubness: dict) -> int:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"
         write_atomically(args.markdown, report_to_markdown(report, title=title))
     print(format_report(report))
+    if "csls" in report:
+        print(f"CLASP with CSLS (k={report['csls']['hubness']['k']}): " + ", ".join(
+            f"{direction} HITS@1 {report['csls'][direction]['hits@1']:.3f} MRR {report['csls'][direction]['mrr']:.3f} "
+            f"meanR {report['csls'][direction]['mean_rank']:.1f}" for direction in ("audio_to_text", "text_to_audio")))
     print(f"CLASP audio encoding: {report['timing']['audio_embed_s_per_clip']:.3f} s/clip; "
           f"{len(report['failed'])} clip(s) skipped")
     if "asr_baseline" in report:
@@ -191,9 +205,9 @@ def evaluate_embeddings(args, hubness: dict) -> int:
 
 
 def hubness_options(args) -> dict:
-    """retrieval_report's hubness keywords from --hubness, --hubness-bank and --csls-k; ValueError naming
-    the bank file when it cannot be used (`clasp` prints it as one line, exit code 2)."""
-    if args.hubness == "none":
+    """retrieval_report's hubness keywords from --hubness (or --also-csls), --hubness-bank and --csls-k;
+    ValueError naming the bank file when it cannot be used (`clasp` prints it as one line, exit code 2)."""
+    if args.hubness == "none" and not args.also_csls:
         return {}
     from evaluation.hubness import load_hubness_bank
 

@@ -15,7 +15,8 @@ queries: a test query's rank does not depend on the other test queries.
 
 A bank file is a safetensors file with `audio_embeds` [B, D] and `text_embeds` [B, D] (any float
 dtype; row i of each a training pair) and, in its header metadata, `csls_k`: the k chosen on
-validation (scripts/hubness_sweep.py writes one). Saved in a model's folder as BANK_FILE, it is
+validation (`choose_csls_k`; train_accelerate.py writes one beside the model it exports,
+scripts/hubness_sweep.py one for a saved model and its feature cache). Saved in a model's folder as BANK_FILE, it is
 that model's default bank, and `clasp export` copies it into the Hub folder: users of the model
 get the correction without the training data. It is not part of the model: loading ignores it,
 and it does not change the model's identity (search_clasp.index.model_identity).
@@ -25,10 +26,11 @@ import os
 
 import numpy as np
 
-from evaluation.protocols import as_numpy
+from evaluation.protocols import DIRECTIONS, as_numpy, retrieval_report
 from evaluation.retrieval_metrics.rank_metrics import refuse_non_finite
 
 BANK_FILE = "hubness_bank.safetensors"
+CSLS_KS = (1, 5, 10, 20, 50)  # the k searched on validation
 # Candidates scored against the bank at once: as many rows as 64 MiB of float32 scores hold.
 BLOCK_BYTES = 64 * 2**20
 
@@ -54,6 +56,36 @@ def csls_penalty(candidates, bank, k: int) -> np.ndarray:
         # The k largest of each row, unordered: a partition, not a sort.
         penalty[start : start + rows] = np.partition(scores, len(bank) - k, axis=1)[:, len(bank) - k :].mean(axis=1)
     return penalty
+
+
+def retrieval_figures(audio_embeds, text_embeds, *, groups=None, texts=None, bank=None, k=None) -> dict:
+    """Hard-protocol HITS@1, MRR and mean rank of both directions, {direction: {"hits@1", "mrr",
+    "mean_rank"}, "mean_mrr": the mean of both MRRs}: by cosine when k is None, else by CSLS with
+    `bank` ({"audio_embeds", "text_embeds"} [B, D]) and k. audio_embeds, text_embeds [N, D], groups
+    and texts: as `protocols.retrieval_report` takes them (the same-group correct set)."""
+    report = retrieval_report(audio_embeds, text_embeds, groups=groups, texts=texts, soft_k=2,  # soft: unused, cheapest
+                              hubness="none" if k is None else "csls", hubness_bank=bank, csls_k=k or 1)
+    figures = {direction: {key: report[direction][key] for key in ("hits@1", "mrr", "mean_rank")} for direction in DIRECTIONS}
+    figures["mean_mrr"] = float(np.mean([figures[direction]["mrr"] for direction in DIRECTIONS]))
+    return figures
+
+
+def choose_csls_k(audio_embeds, text_embeds, bank, *, groups=None, texts=None, ks=CSLS_KS) -> tuple[int, dict]:
+    """The CSLS k with the best mean MRR of both directions on validation pairs (hard protocol; a tie
+    goes to the k listed first), and every figure: (k, {None: cosine figures, k: CSLS figures for
+    each k}) in `retrieval_figures`' form.
+
+    audio_embeds, text_embeds [N, D]: the validation pairs, L2-normalised; bank: the training pairs'
+    {"audio_embeds", "text_embeds"} [B, D]; groups, texts: which validation rows are correct for
+    each other (as `retrieval_report`). A k above B is left out; ValueError when none is left.
+    The k is chosen even when cosine beats every k: a caller compares figures[None] itself.
+    """
+    usable = [k for k in ks if 1 <= k <= len(bank["text_embeds"])]
+    if not usable:
+        raise ValueError(f"no csls k of {list(ks)} lies in [1, {len(bank['text_embeds'])}] (the hubness bank's rows)")
+    figures = {k: retrieval_figures(audio_embeds, text_embeds, groups=groups, texts=texts, bank=bank, k=k)
+               for k in [None, *usable]}
+    return max(usable, key=lambda k: figures[k]["mean_mrr"]), figures
 
 
 def load_hubness_bank(path) -> tuple[dict, int | None]:

@@ -18,14 +18,13 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_clasp.features import CachedFeatures  # noqa: E402
-from evaluation.hubness import save_hubness_bank  # noqa: E402
-from evaluation.protocols import DIRECTIONS, retrieval_report  # noqa: E402
+from evaluation.hubness import CSLS_KS, choose_csls_k, retrieval_figures, save_hubness_bank  # noqa: E402
+from evaluation.protocols import DIRECTIONS  # noqa: E402
 
 
 @torch.no_grad()
@@ -41,18 +40,12 @@ def embed_split(model, split, batch_size=512):
     return torch.cat(audio).numpy(), torch.cat(text).numpy()
 
 
-def score(split, audio, text, bank, k):
-    report = retrieval_report(audio, text, groups=split["group"], texts=split["text"], soft_k=2,
-                              hubness="none" if k is None else "csls", hubness_bank=bank, csls_k=k or 10)
-    return {direction: {key: report[direction][key] for key in ("hits@1", "mrr", "mean_rank")} for direction in DIRECTIONS}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True)
     parser.add_argument("--features", required=True, help="a `clasp features` cache (train / validation / test)")
     parser.add_argument("--output", required=True, help="folder for hubness_sweep.json and hubness_bank.safetensors")
-    parser.add_argument("--ks", type=int, nargs="+", default=[1, 5, 10, 20, 50])
+    parser.add_argument("--ks", type=int, nargs="+", default=list(CSLS_KS))
     args = parser.parse_args(argv)
     from datasets import load_from_disk
 
@@ -71,20 +64,19 @@ def main(argv=None):
         print(f"{split_name:<10} {'none' if k is None else f'csls k={k}':<11} {cells}")
 
     print(f"{'split':<10} {'hubness':<11} audio->text HITS@1 MRR meanR   text->audio HITS@1 MRR meanR")
-    validation = {}
-    for k in [None, *args.ks]:
-        validation[k] = score(data["validation"], *embeds["validation"], bank, k)
-        line("validation", k, validation[k])
-    mean_mrr = {k: np.mean([result[d]["mrr"] for d in DIRECTIONS]) for k, result in validation.items()}
-    chosen = max(mean_mrr, key=lambda k: (mean_mrr[k], k is None))  # a tie keeps cosine
+    labels = {name: {"groups": data[name]["group"], "texts": data[name]["text"]} for name in ("validation", "test")}
+    best_k, validation = choose_csls_k(*embeds["validation"], bank, ks=args.ks, **labels["validation"])
+    for k, result in validation.items():
+        line("validation", k, result)
+    chosen = best_k if validation[best_k]["mean_mrr"] > validation[None]["mean_mrr"] else None  # a tie keeps cosine
     print(f"chosen on validation (mean MRR of both directions): {'none' if chosen is None else f'csls k={chosen}'}")
-    test = {k: score(data["test"], *embeds["test"], bank, k) for k in dict.fromkeys([None, chosen])}
+    test = {k: retrieval_figures(*embeds["test"], bank=bank, k=k, **labels["test"]) for k in dict.fromkeys([None, chosen])}
     for k, result in test.items():
         line("test", k, result)
 
     os.makedirs(args.output, exist_ok=True)
     save_hubness_bank(os.path.join(args.output, "hubness_bank.safetensors"), *embeds["train"],
-                      csls_k=max(args.ks, key=mean_mrr.get), source=f"{os.path.abspath(args.features)} train split")
+                      csls_k=best_k, source=f"{os.path.abspath(args.features)} train split")
     result = {"model": os.path.abspath(args.model), "features": os.path.abspath(args.features),
               "bank_rows": len(bank["text_embeds"]), "chosen_k": chosen,
               "validation": {str(k): r for k, r in validation.items()}, "test": {str(k): r for k, r in test.items()},

@@ -184,7 +184,7 @@ def test_two_process_cpu_launch_trains_like_one_process_with_twice_the_batch(tin
         torch.testing.assert_close(trained[name], reference[name], atol=1e-5, rtol=1e-4, msg=name)
     assert any(not torch.equal(trained[name], load_file(tiny_setup / "model" / "model.safetensors")[name]) for name in compared)
     assert (two / "training_curves.png").exists() and (two / "config.json").exists()
-    assert (two / "modeling_clasp.py").exists()
+    assert (two / "modeling_clasp.py").exists() and (two / "hubness_bank.safetensors").exists()  # the main process's
     assert sorted(os.listdir(two / "checkpoints")) == ["step_20", "step_24"]  # total limit 2
 
 
@@ -253,6 +253,56 @@ def test_attention_pooling_on_cached_frames_and_the_best_epoch_by_validation_mrr
     assert config["speech_pooling"] == "attention" and config["fusion_dropout"] == [0.2, 0.05]
     # The exported model is the best epoch's, and pools frames by attention.
     assert any(name.startswith("speech_pooler.") for name in load_file(output / "model.safetensors"))
+
+
+def test_the_export_ships_a_hubness_bank_of_the_training_pairs_with_k_chosen_on_validation(tiny_setup, tmp_path):
+    """hubness_bank.safetensors beside the exported model: its rows are the exported model's embeddings
+    of the training cache, its csls_k the grid's best validation mean MRR, and the summary holds the
+    validation figures with and without CSLS; --no_hubness_bank writes none (and drops an earlier one)."""
+    from datasets import load_from_disk
+
+    from data_clasp.features import CachedFeatures
+    from evaluation.hubness import load_hubness_bank
+    from evaluation.protocols import retrieval_report
+    from modeling_clasp import ClaspModel
+
+    output = tmp_path / "run"
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "3"), cwd=REPO, env=_env(),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    model = ClaspModel.from_pretrained(output).eval()
+    embeds = {}
+    for split, rows in load_from_disk(tiny_setup / "features").items():
+        cached = CachedFeatures(rows, frames=False)
+        with torch.no_grad():
+            out = model(**cached.collate([cached[i] for i in range(len(cached))]))
+        embeds[split] = {"audio_embeds": out.audio_embeds, "text_embeds": out.text_embeds}
+    bank, k = load_hubness_bank(output / "hubness_bank.safetensors")
+    for name, value in bank.items():  # float16 on disk
+        torch.testing.assert_close(torch.from_numpy(value), embeds["train"][name], atol=1e-3, rtol=0, msg=name)
+
+    def figures(k):  # the validation split: 16 rows of distinct texts, no groups
+        report = retrieval_report(**embeds["validation"], texts=[f"row {i}" for i in range(16)], soft_k=2,
+                                  hubness="none" if k is None else "csls", csls_k=k or 1,
+                                  hubness_bank={name: value.numpy() for name, value in embeds["train"].items()})
+        return {direction: report[direction]["mrr"] for direction in ("audio_to_text", "text_to_audio")}
+
+    by_k = {k: figures(k) for k in (None, 1, 5, 10, 20, 50)}
+    assert k in (1, 5, 10, 20, 50) and sum(by_k[k].values()) == pytest.approx(max(sum(by_k[j].values()) for j in by_k if j))
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["hubness"]["csls_k"] == k and summary["hubness"]["bank_rows"] == 64
+    recorded = summary["hubness"]["validation"]
+    for direction in ("audio_to_text", "text_to_audio"):
+        assert recorded["none"][direction]["mrr"] == pytest.approx(summary["best"][f"val_{direction}_mrr"], rel=1e-6)
+        assert recorded["none"][direction]["mrr"] == pytest.approx(by_k[None][direction], rel=1e-6)
+        assert recorded["csls"][direction]["mrr"] == pytest.approx(by_k[k][direction], rel=1e-6)
+        assert 1 <= recorded["csls"][direction]["mean_rank"] <= 16
+
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "1", "--no_hubness_bank"), cwd=REPO,
+                            env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert not (output / "hubness_bank.safetensors").exists()
+    assert json.loads((output / "training_summary.json").read_text())["hubness"] is None
 
 
 def test_config_overrides_parse_json_values_and_bare_strings():

@@ -9,7 +9,7 @@ import json
 import pytest
 from huggingface_hub import ModelCard
 
-from clasp_cli.demo_command import check_work_dir, write_widget_examples
+from clasp_cli.demo_command import check_work_dir, summary_table, write_widget_examples
 from clasp_cli.main import main
 
 
@@ -39,6 +39,17 @@ def test_tiny_demo_produces_a_hub_folder_report_and_plots(tiny_demo):
     real = json.loads((out / "asterisk_eval.json").read_text())
     assert set(real["monolingual"]) == set(real["asr_baseline"]["monolingual"]) == {"en", "es", "fr", "it", "ru"}
     assert real["correct_set"] == "same-group" and 1 <= real["text_to_audio"]["mean_rank"] <= real["num_queries"]
+    # CLASP with and without the hubness correction, from the bank training wrote (shipped in the Hub folder).
+    for side in (report, real):
+        assert side["hubness"]["method"] == "none" and side["csls"]["hubness"]["method"] == "csls"
+    k = json.loads((root / "work" / "model" / "training_summary.json").read_text())["hubness"]["csls_k"]
+    assert report["csls"]["hubness"]["k"] == real["csls"]["hubness"]["k"] == k
+    assert (out / "hubness_bank.safetensors").is_file()
+    table = summary_table(report, None, real)
+    rows = [f"CLASP + CSLS (k={k}) | {direction}" for direction in ("audio_to_text", "text_to_audio")]
+    rows += [f"CLASP (Asterisk, real speech) + CSLS (k={k}), {code} | text_to_audio" for code in ("en", "es", "fr", "it", "ru")]
+    for row in rows:
+        assert f"| {row} |" in table, row
     # The search stage: every English test clip indexed, searched with the French sentences.
     rows = [json.loads(line) for line in (root / "work" / "data" / "manifest.jsonl").read_text().splitlines()]
     english = [r for r in rows if r["split"] == "test" and r["language"] == "en"]

@@ -136,6 +136,17 @@ def test_hubness_correction_of_a_model(clasp_dir, loaded, manifest, tmp_path):
     for direction in ("audio_to_text", "text_to_audio"):
         assert report[direction] == pytest.approx(expected[direction], abs=1e-6)
 
+    # --also-csls: the cosine report, with the CSLS one of the same embeddings inside it.
+    assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output), "--soft-k", "3",
+                 "--also-csls", "--hubness-bank", str(bank)]) == 0
+    both = json.loads(output.read_text())
+    cosine = retrieval_report(embedded["audio_embeds"], embedded["text_embeds"], soft_k=2)
+    assert both["hubness"]["method"] == "none" and both["csls"]["hubness"] == {"method": "csls", "k": 2, "bank_rows": 12}
+    for direction in ("audio_to_text", "text_to_audio"):
+        assert both[direction] == pytest.approx(cosine[direction], abs=1e-6)
+        assert both["csls"][direction] == pytest.approx(expected[direction], abs=1e-6)
+    assert both["csls"]["monolingual"].keys() == both["monolingual"].keys()
+
 
 def test_batches_by_length_and_restores_the_order(loaded, manifest):
     model, processor = loaded

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 
 from clasp_cli.main import main
-from evaluation.hubness import csls_penalty, load_hubness_bank, save_hubness_bank
+from evaluation.hubness import choose_csls_k, csls_penalty, load_hubness_bank, save_hubness_bank
 from evaluation.protocols import retrieval_report
 
 
@@ -50,6 +50,18 @@ def test_a_hub_wins_without_correction_and_loses_with_it():
     assert corrected["text_to_audio"]["hits@1"] == 1.0
     assert plain["hubness"] == {"method": "none", "k": None, "bank_rows": 0}
     assert corrected["hubness"] == {"method": "csls", "k": 2, "bank_rows": 4}
+
+
+def test_k_is_chosen_by_validation_mean_mrr_among_the_ks_the_bank_allows():
+    """Every k up to the bank's 4 rows gives the hub r = 0.6 and the others 0, so the figures tie and
+    the k listed first wins; k = 50 exceeds the bank and is left out."""
+    audio, text, bank = hub_collection()
+    k, figures = choose_csls_k(audio, text, bank, ks=(50, 3, 1))
+    assert k == 3 and list(figures) == [None, 3, 1]
+    assert figures[None]["text_to_audio"]["hits@1"] == pytest.approx(1 / 5) and figures[3]["text_to_audio"]["hits@1"] == 1.0
+    assert figures[3]["mean_mrr"] == pytest.approx((figures[3]["audio_to_text"]["mrr"] + 1.0) / 2)
+    with pytest.raises(ValueError, match=r"no csls k of \[5, 10\] lies in \[1, 4\]"):
+        choose_csls_k(audio, text, bank, ks=(5, 10))
 
 
 def test_model_card_entries_name_the_correction():
@@ -170,7 +182,7 @@ def test_eval_names_a_bank_of_another_dimension_before_embedding(tmp_path, capsy
     assert f"{bank}: the hubness bank's rows have 5 dimensions, the embeddings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("options", [["--hubness", "csls"], ["--csls-k", "3"], ["--hubness", "dual"]])
+@pytest.mark.parametrize("options", [["--hubness", "csls"], ["--csls-k", "3"], ["--hubness", "dual"], ["--also-csls"]])
 def test_eval_option_mistakes_exit_2(tmp_path, options):
     with pytest.raises(SystemExit) as exit_info:
         main(["eval", "--embeddings", "e.safetensors", "--output", str(tmp_path / "r.json"), *options])
