@@ -143,3 +143,24 @@ def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_pa
     # float16 frames in the cache: agreement to ~1e-3, far closer than the untrained model is.
     torch.testing.assert_close(raw_embeds, from_cache, atol=3e-3, rtol=0)
     assert (raw_embeds[0] - untrained).abs().max() > 10 * (raw_embeds[0] - from_cache[0]).abs().max()
+
+
+@pytest.mark.parametrize("speech", ["hubert", "wav2vec2", "whisper"])
+def test_in_training_the_frozen_part_of_the_encoder_runs_as_in_evaluation(speech, tmp_path):
+    """model.train() with k trainable layers: the frozen layers below them give the frames they give
+    in eval mode (no SpecAugment masking or layerdrop from wav2vec2's/HuBERT's Model and Encoder,
+    no input dropout in Whisper's), as the whole frozen encoder does with k = 0; the top layers train
+    (dropout on)."""
+    torch.manual_seed(0)
+    model = ClaspModel(tiny_config(speech, speech_trainable_layers=1, speech_frame_stride=1))
+    if speech == "whisper":
+        model.speech_model.dropout = 0.5  # WhisperConfig.dropout: the input embedding's dropout
+    processor = tiny_processor(model.config, tmp_path)
+    inputs = processor(audio=[tone(1.5, seed=1), tone(1.2, seed=2)], sampling_rate=16000)
+    name = processor.feature_extractor.speech_input_name
+    with torch.no_grad():
+        expected = model.eval().get_speech_frames(inputs[name], inputs[f"{name}_mask"])[0]
+        model.train()
+        for _ in range(3):
+            torch.testing.assert_close(model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])[0], expected)
+    assert all(layer.training for layer in model._speech_top_layers()[0])
