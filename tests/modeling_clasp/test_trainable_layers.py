@@ -164,3 +164,29 @@ def test_in_training_the_frozen_part_of_the_encoder_runs_as_in_evaluation(speech
         for _ in range(3):
             torch.testing.assert_close(model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])[0], expected)
     assert all(layer.training for layer in model._speech_top_layers()[0])
+
+
+def test_a_cache_of_another_k_is_refused_with_the_command_that_builds_the_right_one(tmp_path):
+    """train_accelerate.py --speech_trainable_layers 1 on a cache of k = 0 (or the reverse): the error
+    says which k the cache holds and gives the `clasp features` command with --speech-trainable-layers,
+    not one that rebuilds the same wrong cache."""
+    sys.path.insert(0, str(REPO))
+    from train_accelerate import check_cache_fits
+
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.5, seed=i), "sampling_rate": 16000} for i in range(2)],
+                              "text": ["the cat", "a dog"]})
+    data = DatasetDict({"train": rows, "validation": rows})
+    torch.manual_seed(0)
+    zero = tiny_model(tiny_config("whisper")).eval()
+    one = ClaspModel(tiny_config("whisper", speech_trainable_layers=1)).eval()
+    one.load_state_dict(zero.state_dict())
+    processor = tiny_processor(zero.config, tmp_path)
+    for cached, trained, k in ((zero, one, 1), (one, zero, 0)):
+        cache = build_feature_cache(cached, processor, data, str(tmp_path / f"features-{1 - k}"), batch_size=2,
+                                    progress=False)
+        with pytest.raises(ValueError) as error:
+            check_cache_fits(cache, trained, processor, "model/")
+        assert f"last {1 - k} layers, this run trains {k} (--speech_trainable_layers)" in str(error.value)
+        command = "clasp features --model model/" + (" --speech-trainable-layers 1" if k else "") + " --data ...`"
+        assert command in str(error.value)
+    check_cache_fits(cache, one, processor, "model/")  # the cache of k = 1 fits the model of k = 1
