@@ -190,3 +190,21 @@ def test_a_cache_of_another_k_is_refused_with_the_command_that_builds_the_right_
         command = "clasp features --model model/" + (" --speech-trainable-layers 1" if k else "") + " --data ...`"
         assert command in str(error.value)
     check_cache_fits(cache, one, processor, "model/")  # the cache of k = 1 fits the model of k = 1
+
+
+def test_clasp_features_of_a_model_that_trains_its_top_layers_can_cache_for_k_0(tmp_path):
+    """`clasp features --model MODEL-K1 --speech-trainable-layers 0` caches the encoder's output (k = 0),
+    as `train_accelerate.py --speech_trainable_layers 0` trains it; 0 was taken as "not given"."""
+    from clasp_cli.main import main
+
+    config = tiny_config("whisper", speech_trainable_layers=1)
+    tiny_model(config).save_pretrained(tmp_path / "model")
+    tiny_processor(config, tmp_path).save_pretrained(tmp_path / "model")
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.5, seed=i), "sampling_rate": 16000} for i in range(2)],
+                              "text": ["the cat", "a dog"]})
+    DatasetDict({"train": rows}).save_to_disk(tmp_path / "data")
+    for k in ("0", "1"):
+        assert main(["features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                     "--output", str(tmp_path / f"features-{k}"), "--speech-trainable-layers", k]) == 0
+        marker = json.loads((tmp_path / f"features-{k}" / "clasp_features.json").read_text())
+        assert marker["speech_trainable_layers"] == int(k)
