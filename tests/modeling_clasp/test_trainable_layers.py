@@ -87,10 +87,8 @@ EMBED_RAW_AUDIO = """
 """
 
 
-def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_path):
-    """clasp features (k = 1) → train_accelerate.py --speech_trainable_layers 1 → the exported Hub
-    folder, loaded with remote code in a clean process, embeds the raw clips as the trained model
-    embeds their cached frames; the last layer changed, the layers below did not."""
+def _k1_start_and_cache(tmp_path):
+    """A tiny Whisper CLASP of k = 1 saved in tmp_path/start, and its feature cache of 16 + 8 clips."""
     rng = np.random.default_rng(0)
     paths, texts = [], []
     for i in range(24):
@@ -109,14 +107,25 @@ def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_pa
     start = ClaspModel.from_pretrained(tmp_path / "start").eval()  # as `clasp features --model FOLDER` loads it
     cache = build_feature_cache(start, processor, data, str(tmp_path / "features"), batch_size=4, chunk_size=8,
                                 progress=False)
+    return start, cache, paths
 
-    output = tmp_path / "trained"
+
+def _train(tmp_path, cache, output, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(REPO / "train_accelerate.py"), "--train_data", cache, "--model", str(tmp_path / "start"),
          "--output_dir", str(output), "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
-         "--speech_learning_rate", "1e-2", "--num_train_epochs", "3", "--seed", "3"],
+         "--speech_learning_rate", "1e-2", "--num_train_epochs", "3", "--seed", "3", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_path):
+    """clasp features (k = 1) → train_accelerate.py --speech_trainable_layers 1 → the exported Hub
+    folder, loaded with remote code in a clean process, embeds the raw clips as the trained model
+    embeds their cached frames; the last layer changed, the layers below did not."""
+    start, cache, paths = _k1_start_and_cache(tmp_path)
+    output = tmp_path / "trained"
+    result = _train(tmp_path, cache, output)
     assert result.returncode == 0, result.stderr[-4000:]
 
     before, after = start.state_dict(), load_file(output / "model.safetensors")
@@ -208,3 +217,24 @@ def test_clasp_features_of_a_model_that_trains_its_top_layers_can_cache_for_k_0(
                      "--output", str(tmp_path / f"features-{k}"), "--speech-trainable-layers", k]) == 0
         marker = json.loads((tmp_path / f"features-{k}" / "clasp_features.json").read_text())
         assert marker["speech_trainable_layers"] == int(k)
+
+
+def test_a_killed_run_resumes_with_its_trained_speech_layers(tmp_path):
+    """Checkpoints leave the frozen layers out but keep the trained top layer (and its norm); a run
+    killed after checkpoint 3 (mid-epoch 2) and resumed exports the weights of a run never stopped."""
+    import signal
+
+    _, cache, _ = _k1_start_and_cache(tmp_path)
+    straight = _train(tmp_path, cache, tmp_path / "straight", "--checkpointing_steps", "1")
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    killed = _train(tmp_path, cache, tmp_path / "killed", "--checkpointing_steps", "1", "--kill_after_checkpoint", "3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    stored = set(load_file(tmp_path / "killed" / "checkpoints" / "step_3" / "model.safetensors"))
+    assert "speech_model.layers.1.fc1.weight" in stored and "speech_model.layer_norm.weight" in stored
+    assert not any(name.startswith(("speech_model.layers.0.", "speech_model.conv1.")) for name in stored)
+    resumed = _train(tmp_path, cache, tmp_path / "killed", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert not torch.equal(got["speech_model.layers.1.fc1.weight"], load_file(tmp_path / "start" / "model.safetensors")["speech_model.layers.1.fc1.weight"])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
