@@ -238,3 +238,32 @@ def test_a_killed_run_resumes_with_its_trained_speech_layers(tmp_path):
     assert not torch.equal(got["speech_model.layers.1.fc1.weight"], load_file(tmp_path / "start" / "model.safetensors")["speech_model.layers.1.fc1.weight"])
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_the_demo_plots_embed_cached_frames_through_the_trained_speech_layers(tmp_path, monkeypatch):
+    """clasp demo's make_plots on a model of k = 1 whose top layer changed since the cache was built:
+    the plotted audio embeddings are the model's own (frames through its trained layer), not the
+    cache's speech_embeds (pooled through the layer as it was)."""
+    from clasp_cli.demo_command import make_plots
+
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.4 + 0.1 * i, seed=i), "sampling_rate": 16000} for i in range(4)],
+                              "text": ["the cat", "a dog", "le chat", "der hund"], "language": ["en", "en", "fr", "de"]})
+    config = tiny_config("whisper", speech_trainable_layers=1)
+    torch.manual_seed(0)
+    model = tiny_model(config).eval()
+    processor = tiny_processor(config, tmp_path)
+    cache = build_feature_cache(model, processor, DatasetDict({"test": rows}), str(tmp_path / "features"), progress=False)
+    with torch.no_grad():
+        model.speech_model.layers[1].fc2.weight.add_(torch.randn_like(model.speech_model.layers[1].fc2.weight))  # "trained"
+    model.save_pretrained(tmp_path / "model")
+    plotted = []
+    forward = ClaspModel.forward
+    monkeypatch.setattr(ClaspModel, "forward", lambda self, **kw: plotted.append(forward(self, **kw)) or plotted[-1])
+    make_plots(tmp_path / "model", cache, tmp_path)
+    cached = load_from_disk(cache)["test"].with_format("torch")
+    with torch.no_grad():
+        expected = torch.cat([model.get_audio_features(speech_frames=row["speech_frames"][None].float(),
+                                                       speech_frame_weights=row["speech_frame_weights"][None],
+                                                       spectrogram_embeds=row["spectrogram_embeds"][None]).pooler_output
+                              for row in (cached[i] for i in range(len(cached)))])
+    torch.testing.assert_close(plotted[0].audio_embeds, expected, atol=1e-5, rtol=0)
