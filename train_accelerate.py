@@ -172,9 +172,13 @@ def check_cache_fits(path, model, processor, model_name):
     now = {"backbones": backbone_fingerprint(model), "processor": processor_fingerprint(processor)}
     differ = [part for part, value in now.items() if recorded[part] != value]
     if differ:
+        k, cached_k = model.config.speech_trainable_layers, recorded.get("speech_trainable_layers", 0)
+        layers = (f"; it holds the hidden state entering the speech encoder's last {cached_k} layers, this run trains "
+                  f"{k} (--speech_trainable_layers)" if cached_k != k else "")
         raise ValueError(f"--train_data {path} was cached with other {' and '.join(differ)} than --model {model_name} "
-                         f"({', '.join(f'{p} {recorded[p]} there, {now[p]} here' for p in differ)}): "
-                         f"rebuild it with `clasp features --model {model_name} --data ...`")
+                         f"({', '.join(f'{p} {recorded[p]} there, {now[p]} here' for p in differ)}){layers}: "
+                         f"rebuild it with `clasp features --model {model_name}"
+                         f"{f' --speech-trainable-layers {k}' if k else ''} --data ...`")
 
 
 # ---- model -----------------------------------------------------------------------------------

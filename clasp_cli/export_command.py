@@ -26,7 +26,7 @@ archive can be searched with text in any language the sentence encoder knows, wi
 
 | part | this model |
 |---|---|
-| speech encoder | {speech} ({speech_pooling}) |
+| speech encoder | {speech} ({speech_training}; {speech_pooling}) |
 | spectrogram CNN | {spectrogram} (on the log-mel spectrogram) |
 | text encoder (frozen) | {text} ({text_pooling} pooling, prefix `{text_prefix}`) |
 | fusion | {fusion}, output {projection_dim}-d |
@@ -143,6 +143,9 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
             model_name=repo,
             repo=repo,
             speech=config.speech_config.model_type,
+            speech_training=("fine-tuned" if not config.freeze_speech_encoder else
+                             f"frozen but its last {config.speech_trainable_layers} of {config.speech_config.num_hidden_layers}"
+                             " layers, trained with the head" if config.speech_trainable_layers else "frozen"),
             speech_pooling=SPEECH_POOLING[config.speech_pooling],
             spectrogram=config.spectrogram_config.model_type,
             text=config.text_config.model_type,

@@ -55,7 +55,7 @@ def run(args) -> int:
     missing = [s for s in splits if s not in data]
     if missing:
         raise ValueError(f"--data {args.data}: no split(s) {missing}; it has {sorted(data)}")
-    overrides = {"speech_trainable_layers": args.speech_trainable_layers} if args.speech_trainable_layers else {}
+    overrides = {} if args.speech_trainable_layers is None else {"speech_trainable_layers": args.speech_trainable_layers}
     model, processor = load_model_and_processor(args.model, **overrides)
     data = drop_clips_too_long(data, splits, processor.feature_extractor)
     model.eval()
@@ -75,8 +75,8 @@ def register(subparsers):
     parser.add_argument("--splits", help="comma-separated splits (default: all)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--chunk-size", type=int, default=256, help="rows per resumable chunk")
-    parser.add_argument("--speech-trainable-layers", type=int, default=0, metavar="K",
+    parser.add_argument("--speech-trainable-layers", type=int, default=None, metavar="K",
                         help="cache the hidden state entering the speech encoder's last K layers, for a model "
-                             "that trains them (train_accelerate.py --speech_trainable_layers K)")
+                             "that trains them (train_accelerate.py --speech_trainable_layers K); default: --model's")
     parser.add_argument("--bf16", action="store_true", help="run the backbones in bfloat16 (on a GPU; on a CPU it works but is slower)")
     parser.set_defaults(func=run)

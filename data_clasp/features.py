@@ -197,6 +197,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     shutil.rmtree(staging)
     info = {
         **fingerprints, "model": model_name, "data": {s: data[s]._fingerprint for s in splits},
+        "speech_trainable_layers": model.config.speech_trainable_layers,
         "rows": {s: len(data[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }

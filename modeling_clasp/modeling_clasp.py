@@ -403,6 +403,13 @@ class ClaspModel(ClaspPreTrainedModel):
         super().train(mode)
         for module in self._frozen_modules():
             module.eval()
+        if self.config.speech_trainable_layers and self.config.freeze_speech_encoder and self.speech_model is not None:
+            # The containers of the trainable top layers too: their training flag is what turns on
+            # wav2vec2's/HuBERT's SpecAugment and layerdrop and Whisper's input dropout in the frozen part.
+            self.speech_model.eval()
+            layers, norm = self._speech_top_layers()
+            for module in [*layers, *([norm] if norm is not None else [])]:
+                module.train(mode)
         return self
 
     # ---- speech branch -------------------------------------------------------------------

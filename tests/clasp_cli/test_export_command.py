@@ -171,3 +171,18 @@ def test_a_malformed_repo_id_is_refused_before_anything_is_written(tmp_path):
 def test_export_of_a_missing_folder_fails_cleanly(tmp_path):
     result = clasp("export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "hub"))
     assert result.returncode != 0 and not (tmp_path / "hub").exists()
+
+
+def test_the_model_card_says_which_speech_layers_trained(tmp_path):
+    """The card's speech-encoder row: frozen (the paper), its last k layers trained
+    (`speech_trainable_layers`), or fine-tuned whole (`freeze_speech_encoder=False`)."""
+    from clasp_cli.export_command import build_model_card
+
+    rows = {}
+    for name, kwargs in {"frozen": {}, "top": {"speech_trainable_layers": 1}, "whole": {"freeze_speech_encoder": False}}.items():
+        config = tiny_config("hubert", **kwargs)
+        card = str(build_model_card(ClaspModel(config), tiny_processor(config, tmp_path), "me/clasp", ["en"], "mit", []))
+        rows[name] = next(line for line in card.splitlines() if line.startswith("| speech encoder"))
+    assert "hubert (frozen;" in rows["frozen"]
+    assert "hubert (frozen but its last 1 of 2 layers, trained with the head;" in rows["top"]
+    assert "hubert (fine-tuned;" in rows["whole"]

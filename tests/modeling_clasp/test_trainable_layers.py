@@ -87,10 +87,8 @@ EMBED_RAW_AUDIO = """
 """
 
 
-def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_path):
-    """clasp features (k = 1) → train_accelerate.py --speech_trainable_layers 1 → the exported Hub
-    folder, loaded with remote code in a clean process, embeds the raw clips as the trained model
-    embeds their cached frames; the last layer changed, the layers below did not."""
+def _k1_start_and_cache(tmp_path):
+    """A tiny Whisper CLASP of k = 1 saved in tmp_path/start, and its feature cache of 16 + 8 clips."""
     rng = np.random.default_rng(0)
     paths, texts = [], []
     for i in range(24):
@@ -109,14 +107,25 @@ def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_pa
     start = ClaspModel.from_pretrained(tmp_path / "start").eval()  # as `clasp features --model FOLDER` loads it
     cache = build_feature_cache(start, processor, data, str(tmp_path / "features"), batch_size=4, chunk_size=8,
                                 progress=False)
+    return start, cache, paths
 
-    output = tmp_path / "trained"
+
+def _train(tmp_path, cache, output, *args):
     env = {**os.environ, "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, str(REPO / "train_accelerate.py"), "--train_data", cache, "--model", str(tmp_path / "start"),
          "--output_dir", str(output), "--per_device_train_batch_size", "8", "--learning_rate", "3e-3",
-         "--speech_learning_rate", "1e-2", "--num_train_epochs", "3", "--seed", "3"],
+         "--speech_learning_rate", "1e-2", "--num_train_epochs", "3", "--seed", "3", *args],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_path):
+    """clasp features (k = 1) → train_accelerate.py --speech_trainable_layers 1 → the exported Hub
+    folder, loaded with remote code in a clean process, embeds the raw clips as the trained model
+    embeds their cached frames; the last layer changed, the layers below did not."""
+    start, cache, paths = _k1_start_and_cache(tmp_path)
+    output = tmp_path / "trained"
+    result = _train(tmp_path, cache, output)
     assert result.returncode == 0, result.stderr[-4000:]
 
     before, after = start.state_dict(), load_file(output / "model.safetensors")
@@ -143,3 +152,118 @@ def test_training_on_the_cache_then_raw_audio_through_the_exported_folder(tmp_pa
     # float16 frames in the cache: agreement to ~1e-3, far closer than the untrained model is.
     torch.testing.assert_close(raw_embeds, from_cache, atol=3e-3, rtol=0)
     assert (raw_embeds[0] - untrained).abs().max() > 10 * (raw_embeds[0] - from_cache[0]).abs().max()
+
+
+@pytest.mark.parametrize("speech", ["hubert", "wav2vec2", "whisper"])
+def test_in_training_the_frozen_part_of_the_encoder_runs_as_in_evaluation(speech, tmp_path):
+    """model.train() with k trainable layers: the frozen layers below them give the frames they give
+    in eval mode (no SpecAugment masking or layerdrop from wav2vec2's/HuBERT's Model and Encoder,
+    no input dropout in Whisper's), as the whole frozen encoder does with k = 0; the top layers train
+    (dropout on)."""
+    torch.manual_seed(0)
+    model = ClaspModel(tiny_config(speech, speech_trainable_layers=1, speech_frame_stride=1))
+    if speech == "whisper":
+        model.speech_model.dropout = 0.5  # WhisperConfig.dropout: the input embedding's dropout
+    processor = tiny_processor(model.config, tmp_path)
+    inputs = processor(audio=[tone(1.5, seed=1), tone(1.2, seed=2)], sampling_rate=16000)
+    name = processor.feature_extractor.speech_input_name
+    with torch.no_grad():
+        expected = model.eval().get_speech_frames(inputs[name], inputs[f"{name}_mask"])[0]
+        model.train()
+        for _ in range(3):
+            torch.testing.assert_close(model.get_speech_frames(inputs[name], inputs[f"{name}_mask"])[0], expected)
+    assert all(layer.training for layer in model._speech_top_layers()[0])
+
+
+def test_a_cache_of_another_k_is_refused_with_the_command_that_builds_the_right_one(tmp_path):
+    """train_accelerate.py --speech_trainable_layers 1 on a cache of k = 0 (or the reverse): the error
+    says which k the cache holds and gives the `clasp features` command with --speech-trainable-layers,
+    not one that rebuilds the same wrong cache."""
+    sys.path.insert(0, str(REPO))
+    from train_accelerate import check_cache_fits
+
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.5, seed=i), "sampling_rate": 16000} for i in range(2)],
+                              "text": ["the cat", "a dog"]})
+    data = DatasetDict({"train": rows, "validation": rows})
+    torch.manual_seed(0)
+    zero = tiny_model(tiny_config("whisper")).eval()
+    one = ClaspModel(tiny_config("whisper", speech_trainable_layers=1)).eval()
+    one.load_state_dict(zero.state_dict())
+    processor = tiny_processor(zero.config, tmp_path)
+    for cached, trained, k in ((zero, one, 1), (one, zero, 0)):
+        cache = build_feature_cache(cached, processor, data, str(tmp_path / f"features-{1 - k}"), batch_size=2,
+                                    progress=False)
+        with pytest.raises(ValueError) as error:
+            check_cache_fits(cache, trained, processor, "model/")
+        assert f"last {1 - k} layers, this run trains {k} (--speech_trainable_layers)" in str(error.value)
+        command = "clasp features --model model/" + (" --speech-trainable-layers 1" if k else "") + " --data ...`"
+        assert command in str(error.value)
+    check_cache_fits(cache, one, processor, "model/")  # the cache of k = 1 fits the model of k = 1
+
+
+def test_clasp_features_of_a_model_that_trains_its_top_layers_can_cache_for_k_0(tmp_path):
+    """`clasp features --model MODEL-K1 --speech-trainable-layers 0` caches the encoder's output (k = 0),
+    as `train_accelerate.py --speech_trainable_layers 0` trains it; 0 was taken as "not given"."""
+    from clasp_cli.main import main
+
+    config = tiny_config("whisper", speech_trainable_layers=1)
+    tiny_model(config).save_pretrained(tmp_path / "model")
+    tiny_processor(config, tmp_path).save_pretrained(tmp_path / "model")
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.5, seed=i), "sampling_rate": 16000} for i in range(2)],
+                              "text": ["the cat", "a dog"]})
+    DatasetDict({"train": rows}).save_to_disk(tmp_path / "data")
+    for k in ("0", "1"):
+        assert main(["features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                     "--output", str(tmp_path / f"features-{k}"), "--speech-trainable-layers", k]) == 0
+        marker = json.loads((tmp_path / f"features-{k}" / "clasp_features.json").read_text())
+        assert marker["speech_trainable_layers"] == int(k)
+
+
+def test_a_killed_run_resumes_with_its_trained_speech_layers(tmp_path):
+    """Checkpoints leave the frozen layers out but keep the trained top layer (and its norm); a run
+    killed after checkpoint 3 (mid-epoch 2) and resumed exports the weights of a run never stopped."""
+    import signal
+
+    _, cache, _ = _k1_start_and_cache(tmp_path)
+    straight = _train(tmp_path, cache, tmp_path / "straight", "--checkpointing_steps", "1")
+    assert straight.returncode == 0, straight.stderr[-4000:]
+    killed = _train(tmp_path, cache, tmp_path / "killed", "--checkpointing_steps", "1", "--kill_after_checkpoint", "3")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-4000:]
+    stored = set(load_file(tmp_path / "killed" / "checkpoints" / "step_3" / "model.safetensors"))
+    assert "speech_model.layers.1.fc1.weight" in stored and "speech_model.layer_norm.weight" in stored
+    assert not any(name.startswith(("speech_model.layers.0.", "speech_model.conv1.")) for name in stored)
+    resumed = _train(tmp_path, cache, tmp_path / "killed", "--checkpointing_steps", "1", "--resume_from_checkpoint", "latest")
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    expected, got = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "killed" / "model.safetensors")
+    assert not torch.equal(got["speech_model.layers.1.fc1.weight"], load_file(tmp_path / "start" / "model.safetensors")["speech_model.layers.1.fc1.weight"])
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_the_demo_plots_embed_cached_frames_through_the_trained_speech_layers(tmp_path, monkeypatch):
+    """clasp demo's make_plots on a model of k = 1 whose top layer changed since the cache was built:
+    the plotted audio embeddings are the model's own (frames through its trained layer), not the
+    cache's speech_embeds (pooled through the layer as it was)."""
+    from clasp_cli.demo_command import make_plots
+
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.4 + 0.1 * i, seed=i), "sampling_rate": 16000} for i in range(4)],
+                              "text": ["the cat", "a dog", "le chat", "der hund"], "language": ["en", "en", "fr", "de"]})
+    config = tiny_config("whisper", speech_trainable_layers=1)
+    torch.manual_seed(0)
+    model = tiny_model(config).eval()
+    processor = tiny_processor(config, tmp_path)
+    cache = build_feature_cache(model, processor, DatasetDict({"test": rows}), str(tmp_path / "features"), progress=False)
+    with torch.no_grad():
+        model.speech_model.layers[1].fc2.weight.add_(torch.randn_like(model.speech_model.layers[1].fc2.weight))  # "trained"
+    model.save_pretrained(tmp_path / "model")
+    plotted = []
+    forward = ClaspModel.forward
+    monkeypatch.setattr(ClaspModel, "forward", lambda self, **kw: plotted.append(forward(self, **kw)) or plotted[-1])
+    make_plots(tmp_path / "model", cache, tmp_path)
+    cached = load_from_disk(cache)["test"].with_format("torch")
+    with torch.no_grad():
+        expected = torch.cat([model.get_audio_features(speech_frames=row["speech_frames"][None].float(),
+                                                       speech_frame_weights=row["speech_frame_weights"][None],
+                                                       spectrogram_embeds=row["spectrogram_embeds"][None]).pooler_output
+                              for row in (cached[i] for i in range(len(cached)))])
+    torch.testing.assert_close(plotted[0].audio_embeds, expected, atol=1e-5, rtol=0)
