@@ -36,11 +36,22 @@ FRAME_COLUMNS = ("speech_frames", "speech_frame_weights")
 
 
 def backbone_fingerprint(model) -> str:
-    """SHA-256 over the backbones' configs and weights: the features depend on nothing else."""
+    """SHA-256 over the backbones' configs and weights: the features depend on nothing else.
+
+    With `speech_trainable_layers` = k the last k layers and the final norm are left out: the cached
+    frames enter them, so a model whose top layers trained (continued training, a second stage) still
+    fits the cache it was trained on. (The cache's pooled `speech_embeds` column went through those
+    layers as they were at caching time; training a k > 0 model reads the frames.)"""
     digest = hashlib.sha256()
+    trained = set()
+    if model.config.speech_trainable_layers:
+        layers, norm = model._speech_top_layers()
+        trained = {t.data_ptr() for m in [*layers, *([norm] if norm is not None else [])] for t in m.state_dict().values()}
     for name in ("speech_model", "spectrogram_model", "text_model"):
         digest.update(json.dumps(getattr(model, name).config.to_dict(), sort_keys=True, default=str).encode())
         for key, tensor in getattr(model, name).state_dict().items():
+            if tensor.data_ptr() in trained:
+                continue
             digest.update(key.encode())
             digest.update(tensor.detach().to(torch.float32).contiguous().numpy().tobytes())
     for key in ("text_pooling", "text_normalize", "speech_layer", "speech_frame_stride"):

@@ -267,3 +267,19 @@ def test_the_demo_plots_embed_cached_frames_through_the_trained_speech_layers(tm
                                                        spectrogram_embeds=row["spectrogram_embeds"][None]).pooler_output
                               for row in (cached[i] for i in range(len(cached)))])
     torch.testing.assert_close(plotted[0].audio_embeds, expected, atol=1e-5, rtol=0)
+
+
+def test_the_fingerprint_leaves_out_the_layers_that_train_not_the_ones_below():
+    """A model whose top layer trained still fits the cache its frames came from; a change below does not."""
+    from data_clasp.features import backbone_fingerprint
+
+    torch.manual_seed(0)
+    model = ClaspModel(tiny_config("whisper", speech_trainable_layers=1))
+    before = backbone_fingerprint(model)
+    with torch.no_grad():
+        model.speech_model.layers[1].fc1.weight.add_(0.01)
+        model.speech_model.layer_norm.weight.add_(0.01)
+    assert backbone_fingerprint(model) == before
+    with torch.no_grad():
+        model.speech_model.layers[0].fc1.weight.add_(0.01)
+    assert backbone_fingerprint(model) != before
