@@ -605,7 +605,7 @@ def main(argv=None):
     if mode == "cached":
         check_cache_fits(args.train_data, model, processor, args.model)
         # Attention pooling and trainable top layers need the frames; else the cached mean is all the head needs.
-        frames = model.config.speech_pooling == "attention" or model.config.speech_trainable_layers > 0
+        frames = model.config.speech_needs_frames
         train_set, val_set = CachedFeatures(data["train"], frames), CachedFeatures(data["validation"], frames)
         collate = train_set.collate
     else:

@@ -88,7 +88,7 @@ def make_plots(model_dir, features_dir, output_dir, sample=24, seed=0):
 
     test = load_from_disk(features_dir)["test"]
     model = ClaspModel.from_pretrained(model_dir).eval()
-    cached = CachedFeatures(test, frames=model.config.speech_pooling == "attention" or model.config.speech_trainable_layers > 0)
+    cached = CachedFeatures(test, frames=model.config.speech_needs_frames)
     with torch.no_grad():
         out = model(**cached.collate([cached[i] for i in range(len(cached))]))
     audio, text = out.audio_embeds, out.text_embeds

@@ -255,6 +255,12 @@ class ClaspConfig(PretrainedConfig):
         return self.fusion != "speech_only"
 
     @property
+    def speech_needs_frames(self) -> bool:
+        """Whether the speech vector is computed from the encoder's frames (attention pooling, or
+        trainable top layers run on them), so cached features must include the frames, not just their mean."""
+        return self.speech_pooling == "attention" or self.speech_trainable_layers > 0
+
+    @property
     def speech_is_whisper(self) -> bool:
         return self.speech_config.model_type == "whisper"
 

@@ -43,10 +43,7 @@ def backbone_fingerprint(model) -> str:
     fits the cache it was trained on. (The cache's pooled `speech_embeds` column went through those
     layers as they were at caching time; training a k > 0 model reads the frames.)"""
     digest = hashlib.sha256()
-    trained = set()
-    if model.config.speech_trainable_layers:
-        layers, norm = model._speech_top_layers()
-        trained = {t.data_ptr() for m in [*layers, *([norm] if norm is not None else [])] for t in m.state_dict().values()}
+    trained = {t.data_ptr() for m in model.trainable_speech_modules() for t in m.state_dict().values()}
     for name in ("speech_model", "spectrogram_model", "text_model"):
         digest.update(json.dumps(getattr(model, name).config.to_dict(), sort_keys=True, default=str).encode())
         for key, tensor in getattr(model, name).state_dict().items():

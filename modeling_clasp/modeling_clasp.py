@@ -343,10 +343,8 @@ class ClaspModel(ClaspPreTrainedModel):
         `config.speech_trainable_layers` layers (and no learnable scale without the contrastive loss)."""
         if self.config.freeze_speech_encoder and self.speech_model is not None:
             self.speech_model.requires_grad_(False)  # parameters outside any submodule too
-            if self.config.speech_trainable_layers:
-                layers, norm = self._speech_top_layers()
-                for module in [*layers, *([norm] if norm is not None else [])]:
-                    module.requires_grad_(True)
+            for module in self.trainable_speech_modules():
+                module.requires_grad_(True)
         for module in self._frozen_modules():
             module.requires_grad_(False)
         self.logit_scale.requires_grad_(self.config.loss == "contrastive")
@@ -356,8 +354,7 @@ class ClaspModel(ClaspPreTrainedModel):
         """The frozen modules; with trainable top layers, the speech encoder's other parts."""
         speech = [self.speech_model]
         if self.config.speech_trainable_layers and self.speech_model is not None:
-            layers, norm = self._speech_top_layers()
-            speech = _modules_without(self.speech_model, [*layers, *([norm] if norm is not None else [])])
+            speech = _modules_without(self.speech_model, self.trainable_speech_modules())
         frozen = (
             *((self.config.freeze_speech_encoder, module) for module in speech),
             (self.config.freeze_spectrogram_encoder, self.spectrogram_model),
@@ -375,6 +372,14 @@ class ClaspModel(ClaspPreTrainedModel):
         encoder = self.speech_model.encoder
         norm = encoder.layer_norm if getattr(self.speech_model.config, "do_stable_layer_norm", False) else None
         return list(encoder.layers[len(encoder.layers) - k :]), norm
+
+    def trainable_speech_modules(self) -> list[nn.Module]:
+        """The speech-encoder modules that train with the head: the last `config.speech_trainable_layers`
+        layers and the norm after them (none when k = 0)."""
+        if not self.config.speech_trainable_layers:
+            return []
+        layers, norm = self._speech_top_layers()
+        return [*layers, *([norm] if norm is not None else [])]
 
     def _speech_state_index(self) -> int:
         """Which of the encoder's hidden states `get_speech_frames` returns: `config.speech_layer`, or
@@ -407,8 +412,7 @@ class ClaspModel(ClaspPreTrainedModel):
             # The containers of the trainable top layers too: their training flag is what turns on
             # wav2vec2's/HuBERT's SpecAugment and layerdrop and Whisper's input dropout in the frozen part.
             self.speech_model.eval()
-            layers, norm = self._speech_top_layers()
-            for module in [*layers, *([norm] if norm is not None else [])]:
+            for module in self.trainable_speech_modules():
                 module.train(mode)
         return self
 

@@ -30,7 +30,7 @@ from evaluation.protocols import DIRECTIONS  # noqa: E402
 @torch.no_grad()
 def embed_split(model, split, batch_size=512):
     """(audio_embeds, text_embeds) [N, D] of a cached split: the model's forward on its features."""
-    rows = CachedFeatures(split, frames=model.config.speech_pooling == "attention" or model.config.speech_trainable_layers > 0)
+    rows = CachedFeatures(split, frames=model.config.speech_needs_frames)
     audio, text = [], []
     for start in range(0, len(rows), batch_size):
         batch = rows.collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
