@@ -28,6 +28,7 @@ import time
 import numpy as np
 import torch
 
+from data_clasp.files import write_atomically
 from data_clasp.processes import process_state
 
 MARKER = "clasp_features.json"  # the finished-cache marker (the trainer reads this name)
@@ -209,9 +210,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         "rows": {s: len(data[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }
-    with open(marker + ".tmp", "w") as f:
-        json.dump(info, f, indent=2)
-    os.replace(marker + ".tmp", marker)
+    write_atomically(marker, json.dumps(info, indent=2))
     print(f"[features] wrote {output_dir}: " + ", ".join(f"{s} {n} rows" for s, n in info["rows"].items())
           + f" in {info['seconds']:.0f} s")
     return output_dir

@@ -138,22 +138,17 @@ def load_hubness_bank(path) -> tuple[dict, int | None]:
 
 def save_hubness_bank(path, audio_embeds, text_embeds, csls_k: int | None = None, **metadata) -> None:
     """Write a bank file (float16 tensors; `csls_k` and any string `metadata` in the header),
-    through a temporary file renamed into place."""
+    whole (data_clasp.files.write_atomically)."""
     import json
 
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from data_clasp.files import write_atomically
 
     header = {key: str(value) for key, value in metadata.items()}
     if csls_k is not None:
         header["csls_k"] = json.dumps(int(csls_k))
     tensors = {name: torch.from_numpy(as_numpy(embeds)).half().contiguous()
                for name, embeds in (("audio_embeds", audio_embeds), ("text_embeds", text_embeds))}
-    temporary = f"{path}.tmp{os.getpid()}"
-    try:
-        save_file(tensors, temporary, metadata=header)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    write_atomically(path, save(tensors, metadata=header))

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data_clasp.features import CachedFeatures  # noqa: E402
+from data_clasp.files import write_atomically  # noqa: E402
 from evaluation.hubness import CSLS_KS, choose_csls_k, retrieval_figures, save_hubness_bank  # noqa: E402
 from evaluation.protocols import DIRECTIONS  # noqa: E402
 
@@ -82,9 +83,7 @@ def main(argv=None):
               "validation": {str(k): r for k, r in validation.items()}, "test": {str(k): r for k, r in test.items()},
               "seconds": time.perf_counter() - started}
     path = os.path.join(args.output, "hubness_sweep.json")
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_atomically(path, json.dumps(result, indent=2))
     print(f"wrote {path} ({result['seconds']:.0f} s)")
 
 

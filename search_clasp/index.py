@@ -53,6 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from data_clasp.audio import find_audio_files
+from data_clasp.files import write_atomically
 from evaluation.hubness import BANK_FILE, csls_penalty, load_hubness_bank
 
 FAISS_FILE = "index.faiss"
@@ -388,13 +389,12 @@ class ClaspIndex:
             raise ValueError(f"{bank_path}: needs [B, {self.info['dim']}] text_embeds and k in [1, B]; got "
                              f"{list(bank['text_embeds'].shape)} and k={k}")
         with open(bank_path, "rb") as f:
-            digest = hashlib.sha256(f.read()).hexdigest()
+            bank_bytes = f.read()
+        digest = hashlib.sha256(bank_bytes).hexdigest()
         if self.info.get("hubness_bank_sha256") not in (None, digest) or self.info.get("csls_k") not in (None, k):
             raise ValueError(f"{self.directory} was built with another hubness bank or csls k "
                              f"(k={self.info['csls_k']}): build a new index for that")
-        temporary = self.directory / f"{BANK_FILE}.tmp{os.getpid()}"
-        shutil.copyfile(bank_path, temporary)
-        os.replace(temporary, self.directory / BANK_FILE)
+        write_atomically(self.directory / BANK_FILE, bank_bytes)
         with self.lock, self.db:
             self.db.execute("CREATE TABLE IF NOT EXISTS hubness (position INTEGER PRIMARY KEY, penalty REAL NOT NULL)")
         self._set_info(hubness_bank_sha256=digest, csls_k=k)
