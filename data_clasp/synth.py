@@ -1,8 +1,9 @@
-"""Synthetic multilingual speech: corpus sentences read aloud by espeak-ng, in the CLASP schema.
+"""Synthetic multilingual speech: corpus sentences read aloud by espeak-ng (and, when asked, the
+neural voices of `neural_voices`: Piper, Kokoro-82M), in the CLASP schema.
 
 One clip is one call of `espeak-ng` (~20 ms a sentence) with a voice, a variant (+m3, +f2,
 +klatt...), a speed and a pitch drawn from a generator seeded by the clip's own identity
-(seed, language, text, take). So a clip's sound depends on nothing else: not on which worker
+(seed, language, text, take); with several engines, which one speaks is drawn the same way. So a clip's sound depends on nothing else: not on which worker
 made it, not on what ran before, not on an interruption. That is what makes a run resumable:
 
     output/clips/<language>/<clip id>.wav   16 kHz mono, written to a temporary name and renamed
@@ -28,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .corpora import merge_groups
+from . import neural_voices
+from .corpora import Sentence, merge_groups
 from .files import write_atomically
 from .schema import SAMPLING_RATE, split_of_groups, stable_hash
 
@@ -115,22 +117,37 @@ def candidates(sentences, language: str, seed: int) -> list:
     return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
-def plan_clip(sentence, take: int, seed: int, voices: list) -> dict:
+def plan_clip(sentence, take: int, seed: int, voices: list, engines=None) -> dict:
+    """A clip's identity and voice. `engines` ({name: weight} that speak this language; None: espeak)
+    is drawn from with a generator of its own, so an espeak clip sounds the same in any engine mix."""
     clip_id = format(stable_hash("clip", seed, sentence.language, sentence.text, take), "016x")
     rng = random.Random(stable_hash("voice", clip_id))
+    engine = "espeak"
+    if engines and list(engines) != ["espeak"]:
+        names = sorted(engines)
+        engine = random.Random(stable_hash("engine", clip_id)).choices(names, [engines[n] for n in names])[0]
+    if engine == "espeak":
+        voice = {"voice": f"{rng.choice(voices)}+{rng.choice(VARIANTS)}", "speed": rng.randint(*SPEED),
+                 "pitch": rng.randint(*PITCH)}
+    else:
+        voice = neural_voices.plan_voice(engine, rng)
     return {
         "id": clip_id,
         "audio": f"clips/{sentence.language}/{clip_id}.wav",
         "text": sentence.text,
         "language": sentence.language,
-        "source": f"espeak:{sentence.source}",
+        "source": f"{engine}:{sentence.source}",
         "category": sentence.category,
         "group": sentence.group,
         "unit": sentence.unit,
-        "voice": f"{rng.choice(voices)}+{rng.choice(VARIANTS)}",
-        "speed": rng.randint(*SPEED),
-        "pitch": rng.randint(*PITCH),
+        **voice,
     }
+
+
+def engines_for(language: str, engines: dict, espeak_voices: list) -> dict:
+    """The engines of `engines` ({name: weight}) that can speak `language`."""
+    return {name: weight for name, weight in engines.items()
+            if (espeak_voices if name == "espeak" else language in neural_voices.LANGUAGES[name])}
 
 
 # -------------------------------------------------------------------------------------- one clip
@@ -142,16 +159,21 @@ def render(clip: dict, output: str) -> dict:
     import torch
     import torchaudio
 
+    engine = clip["source"].partition(":")[0]
     try:
-        wav = subprocess.run(
-            ["espeak-ng", "-v", clip["voice"], "-s", str(clip["speed"]), "-p", str(clip["pitch"]), "--stdout"],
-            input=spoken_form(clip["language"], clip["text"]).encode(), capture_output=True, check=True, timeout=120,
-        ).stdout
-        audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+        if engine == "espeak":
+            wav = subprocess.run(
+                ["espeak-ng", "-v", clip["voice"], "-s", str(clip["speed"]), "-p", str(clip["pitch"]), "--stdout"],
+                input=spoken_form(clip["language"], clip["text"]).encode(), capture_output=True, check=True, timeout=120,
+            ).stdout
+            audio, rate = soundfile.read(io.BytesIO(wav), dtype="float32", always_2d=True)
+        else:
+            audio, rate = neural_voices.speak(clip)
+            audio = audio[:, None]
     except Exception as error:
-        return {**clip, "status": f"espeak failed: {type(error).__name__}", "duration": 0.0}
+        return {**clip, "status": f"{engine} failed: {type(error).__name__}: {error}"[:200], "duration": 0.0}
     audio = torch.from_numpy(audio.mean(axis=1))
-    if rate != SAMPLING_RATE:  # espeak-ng speaks at 22.05 kHz
+    if rate != SAMPLING_RATE:  # espeak-ng and Piper speak at 22.05 kHz, Kokoro at 24 kHz
         audio = torchaudio.functional.resample(audio, rate, SAMPLING_RATE)
     audio = audio.clamp(-1, 1).numpy()
     duration = round(len(audio) / SAMPLING_RATE, 3)
@@ -193,9 +215,17 @@ def read_progress(path: Path) -> dict:
 
 
 def synthesize(sentences, languages, per_language: int, output, seed: int = 0, takes: int = 1,
-               workers: int = 2, stop_after=None, progress_bar: bool = True):
+               workers: int = 2, stop_after=None, progress_bar: bool = True, engines=None, split_of=None,
+               translations=None):
     """Speak `per_language` sentences of each language (each `takes` times, in different voices),
     write clips, manifest and dataset under `output`, and return the DatasetDict.
+
+    `engines`: {name: weight} of `neural_voices.ENGINES` (default {"espeak": 1}); each clip is spoken
+    by one of those that speak its language, drawn in proportion to the weights. Raises ValueError
+    for a language that none of them speaks, ImportError (with the pip command) for a neural engine
+    whose packages are missing.
+    `split_of` ({group: split}) and `translations` ({unit: {language: text}}) keep those of an
+    existing dataset (`sentences_of_manifest`) instead of cutting splits and collecting translations anew.
 
     `stop_after=K` stops (raising SynthesisStopped) once K new clips are made: how the tests
     interrupt a run without killing a process.
@@ -206,16 +236,24 @@ def synthesize(sentences, languages, per_language: int, output, seed: int = 0, t
     (output / "clips").mkdir(parents=True, exist_ok=True)
     for leftover in (output / "clips").glob("*/*.tmp*"):
         leftover.unlink()  # half-written by a run that was killed
+    engines = dict(engines or {"espeak": 1.0})
+    for name in engines:
+        if name != "espeak":
+            neural_voices.check_installed(name)
     available = espeak_voices()
-    voices = {language: voices_for(language, available) for language in languages}
+    voices = {language: voices_for(language, available) if "espeak" in engines else [] for language in languages}
+    speakers = {language: engines_for(language, engines, voices[language]) for language in languages}
     silent = {lang: UNSPEAKABLE.get(lang, "needs `pip install pypinyin`" if lang == "zh" else "no espeak-ng voice")
-              for lang, v in voices.items() if not v}
+              if "espeak" in engines else f"none of {', '.join(engines)} speaks it"
+              for lang, v in speakers.items() if not v}
     if silent:
         raise ValueError("can't speak " + "; ".join(f"{lang}: {why}" for lang, why in silent.items()))
 
     if not all(s.group for s in sentences):
         sentences = merge_groups(sentences)
-    translations = defaultdict(dict)  # unit -> {language: text}
+    given, translations = translations or {}, defaultdict(dict)  # unit -> {language: text}
+    for unit, texts in given.items():
+        translations[unit].update(texts)
     for s in sentences:
         translations[s.unit].setdefault(s.language, s.text)
     queues = {lang: candidates(sentences, lang, seed) for lang in languages}
@@ -240,14 +278,15 @@ def synthesize(sentences, languages, per_language: int, output, seed: int = 0, t
                 for lang in languages:
                     need = min(per_language - len(kept[lang]), len(queues[lang]) - used[lang])
                     for sentence in queues[lang][used[lang]:used[lang] + need]:
-                        wave.append((lang, [plan_clip(sentence, t, seed, voices[lang]) for t in range(takes)]))
+                        wave.append((lang, [plan_clip(sentence, t, seed, voices[lang], speakers[lang]) for t in range(takes)]))
                     used[lang] += need
                 if not wave:
                     break
                 planned += sum(len(clips) for _, clips in wave)
                 bar.total = max(bar.total, planned)  # replacements for rejected clips add to the plan
-                todo = [c for _, clips in wave for c in clips
-                        if c["id"] not in done or (done[c["id"]]["status"] == "ok" and not (output / c["audio"]).exists())]
+                todo = [c for _, clips in wave for c in clips  # not done, lost, or done in another voice
+                        if c["id"] not in done or done[c["id"]].get("voice") != c["voice"]
+                        or (done[c["id"]]["status"] == "ok" and not (output / c["audio"]).exists())]
                 bar.update(sum(len(clips) for _, clips in wave) - len(todo))
                 if todo and workers > 1 and pool is None:
                     import multiprocessing
@@ -274,16 +313,39 @@ def synthesize(sentences, languages, per_language: int, output, seed: int = 0, t
         if pool is not None:
             pool.terminate()
             pool.join()
-    return write_dataset(output, [c for lang in languages for clips in kept[lang] for c in clips], translations)
+    return write_dataset(output, [c for lang in languages for clips in kept[lang] for c in clips], translations, split_of)
 
 
-def write_dataset(output: Path, clips: list, translations: dict):
-    """manifest.jsonl (atomically) and dataset/ from the kept clips, split by group."""
+def sentences_of_manifest(path, splits=None) -> tuple:
+    """(sentences, {group: split}, {unit: {language: text}}) of a `clasp data` manifest, each distinct
+    (language, text) once: to speak a dataset again in other voices (`clasp data synth --from-manifest`)
+    with its groups, splits and translations, so the two can be trained on together.
+
+    `splits`: keep only rows of these splits. Raises ValueError if a row has no split."""
+    from .loaders import read_manifest
+
+    sentences, split_of, translations = {}, {}, {}
+    for row in read_manifest(path):
+        if row["split"] is None:
+            raise ValueError(f"{row['name']}: no split; --from-manifest keeps the manifest's splits")
+        if splits and row["split"] not in splits:
+            continue
+        unit = f"{row['group']}|{row['language']}|{row['text']}"
+        source = row["source"].partition(":")[2] if row["source"].partition(":")[0] in neural_voices.ENGINES else row["source"]
+        sentences.setdefault((row["language"], row["text"]),
+                             Sentence(row["language"], row["text"], source, row["category"], unit, row["group"]))
+        split_of[row["group"]] = row["split"]
+        translations[unit] = {row["language"]: row["text"], **row["translations"]}
+    return list(sentences.values()), split_of, translations
+
+
+def write_dataset(output: Path, clips: list, translations: dict, split_of=None):
+    """manifest.jsonl (atomically) and dataset/ from the kept clips, split by group (or as `split_of` says)."""
     import datasets
 
     from .loaders import load_manifest, save_dataset
 
-    split_of = split_of_groups(c["group"] for c in clips)
+    split_of = split_of or split_of_groups(c["group"] for c in clips)
     manifest = output / "manifest.jsonl"
     rows = []
     for c in clips:
