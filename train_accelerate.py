@@ -67,6 +67,9 @@ logger = get_logger(__name__)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train_data", required=True, help="a `clasp features` cache or a `clasp data` dataset folder")
+    parser.add_argument("--extra_train_data", nargs="+", default=[], metavar="PATH",
+                        help="more caches (or datasets) of the same kind: all their rows train, except those of groups "
+                             "that --train_data holds out for validation or test (e.g. its sentences in other voices)")
     parser.add_argument("--model", default="offline-base", help="a backbone preset (offline-base, paper) or a CLASP folder to continue")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--per_device_train_batch_size", type=int, default=256)
@@ -141,21 +144,52 @@ def audio_collate(processor):
     return collate
 
 
-def load_training_data(path):
+def load_training_data(path, option="--train_data", required=("train", "validation")):
     """('cached' | 'audio', DatasetDict)."""
     from datasets import load_from_disk
 
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"--train_data {path}: no such folder")
+        raise FileNotFoundError(f"{option} {path}: no such folder")
     mode = "cached" if os.path.exists(os.path.join(path, MARKER)) else "audio"
     data = load_from_disk(path if mode == "cached" or not os.path.isdir(os.path.join(path, "dataset")) else os.path.join(path, "dataset"))
-    for split in ("train", "validation"):
+    for split in required:
         if split not in data:
-            raise ValueError(f"--train_data {path}: needs a '{split}' split, found {sorted(data)}")
+            raise ValueError(f"{option} {path}: needs a '{split}' split, found {sorted(data)}")
     return mode, data
 
 
-def check_cache_fits(path, model, processor, model_name):
+def add_extra_training_data(data, mode, paths):
+    """`data` with its train split extended by every row of every split of the folders in `paths`
+    whose `group` (or, without groups, text) is not in `data`'s validation or test split: more training rows (the same
+    sentences in other voices, another corpus) that cannot leak a held-out sentence.
+
+    Returns (data, {path: (rows added, rows left out)}). Raises ValueError if a folder is of the
+    other kind ('cached' vs 'audio') or lacks a column that the train split has."""
+    from datasets import concatenate_datasets
+
+    key = "group" if "group" in data["train"].column_names else "text"  # a cache made by hand may have no groups
+    held_out = {g for split in ("validation", "test") if split in data for g in data[split][key]}
+    parts, counts = [data["train"]], {}
+    for path in paths:
+        extra_mode, extra = load_training_data(path, "--extra_train_data", required=())
+        if extra_mode != mode:
+            raise ValueError(f"--extra_train_data {path} is {'a feature cache' if extra_mode == 'cached' else 'a dataset'}, "
+                             f"--train_data is not: give both as `clasp features` caches or both as datasets")
+        added = 0
+        for split in extra.values():
+            missing = set(data["train"].column_names) - set(split.column_names)
+            if missing:
+                raise ValueError(f"--extra_train_data {path}: no column(s) {', '.join(sorted(missing))} "
+                                 f"that --train_data's train split has")
+            kept = split.filter(lambda group: group not in held_out, input_columns=key)
+            parts.append(kept.select_columns(data["train"].column_names))
+            added += len(kept)
+        counts[path] = (added, sum(map(len, extra.values())) - added)
+    data["train"] = concatenate_datasets(parts)
+    return data, counts
+
+
+def check_cache_fits(path, model, processor, model_name, option="--train_data"):
     """Refuse a feature cache that other backbones or another processor made (another text prompt,
     mel settings, tokenizer...): the head would be trained and validated on features that the
     exported model, which keeps `--model`'s backbones and processor, never computes. The dtype may
@@ -166,7 +200,7 @@ def check_cache_fits(path, model, processor, model_name):
     with open(os.path.join(path, MARKER), encoding="utf-8") as f:
         recorded = json.load(f)
     if not {"backbones", "processor"} <= set(recorded):
-        logger.warning(f"--train_data {path}: its marker records no fingerprints; not checked against --model {model_name}",
+        logger.warning(f"{option} {path}: its marker records no fingerprints; not checked against --model {model_name}",
                        main_process_only=True)
         return
     now = {"backbones": backbone_fingerprint(model), "processor": processor_fingerprint(processor)}
@@ -175,7 +209,7 @@ def check_cache_fits(path, model, processor, model_name):
         k, cached_k = model.config.speech_trainable_layers, recorded.get("speech_trainable_layers", 0)
         layers = (f"; it holds the hidden state entering the speech encoder's last {cached_k} layers, this run trains "
                   f"{k} (--speech_trainable_layers)" if cached_k != k else "")
-        raise ValueError(f"--train_data {path} was cached with other {' and '.join(differ)} than --model {model_name} "
+        raise ValueError(f"{option} {path} was cached with other {' and '.join(differ)} than --model {model_name} "
                          f"({', '.join(f'{p} {recorded[p]} there, {now[p]} here' for p in differ)}){layers}: "
                          f"rebuild it with `clasp features --model {model_name}"
                          f"{f' --speech-trainable-layers {k}' if k else ''} --data ...`")
@@ -602,8 +636,15 @@ def main(argv=None):
 
     mode, data = load_training_data(args.train_data)
     model, processor = load_model_and_processor(args)
+    if args.extra_train_data:
+        data, counts = add_extra_training_data(data, mode, args.extra_train_data)
+        for path, (added, left_out) in counts.items():
+            if accelerator.is_main_process:
+                print(f"[train] --extra_train_data {path}: {added} rows added to train, {left_out} left out "
+                      f"(their groups are held out in --train_data)", flush=True)
     if mode == "cached":
-        check_cache_fits(args.train_data, model, processor, args.model)
+        for option, path in [("--train_data", args.train_data)] + [("--extra_train_data", p) for p in args.extra_train_data]:
+            check_cache_fits(path, model, processor, args.model, option)
         # Attention pooling and trainable top layers need the frames; else the cached mean is all the head needs.
         frames = model.config.speech_needs_frames
         train_set, val_set = CachedFeatures(data["train"], frames), CachedFeatures(data["validation"], frames)

@@ -401,3 +401,49 @@ def test_a_cache_of_other_backbones_or_another_processor_is_refused(tiny_setup, 
     assert result.returncode != 0
     assert f"--train_data {features} was cached with other processor than --model" in result.stderr
     assert "processor 0123456789abcdef there" in result.stderr and not (tmp_path / "out" / "config.json").exists()
+
+
+def test_extra_training_data_adds_rows_but_never_a_held_out_group(tmp_path):
+    """--extra_train_data: rows of held-out groups (validation or test of --train_data) stay out,
+    every other row of every split of the extra folder trains; mixed kinds and missing columns are refused."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    from train_accelerate import add_extra_training_data
+
+    def rows(groups, tag):
+        return Dataset.from_dict({"text": [f"{tag} {g}" for g in groups], "group": groups,
+                                  "text_embeds": [[float(i)] for i in range(len(groups))]})
+
+    primary = DatasetDict({"train": rows(["a", "b"], "p"), "validation": rows(["v"], "p"), "test": rows(["t"], "p")})
+    primary.save_to_disk(tmp_path / "primary")
+    (tmp_path / "primary" / "clasp_features.json").write_text("{}")
+    DatasetDict({"train": rows(["a", "v", "c"], "x"), "validation": rows(["t", "d"], "x")}).save_to_disk(tmp_path / "extra")
+    (tmp_path / "extra" / "clasp_features.json").write_text("{}")
+    data, counts = add_extra_training_data(load_from_disk(tmp_path / "primary"), "cached", [str(tmp_path / "extra")])
+    assert data["train"]["text"] == ["p a", "p b", "x a", "x c", "x d"]
+    assert counts == {str(tmp_path / "extra"): (3, 2)}
+    assert data["validation"]["text"] == ["p v"] and data["test"]["text"] == ["p t"]
+
+    DatasetDict({"train": rows(["e"], "y")}).save_to_disk(tmp_path / "dataset")  # no marker: a dataset of audio
+    with pytest.raises(ValueError, match="extra_train_data .*dataset.* is a dataset, --train_data is not"):
+        add_extra_training_data(load_from_disk(tmp_path / "primary"), "cached", [str(tmp_path / "dataset")])
+    DatasetDict({"train": rows(["e"], "y").remove_columns("text_embeds")}).save_to_disk(tmp_path / "narrow")
+    (tmp_path / "narrow" / "clasp_features.json").write_text("{}")
+    with pytest.raises(ValueError, match="narrow: no column.s. text_embeds"):
+        add_extra_training_data(load_from_disk(tmp_path / "primary"), "cached", [str(tmp_path / "narrow")])
+
+
+def test_a_run_with_extra_training_data_trains_on_both(tiny_setup, tmp_path):
+    from datasets import DatasetDict, load_from_disk
+
+    extra = load_from_disk(tiny_setup / "features")["train"].map(lambda row, i: {"text": f"extra {i}"}, with_indices=True)
+    DatasetDict({"train": extra}).save_to_disk(tmp_path / "extra")
+    (tmp_path / "extra" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
+    output = tmp_path / "run"
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "1", "--extra_train_data",
+                                           str(tmp_path / "extra")), cwd=REPO, env=_env(), capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "64 rows added to train, 0 left out" in result.stdout + result.stderr
+    # The hubness bank holds one row per training pair: 64 of --train_data + 64 extra.
+    assert json.loads((output / "training_summary.json").read_text())["hubness"]["bank_rows"] == 128
