@@ -43,6 +43,7 @@ import argparse
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import sys
@@ -98,8 +99,13 @@ def parse_args(argv=None):
     parser.add_argument("--speech_learning_rate", type=float, default=None,
                         help="learning rate of the trained speech-encoder layers (default: --learning_rate)")
     parser.add_argument("--unfreeze_speech_encoder", action="store_true", help="end-to-end mode: train the speech encoder too")
-    parser.add_argument("--metric_for_best_model", choices=["mrr", "loss"], default="mrr",
-                        help="which validation figure chooses the best epoch and drives early stopping (default mrr)")
+    parser.add_argument("--eval_data", action="append", default=[], metavar="NAME=PATH",
+                        help="another validation set (the 'validation' split of a cache or dataset of the same kind, e.g. "
+                             "real speech), evaluated every epoch beside --train_data's; its figures are logged as "
+                             "NAME_mrr, NAME_loss, ... and NAME_mrr can be --metric_for_best_model (repeatable)")
+    parser.add_argument("--metric_for_best_model", default="mrr", metavar="{mrr,loss,NAME_mrr}",
+                        help="which validation figure chooses the best epoch and drives early stopping: mrr or loss of "
+                             "--train_data's validation split, or NAME_mrr of an --eval_data set (default mrr)")
     parser.add_argument("--early_stopping_patience", type=int, default=10, help="epochs without a better validation figure")
     # Two flags, not BooleanOptionalAction: it would spell the second --no-hubness_bank.
     parser.add_argument("--hubness_bank", action="store_true", default=True,
@@ -114,7 +120,25 @@ def parse_args(argv=None):
     parser.add_argument("--kill_after_checkpoint", type=int, default=None, help=argparse.SUPPRESS)
     # ...and for the divergence test: every trained weight NaN once epoch N has ended (as a diverged run's).
     parser.add_argument("--inject_nan_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    args.eval_data = parse_eval_data(args.eval_data)
+    allowed = ["mrr", "loss"] + [f"{name}_mrr" for name in args.eval_data]
+    if args.metric_for_best_model not in allowed:
+        parser.error(f"--metric_for_best_model {args.metric_for_best_model}: choose from {', '.join(allowed)}")
+    return args
+
+
+def parse_eval_data(items) -> dict:
+    """["asterisk=features-asterisk/"] -> {"asterisk": "features-asterisk/"}; ValueError naming a bad item."""
+    sets = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or not re.fullmatch(r"[a-z][a-z0-9_]*", name) or name == "val" or not path:
+            raise ValueError(f"--eval_data {item!r}: give NAME=PATH, NAME in lower-case letters, digits and _ (not 'val')")
+        if name in sets:
+            raise ValueError(f"--eval_data {item!r}: the name {name!r} is given twice")
+        sets[name] = path
+    return sets
 
 
 # ---- data ------------------------------------------------------------------------------------
@@ -658,6 +682,18 @@ def main(argv=None):
                               collate_fn=collate, num_workers=args.num_workers, generator=generator)
     val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers)
     val_correct_set = validation_correct_set(data["validation"])
+    eval_sets = {}  # name -> (loader, correct set) of each --eval_data validation split
+    for name, path in args.eval_data.items():
+        eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
+        if eval_mode != mode:
+            raise ValueError(f"--eval_data {name}={path} is {'a feature cache' if eval_mode == 'cached' else 'a dataset'}, "
+                             f"--train_data is not: give both as `clasp features` caches or both as datasets")
+        if mode == "cached":
+            check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
+        rows = eval_data["validation"]
+        eval_set = CachedFeatures(rows, frames) if mode == "cached" else AudioPairs(rows)
+        eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
+                           validation_correct_set(rows))
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")
 
@@ -673,6 +709,7 @@ def main(argv=None):
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
     model, optimizer, train_loader, val_loader, scheduler = accelerator.prepare(model, optimizer, train_loader, val_loader, scheduler)
+    eval_sets = {name: (accelerator.prepare(loader), correct) for name, (loader, correct) in eval_sets.items()}
     unwrapped = accelerator.unwrap_model(model)
     progress = TrainingProgress()
     leave_frozen_weights_out_of_checkpoints(accelerator, model)
@@ -742,6 +779,9 @@ def main(argv=None):
         progress.epoch += 1
 
         metrics = validate(accelerator, model, val_loader, val_correct_set)
+        for name, (loader, correct) in eval_sets.items():  # val_mrr -> asterisk_mrr, val_loss -> asterisk_loss, ...
+            extra = validate(accelerator, model, loader, correct)
+            metrics.update({f"{name}_{key.removeprefix('val_')}": value for key, value in extra.items() if key != "not_finite"})
         train_loss = accelerator.gather(torch.stack(epoch_losses).mean().reshape(1)).mean().item() if epoch_losses else float("nan")
         record = {"epoch": progress.epoch, "step": progress.step, "lr": scheduler.get_last_lr()[0],
                   "logit_scale": unwrapped.logit_scale.item(), "train_loss": train_loss, **metrics}
@@ -753,7 +793,8 @@ def main(argv=None):
             not_finite = f"epoch {progress.epoch}'s validation is not finite ({metrics['not_finite']})"
             break
         progress.best_val_loss = min(progress.best_val_loss, metrics["val_loss"])
-        score = metrics["val_mrr"] if args.metric_for_best_model == "mrr" else -metrics["val_loss"]
+        score = -metrics["val_loss"] if args.metric_for_best_model == "loss" else metrics[
+            "val_mrr" if args.metric_for_best_model == "mrr" else args.metric_for_best_model]
         if score > progress.best_score:
             progress.best_score = score
             progress.best_epoch = progress.epoch

@@ -447,3 +447,62 @@ def test_a_run_with_extra_training_data_trains_on_both(tiny_setup, tmp_path):
     assert "64 rows added to train, 0 left out" in result.stdout + result.stderr
     # The hubness bank holds one row per training pair: 64 of --train_data + 64 extra.
     assert json.loads((output / "training_summary.json").read_text())["hubness"]["bank_rows"] == 128
+
+
+def test_eval_data_is_validated_every_epoch_and_can_choose_the_best_epoch(tiny_setup, tmp_path):
+    """--eval_data real=PATH: its validation split is ranked every epoch (real_mrr, ...), and with
+    --metric_for_best_model real_mrr the exported epoch is the one with the best real_mrr, whose
+    figure is what the exported model scores on that split."""
+    from datasets import DatasetDict, load_from_disk
+
+    from data_clasp.features import CachedFeatures
+    from evaluation.protocols import retrieval_report
+    from modeling_clasp import ClaspModel
+
+    # Another validation set: the training rows' text embeddings with noisier speech (a "real" domain).
+    train = load_from_disk(tiny_setup / "features")["train"].select(range(24))
+    rng = np.random.default_rng(5)
+    noisy = train.map(lambda row: {"speech_embeds": (np.asarray(row["speech_embeds"]) + 0.8 * rng.standard_normal(
+        len(row["speech_embeds"]))).astype(np.float32), "text": "real " + row["text"]})
+    DatasetDict({"validation": noisy}).save_to_disk(tmp_path / "real")
+    (tmp_path / "real" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
+    output = tmp_path / "run"
+    result = subprocess.run(_train_command(tiny_setup, output, "--num_train_epochs", "4", "--eval_data",
+                                           f"real={tmp_path / 'real'}", "--metric_for_best_model", "real_mrr"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    summary = json.loads((output / "training_summary.json").read_text())
+    history = summary["history"]
+    assert all({"real_mrr", "real_loss", "real_text_to_audio_hits@1", "val_mrr"} <= set(h) for h in history)
+    best = max(history, key=lambda h: (h["real_mrr"], -h["epoch"]))
+    assert summary["best_epoch"] == best["epoch"] and summary["metric_for_best_model"] == "real_mrr"
+    model = ClaspModel.from_pretrained(output).eval()
+    cached = CachedFeatures(noisy, frames=False)
+    with torch.no_grad():
+        out = model(**cached.collate([cached[i] for i in range(len(cached))]))
+    report = retrieval_report(audio_embeds=out.audio_embeds, text_embeds=out.text_embeds, texts=noisy["text"], soft_k=2)
+    mrr = (report["audio_to_text"]["mrr"] + report["text_to_audio"]["mrr"]) / 2
+    assert mrr == pytest.approx(best["real_mrr"], rel=1e-5)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--eval_data", "Real=x"], "NAME in lower-case"),
+    (["--eval_data", "real"], "give NAME=PATH"),
+    (["--eval_data", "val=x"], "not 'val'"),
+    (["--eval_data", "a=x", "--eval_data", "a=y"], "given twice"),
+])
+def test_bad_eval_data_is_refused(argv, message):
+    from train_accelerate import parse_args
+
+    with pytest.raises(ValueError, match=message):
+        parse_args(["--train_data", "t", "--output_dir", "o", *argv])
+
+
+def test_metric_for_best_model_must_name_a_set(capsys):
+    from train_accelerate import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--train_data", "t", "--output_dir", "o", "--metric_for_best_model", "real_mrr"])
+    assert "choose from mrr, loss" in capsys.readouterr().err
+    assert parse_args(["--train_data", "t", "--output_dir", "o", "--eval_data", "real=x",
+                       "--metric_for_best_model", "real_mrr"]).eval_data == {"real": "x"}
