@@ -57,7 +57,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_clasp.features import MARKER, CachedFeatures
+from data_clasp.features import MARKER, CachedFeatures, OneViewPerClip
 from data_clasp.files import write_atomically
 from evaluation.hubness import BANK_FILE
 from modeling_clasp import gather_with_grad
@@ -671,7 +671,10 @@ def main(argv=None):
             check_cache_fits(path, model, processor, args.model, option)
         # Attention pooling and trainable top layers need the frames; else the cached mean is all the head needs.
         frames = model.config.speech_needs_frames
-        train_set, val_set = CachedFeatures(data["train"], frames), CachedFeatures(data["validation"], frames)
+        # An augmented cache (`clasp features --augment K`): one view of each clip per epoch.
+        train_set = (OneViewPerClip(data["train"], frames, args.seed) if "view" in data["train"].column_names
+                     else CachedFeatures(data["train"], frames))
+        val_set = CachedFeatures(data["validation"], frames)
         collate = train_set.collate
     else:
         train_set, val_set, collate = AudioPairs(data["train"]), AudioPairs(data["validation"]), audio_collate(processor)
@@ -744,6 +747,8 @@ def main(argv=None):
     model.train()
     while progress.epoch < num_epochs and not stop:
         train_loader.set_epoch(progress.epoch)
+        if isinstance(train_set, OneViewPerClip):  # accelerate sets the sampler's epoch, not the dataset's
+            train_set.set_epoch(progress.epoch)
         batches = accelerator.skip_first_batches(train_loader, batches_done_in_epoch) if batches_done_in_epoch else train_loader
         epoch_losses = []
         if progress.epoch == args.inject_nan_after_epoch:
@@ -820,7 +825,8 @@ def main(argv=None):
             export_best(accelerator, model, processor, args.output_dir)
             if args.hubness_bank:
                 hubness = write_hubness_bank(
-                    unwrapped, DataLoader(train_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
+                    unwrapped, DataLoader(getattr(train_set, "originals", train_set), batch_size=eval_batch,  # not the views
+                                          collate_fn=collate, num_workers=args.num_workers),
                     DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
                     val_correct_set, args.output_dir, accelerator.device)
             elif os.path.exists(os.path.join(args.output_dir, BANK_FILE)):  # an earlier run's: not this model's

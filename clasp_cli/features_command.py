@@ -62,8 +62,18 @@ def run(args) -> int:
     model.to("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16 if args.bf16 else torch.float32)
     output = args.output or os.path.join(args.data, "features-" + os.path.basename(os.path.normpath(args.model)))
     build_feature_cache(model, processor, data, output, splits=splits, batch_size=args.batch_size,
-                        chunk_size=args.chunk_size, model_name=args.model)
+                        chunk_size=args.chunk_size, model_name=args.model, augment=args.augment,
+                        augment_seed=args.augment_seed)
     return 0
+
+
+def copies(value: str) -> int:
+    """--augment's type: a count of 0 or more."""
+    import argparse
+
+    if not value.lstrip("-").isdigit() or int(value) < 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: the number of augmented copies of each train clip is 0 or more")
+    return int(value)
 
 
 def register(subparsers):
@@ -78,5 +88,10 @@ def register(subparsers):
     parser.add_argument("--speech-trainable-layers", type=int, default=None, metavar="K",
                         help="cache the hidden state entering the speech encoder's last K layers, for a model "
                              "that trains them (train_accelerate.py --speech_trainable_layers K); default: --model's")
+    parser.add_argument("--augment", type=copies, default=0, metavar="K",
+                        help="K augmented copies of each train clip (noise, room, speed, telephone; seeded by the "
+                             "clip, the copy and --augment-seed), one of which the trainer takes per clip and epoch; "
+                             "validation and test are left as they are (default 0: none)")
+    parser.add_argument("--augment-seed", type=int, default=0, help="seed of the augmented copies (default 0)")
     parser.add_argument("--bf16", action="store_true", help="run the backbones in bfloat16 (on a GPU; on a CPU it works but is slower)")
     parser.set_defaults(func=run)

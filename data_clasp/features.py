@@ -14,9 +14,13 @@ training: run them once, keep per row
 and train the fusion head on those (train_accelerate.py reads this cache).
 
 Each split is cut into chunks; every chunk goes through `datasets.map` with its own cache file,
-named by a fingerprint of (backbone weights, processor settings, dtype, dataset, chunk). A finished chunk is never computed
+named by a fingerprint of (backbone weights, processor settings, dtype, dataset, chunk; augmentation). A finished chunk is never computed
 again: a second run is free, and a run killed half-way resumes at the first unfinished chunk.
 Under `accelerate launch` the chunks are shared out between processes.
+
+`augment` = K (`clasp features --augment K`) adds K augmented views of each train clip (noise, a
+synthetic room, speed, a telephone line: data_clasp.augment) as extra rows; `OneViewPerClip` gives the
+trainer one view of each clip per epoch.
 """
 
 import hashlib
@@ -94,15 +98,27 @@ def cache_fingerprint(model, processor) -> dict:
     return {"fingerprint": hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16], **parts}
 
 
-def encode_rows(model, processor, batch_size: int):
-    """A `datasets.map` function: features of a batch of rows, shortest clips batched together."""
+def encode_rows(model, processor, batch_size: int, augment: int = 0, augment_seed: int = 0):
+    """A `datasets.map` function: features of a batch of rows, shortest clips batched together.
 
+    With `augment` = K > 0 each row becomes K + 1 rows, its clip's views 0..K (data_clasp.augment,
+    0 the clip itself), with the columns `view` and `augmentation` (what was applied; "" for view 0).
+    """
+
+    from data_clasp.augment import augmented_views
     from modeling_clasp.modeling_clasp import masked_mean
 
     @torch.no_grad()
     def encode(rows):
         clips = [audio["array"] for audio in rows["audio"]]
         rates = [audio["sampling_rate"] for audio in rows["audio"]]
+        source, views, applied = list(range(len(clips))), [0] * len(clips), [""] * len(clips)
+        if augment:  # row-major: row 0's views 0..K, then row 1's...
+            source, views, applied, expanded = [], [], [], []
+            for i, (clip, rate, text) in enumerate(zip(clips, rates, rows["text"])):
+                for view, (wave, description) in enumerate([(clip, "")] + augmented_views(clip, rate, text, augment, augment_seed)):
+                    source.append(i), views.append(view), applied.append(description), expanded.append(wave)
+            clips, rates = expanded, [rates[i] for i in source]
         order = np.argsort([len(c) for c in clips])  # length bucketing: little padding per model batch
         n = len(clips)
         speech, spectrogram, frames, weights = [None] * n, [None] * n, [None] * n, [None] * n
@@ -127,25 +143,43 @@ def encode_rows(model, processor, batch_size: int):
                 weights[i] = frame_weights[j, :real].numpy()
         text_inputs = {k: v.to(model.device) for k, v in processor.tokenize(rows["text"]).items()}
         text = model.get_text_features(**text_inputs).pooler_output.float().cpu().numpy()
-        return {"speech_embeds": speech, "spectrogram_embeds": spectrogram, "text_embeds": list(text),
-                "speech_frames": frames, "speech_frame_weights": weights}
+        features = {"speech_embeds": speech, "spectrogram_embeds": spectrogram, "text_embeds": [text[i] for i in source],
+                    "speech_frames": frames, "speech_frame_weights": weights}
+        return {**features, "view": views, "augmentation": applied} if augment else features
 
     return encode
 
 
 def build_feature_cache(model, processor, data, output_dir, splits=None, batch_size=16, chunk_size=256,
-                        model_name="", progress=True):
+                        model_name="", progress=True, augment=0, augment_seed=0):
     """Write the cache for `data` (a DatasetDict with `audio` and `text`) into `output_dir`.
 
     Returns the cache folder. `model` is a ClaspModel whose backbones produce the features.
+    `augment` = K > 0: the train split's rows are each followed by K augmented views of their clip
+    (data_clasp.augment, seeded by the clip, the view and `augment_seed`), with its metadata and the
+    columns `view` (0 the clip itself), `augmentation` (what was applied) and `clip` (the row's index
+    in `data["train"]`); other splits are not augmented. Raises ValueError for a negative `augment`.
     """
     from datasets import DatasetDict, concatenate_datasets, disable_progress_bars, enable_progress_bars
     from tqdm.auto import tqdm
 
+    from data_clasp.augment import settings_fingerprint
+
+    if augment < 0:
+        raise ValueError(f"augment={augment}: the number of augmented copies of a clip is 0 (none) or more")
     state = process_state()
     splits = splits or list(data)
     fingerprints = cache_fingerprint(model, processor)
     model_fp = fingerprints["fingerprint"]
+    copies = {split: augment if split == "train" else 0 for split in splits}
+    # A split's chunks are named by the features' fingerprint, and an augmented split's also by how it was
+    # augmented; the marker's fingerprint covers both (unchanged without augmentation: older caches stay valid).
+    split_fp = {split: model_fp if not copies[split] else hashlib.sha256(
+        f"{model_fp}/augment={augment}/seed={augment_seed}/{settings_fingerprint()}".encode()).hexdigest()[:16]
+        for split in splits}
+    if augment and "train" in splits:
+        fingerprints["fingerprint"] = split_fp["train"]
+    encoders = {split: encode_rows(model, processor, batch_size, copies[split], augment_seed) for split in splits}
     chunks_dir = os.path.join(output_dir, "chunks")
     os.makedirs(chunks_dir, exist_ok=True)
     if state.is_main_process:  # datasets' temporary files of chunks a killed run left unfinished
@@ -157,12 +191,11 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     if os.path.exists(marker):
         with open(marker) as f:
             done = json.load(f)
-        if done.get("fingerprint") == model_fp and done.get("data") == {s: data[s]._fingerprint for s in splits}:
+        if done.get("fingerprint") == fingerprints["fingerprint"] and done.get("data") == {s: data[s]._fingerprint for s in splits}:
             if state.is_main_process:
-                print(f"[features] {output_dir} is up to date (fingerprint {model_fp})")
+                print(f"[features] {output_dir} is up to date (fingerprint {fingerprints['fingerprint']})")
             return output_dir
 
-    encode = encode_rows(model, processor, batch_size)
     jobs = [(split, start) for split in splits for start in range(0, len(data[split]), chunk_size)]
     mine = jobs[state.process_index :: state.num_processes]
     started = time.perf_counter()
@@ -170,8 +203,8 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     try:
         for split, start in tqdm(mine, desc="features (chunks)", disable=not (progress and state.is_local_main_process)):
             rows = data[split].select(range(start, min(start + chunk_size, len(data[split]))))
-            fingerprint = hashlib.sha256(f"{model_fp}/{rows._fingerprint}".encode()).hexdigest()[:16]
-            rows.map(encode, batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
+            fingerprint = hashlib.sha256(f"{split_fp[split]}/{rows._fingerprint}".encode()).hexdigest()[:16]
+            rows.map(encoders[split], batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
                      cache_file_name=os.path.join(chunks_dir, f"{split}-{start:08d}-{fingerprint}.arrow"),
                      new_fingerprint=fingerprint, load_from_cache_file=True)
     finally:
@@ -186,12 +219,15 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         parts = []
         for start in range(0, len(data[split]), chunk_size):
             rows = data[split].select(range(start, min(start + chunk_size, len(data[split]))))
-            fingerprint = hashlib.sha256(f"{model_fp}/{rows._fingerprint}".encode()).hexdigest()[:16]
-            parts.append(rows.map(encode, batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
+            fingerprint = hashlib.sha256(f"{split_fp[split]}/{rows._fingerprint}".encode()).hexdigest()[:16]
+            parts.append(rows.map(encoders[split], batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
                                   cache_file_name=os.path.join(chunks_dir, f"{split}-{start:08d}-{fingerprint}.arrow"),
                                   new_fingerprint=fingerprint, load_from_cache_file=True))
         features = concatenate_datasets(parts)
         metadata = data[split].remove_columns([c for c in ("audio",) if c in data[split].column_names])
+        if copies[split]:  # each row's metadata for each of its views
+            clip = np.repeat(np.arange(len(metadata)), copies[split] + 1)
+            metadata = metadata.select(clip).flatten_indices().add_column("clip", clip)
         assembled[split] = concatenate_datasets([metadata, features], axis=1)
     if os.path.exists(marker):  # an outdated cache: while its files are swapped it must not look finished
         os.remove(marker)
@@ -207,9 +243,11 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     info = {
         **fingerprints, "model": model_name, "data": {s: data[s]._fingerprint for s in splits},
         "speech_trainable_layers": model.config.speech_trainable_layers,
-        "rows": {s: len(data[s]) for s in splits}, "seconds": time.perf_counter() - started,
+        "rows": {s: len(assembled[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }
+    if augment:
+        info.update(augment=augment, augment_seed=augment_seed)
     write_atomically(marker, json.dumps(info, indent=2))
     print(f"[features] wrote {output_dir}: " + ", ".join(f"{s} {n} rows" for s, n in info["rows"].items())
           + f" in {info['seconds']:.0f} s")
@@ -274,4 +312,39 @@ class CachedFeatures(torch.utils.data.Dataset):
         return batch
 
 
-__all__ = ["build_feature_cache", "backbone_fingerprint", "processor_fingerprint", "cache_fingerprint", "CachedFeatures", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS"]
+class OneViewPerClip(torch.utils.data.Dataset):
+    """The train split of an augmented cache (`clasp features --augment K`) as one row per clip.
+
+    Each epoch takes one of every clip's K + 1 views (the clip itself and its augmented copies),
+    drawn uniformly by a generator seeded by (`seed`, epoch) alone: every process and a resumed run
+    draw the same. One view per clip keeps an epoch as long as the clips, and keeps a sentence out of
+    its own negatives (the contrastive loss takes every other row of a batch as one). Call
+    `set_epoch(epoch)` before each epoch. `originals` holds the views 0 (the clips as recorded), in order.
+    Rows and `collate` as CachedFeatures'; `split` needs the cache's `clip` and `view` columns.
+    """
+
+    def __init__(self, split, frames: bool = False, seed: int = 0):
+        missing = [c for c in ("clip", "view") if c not in split.column_names]
+        if missing:
+            raise ValueError(f"the feature cache's split has no {missing}: it was not built with `clasp features --augment`")
+        self.rows, self.seed = CachedFeatures(split, frames), seed
+        self.collate = self.rows.collate
+        clips, views = np.asarray(split["clip"]), np.asarray(split["view"])
+        self.order = np.argsort(clips, kind="stable")  # rows grouped by clip
+        _, self.starts, self.counts = np.unique(clips[self.order], return_index=True, return_counts=True)
+        self.originals = torch.utils.data.Subset(self.rows, np.flatnonzero(views == 0).tolist())
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        drawn = np.random.default_rng([self.seed, epoch]).integers(self.counts)  # a view of each clip
+        self.index = self.order[self.starts + drawn]
+
+    def __len__(self):
+        return len(self.starts)
+
+    def __getitem__(self, index):
+        return self.rows[int(self.index[index])]
+
+
+__all__ = ["build_feature_cache", "backbone_fingerprint", "processor_fingerprint", "cache_fingerprint", "CachedFeatures",
+           "OneViewPerClip", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS"]
