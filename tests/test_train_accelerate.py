@@ -506,3 +506,40 @@ def test_metric_for_best_model_must_name_a_set(capsys):
     assert "choose from mrr, loss" in capsys.readouterr().err
     assert parse_args(["--train_data", "t", "--output_dir", "o", "--eval_data", "real=x",
                        "--metric_for_best_model", "real_mrr"]).eval_data == {"real": "x"}
+
+
+def test_an_augmented_cache_trains_on_one_view_per_clip_in_every_process(tiny_setup, tmp_path):
+    """A `clasp features --augment 2` cache: an epoch has as many rows as clips (one view each), 2
+    processes × 4 draw the same views as 1 process × 8 (the same losses), and the hubness bank holds
+    the clips as recorded (views 0)."""
+    from datasets import Features, Value, load_from_disk
+
+    features = tmp_path / "features"
+    cached = load_from_disk(tiny_setup / "features")
+    train = cached["train"].to_dict()
+    rng, clips = np.random.default_rng(5), len(cached["train"])
+    rows = {name: [] for name in [*train, "clip", "view", "augmentation"]}
+    for i in range(clips):
+        for view in range(3):  # views: the clip's features moved a little, as augmentation moves them
+            for name, values in train.items():
+                value = np.asarray(values[i])
+                moved = view and name in ("speech_embeds", "spectrogram_embeds", "speech_frames")
+                rows[name].append((value + 0.3 * rng.standard_normal(value.shape)).tolist() if moved else values[i])
+            rows["clip"].append(i), rows["view"].append(view), rows["augmentation"].append("noise:10.0dB:white" if view else "")
+    columns = Features({**cached["train"].features, "clip": Value("int64"), "view": Value("int64"), "augmentation": Value("string")})
+    DatasetDict({"train": Dataset.from_dict(rows, features=columns), "validation": cached["validation"]}).save_to_disk(features)
+    (features / "clasp_features.json").write_text(json.dumps({"model": "tiny", "augment": 2}))
+
+    same = ("--num_train_epochs", "2", "--config_overrides", "fusion_dropout=[0.0,0.0]")
+    two, one = tmp_path / "two", tmp_path / "one"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    for command in (launch + _train_command(tiny_setup, two, *same, "--per_device_train_batch_size", "4")[1:],
+                    _train_command(tiny_setup, one, *same)):
+        command[command.index("--train_data") + 1] = str(features)
+        result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+    summary, expected = (json.loads((out / "training_summary.json").read_text()) for out in (two, one))
+    assert summary["steps"] == expected["steps"] == 16  # 64 clips / 8 × 2 epochs, not 192 rows
+    assert [h["train_loss"] for h in summary["history"]] == pytest.approx([h["train_loss"] for h in expected["history"]], rel=1e-5)
+    assert summary["hubness"]["bank_rows"] == 64
