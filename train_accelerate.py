@@ -747,7 +747,7 @@ def main(argv=None):
     model.train()
     while progress.epoch < num_epochs and not stop:
         train_loader.set_epoch(progress.epoch)
-        if isinstance(train_set, OneViewPerClip):  # accelerate sets the sampler's epoch, not the dataset's
+        if isinstance(train_set, OneViewPerClip):  # accelerate calls a dataset's set_epoch in one process only
             train_set.set_epoch(progress.epoch)
         batches = accelerator.skip_first_batches(train_loader, batches_done_in_epoch) if batches_done_in_epoch else train_loader
         epoch_losses = []

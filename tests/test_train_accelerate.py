@@ -534,12 +534,22 @@ def test_an_augmented_cache_trains_on_one_view_per_clip_in_every_process(tiny_se
     two, one = tmp_path / "two", tmp_path / "one"
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # The one-process run notes which cache row each training example was (the trainer run as it is).
+    served = tmp_path / "served.json"
+    spy = ("import json, sys\nfrom data_clasp.features import OneViewPerClip\nrows = []\n"
+           "get = OneViewPerClip.__getitem__\nOneViewPerClip.__getitem__ = lambda self, i: rows.append(int(self.index[i])) or get(self, i)\n"
+           f"import train_accelerate\ntrain_accelerate.main()\nopen({str(served)!r}, 'w').write(json.dumps(rows))\n")
     for command in (launch + _train_command(tiny_setup, two, *same, "--per_device_train_batch_size", "4")[1:],
-                    _train_command(tiny_setup, one, *same)):
+                    [sys.executable, "-c", spy, *_train_command(tiny_setup, one, *same)[2:]]):
         command[command.index("--train_data") + 1] = str(features)
         result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, result.stderr[-4000:]
     summary, expected = (json.loads((out / "training_summary.json").read_text()) for out in (two, one))
     assert summary["steps"] == expected["steps"] == 16  # 64 clips / 8 × 2 epochs, not 192 rows
+    epochs = np.array(json.loads(served.read_text())).reshape(2, clips)  # rows are clip-major: clip × 3 + view
+    for epoch in epochs:
+        assert sorted(epoch // 3) == list(range(clips))  # one view of every clip
+    views = [dict(zip(epoch // 3, epoch % 3)) for epoch in epochs]
+    assert views[0] != views[1] and set(views[0].values()) == {0, 1, 2}  # drawn again each epoch
     assert [h["train_loss"] for h in summary["history"]] == pytest.approx([h["train_loss"] for h in expected["history"]], rel=1e-5)
     assert summary["hubness"]["bank_rows"] == 64
