@@ -108,6 +108,8 @@ def encode_rows(model, processor, batch_size: int, augment: int = 0, augment_see
     from data_clasp.augment import augmented_views
     from modeling_clasp.modeling_clasp import masked_mean
 
+    limit = processor.feature_extractor.max_samples  # Whisper's 30 s, at the extractor's rate
+
     @torch.no_grad()
     def encode(rows):
         clips = [audio["array"] for audio in rows["audio"]]
@@ -117,6 +119,9 @@ def encode_rows(model, processor, batch_size: int, augment: int = 0, augment_see
             source, views, applied, expanded = [], [], [], []
             for i, (clip, rate, text) in enumerate(zip(clips, rates, rows["text"])):
                 for view, (wave, description) in enumerate([(clip, "")] + augmented_views(clip, rate, text, augment, augment_seed)):
+                    if limit is not None and len(wave) > limit * rate // processor.feature_extractor.sampling_rate:
+                        # a slowed-down view of a clip near the encoder's limit: cut there, as the encoder would refuse it
+                        wave, description = wave[: limit * rate // processor.feature_extractor.sampling_rate], description + ",cut"
                     source.append(i), views.append(view), applied.append(description), expanded.append(wave)
             clips, rates = expanded, [rates[i] for i in source]
         order = np.argsort([len(c) for c in clips])  # length bucketing: little padding per model batch
@@ -177,7 +182,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     split_fp = {split: model_fp if not copies[split] else hashlib.sha256(
         f"{model_fp}/augment={augment}/seed={augment_seed}/{settings_fingerprint()}".encode()).hexdigest()[:16]
         for split in splits}
-    if augment and "train" in splits:
+    if copies.get("train"):
         fingerprints["fingerprint"] = split_fp["train"]
     encoders = {split: encode_rows(model, processor, batch_size, copies[split], augment_seed) for split in splits}
     chunks_dir = os.path.join(output_dir, "chunks")
@@ -246,7 +251,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         "rows": {s: len(assembled[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }
-    if augment:
+    if copies.get("train"):
         info.update(augment=augment, augment_seed=augment_seed)
     write_atomically(marker, json.dumps(info, indent=2))
     print(f"[features] wrote {output_dir}: " + ", ".join(f"{s} {n} rows" for s, n in info["rows"].items())

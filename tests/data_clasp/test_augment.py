@@ -249,6 +249,22 @@ def test_another_k_or_seed_rebuilds_the_train_chunks_only(setup, tmp_path, monke
     assert sum(calls) == 5 and "view" not in load_from_disk(cache)["train"].column_names
 
 
+def test_a_slowed_down_view_of_a_clip_at_the_encoders_limit_is_cut_there(setup, tmp_path):
+    """Speed 0.9 makes a clip 11 % longer: at Whisper's 30 s (here a limit of 0.5 s) the encoder would refuse it."""
+    import copy
+
+    root, data, model, processor = setup
+    limited = copy.deepcopy(processor)
+    limited.feature_extractor.max_samples = RATE // 2
+    rows = Dataset.from_dict({"audio": [{"array": tone(0.5, freq=200 + 30 * i, seed=i), "sampling_rate": RATE} for i in range(4)],
+                              "text": TEXTS[:4]}).cast_column("audio", Audio(sampling_rate=RATE))
+    cache = build_feature_cache(model, limited, DatasetDict({"train": rows}), str(tmp_path / "cache"), progress=False,
+                                augment=3, augment_seed=1)
+    applied = list(load_from_disk(cache)["train"]["augmentation"])
+    assert any("speed:0.9" in a and a.endswith(",cut") for a in applied), applied
+    assert not any("speed:1." in a and a.endswith(",cut") for a in applied), applied
+
+
 def test_a_negative_number_of_copies_is_refused(setup, tmp_path, capsys):
     from clasp_cli.main import main
 
