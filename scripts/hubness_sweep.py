@@ -56,6 +56,8 @@ def main(argv=None):
     started = time.perf_counter()
     model = ClaspModel.from_pretrained(args.model).eval()
     data = load_from_disk(args.features)
+    if "view" in data["train"].column_names:  # `clasp features --augment`: the bank holds the clips as recorded
+        data["train"] = data["train"].filter(lambda view: view == 0, input_columns="view")
     embeds = {name: embed_split(model, data[name]) for name in ("train", "validation", "test")}
     bank = {"audio_embeds": embeds["train"][0], "text_embeds": embeds["train"][1]}
     print(f"embedded {', '.join(f'{n} {len(e[0])}' for n, e in embeds.items())} rows in {time.perf_counter() - started:.0f} s")
