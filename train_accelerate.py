@@ -7,7 +7,8 @@
 
 Two modes share one model forward:
   cached features (the paper's setting): `--train_data` is a `clasp features` cache; the frozen
-      backbones ran once, only the fusion head trains. Fast.
+      backbones ran once, only the fusion head trains. Fast. An augmented cache (`clasp features
+      --augment K`) gives each epoch one view of every clip, drawn by --seed and the epoch.
   end to end: `--train_data` is a `clasp data` dataset with audio; the backbones run every step
       (frozen or not, see --unfreeze_speech_encoder).
 

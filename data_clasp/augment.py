@@ -17,7 +17,7 @@ probability (at least one per view), in the order a recording meets them:
 What a view draws depends only on (the clip, its view number, the seed): `view_generator` seeds a
 torch.Generator from their SHA-256, so a view is the same whichever worker, chunk or resumed run
 computes it. The clip is identified by its samples and its text (`clip_identity`), not by a file
-path, which may move. `describe` strings record what was applied, e.g. "speed:1.07,rir:0.41s,noise:12.3dB:pink".
+path, which may move. Each view's description says what was applied, e.g. "speed:1.07,rir:0.41s,noise:12.3dB:pink".
 
 Library: torchaudio.functional (already a dependency: the processor resamples with it), for the
 signal processing, each a documented, tested function: `speed`, `resample`, `fftconvolve`,
@@ -97,7 +97,7 @@ def augment(waveform, sampling_rate: int, generator, probability: dict | None = 
     `waveform` is a mono clip (numpy or torch, [samples], any rate); `probability` overrides
     SETTINGS["probability"] per transform (tests force one). Every parameter is drawn, in a fixed
     order, whether its transform applies or not, so each draw stays the same when another changes.
-    If no transform drew, the first of `probability`'s highest is applied: a view is never the original.
+    If no transform drew, the most probable one is applied: a view is never the clip as it was.
     """
     probability = {**SETTINGS["probability"], **(probability or {})}
     g = generator
