@@ -265,6 +265,19 @@ def test_a_slowed_down_view_of_a_clip_at_the_encoders_limit_is_cut_there(setup, 
     assert not any("speed:1." in a and a.endswith(",cut") for a in applied), applied
 
 
+def test_clasp_features_augment_command(setup, tmp_path):
+    from clasp_cli.main import main
+
+    root, data, model, processor = setup
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    data.save_to_disk(str(tmp_path / "data"))
+    assert main(["features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
+                 "--output", str(tmp_path / "features"), "--augment", "1", "--augment-seed", "4"]) == 0
+    marker = json.loads((tmp_path / "features" / MARKER).read_text())
+    assert (marker["augment"], marker["augment_seed"], marker["rows"]) == (1, 4, {"train": 10, "validation": 2})
+
+
 def test_a_negative_number_of_copies_is_refused(setup, tmp_path, capsys):
     from clasp_cli.main import main
 
