@@ -58,7 +58,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_clasp.features import MARKER, CachedFeatures, OneViewPerClip
+from data_clasp.features import MARKER, VIEW_COLUMNS, CachedFeatures, OneViewPerClip
 from data_clasp.files import write_atomically
 from evaluation.hubness import BANK_FILE
 from modeling_clasp import gather_with_grad
@@ -189,11 +189,14 @@ def add_extra_training_data(data, mode, paths):
     sentences in other voices, another corpus) that cannot leak a held-out sentence.
 
     Returns (data, {path: (rows added, rows left out)}). Raises ValueError if a folder is of the
-    other kind ('cached' vs 'audio') or lacks a column that the train split has."""
+    other kind ('cached' vs 'audio') or lacks a column that the train split has. Augmented caches
+    (`clasp features --augment`) keep their views grouped by clip, each folder's clips apart; a row
+    without views is a clip of one view."""
     from datasets import concatenate_datasets
 
     key = "group" if "group" in data["train"].column_names else "text"  # a cache made by hand may have no groups
     held_out = {g for split in ("validation", "test") if split in data for g in data[split][key]}
+    columns = [c for c in data["train"].column_names if c not in VIEW_COLUMNS]
     parts, counts = [data["train"]], {}
     for path in paths:
         extra_mode, extra = load_training_data(path, "--extra_train_data", required=())
@@ -202,14 +205,25 @@ def add_extra_training_data(data, mode, paths):
                              f"--train_data is not: give both as `clasp features` caches or both as datasets")
         added = 0
         for split in extra.values():
-            missing = set(data["train"].column_names) - set(split.column_names)
+            missing = set(columns) - set(split.column_names)
             if missing:
                 raise ValueError(f"--extra_train_data {path}: no column(s) {', '.join(sorted(missing))} "
                                  f"that --train_data's train split has")
             kept = split.filter(lambda group: group not in held_out, input_columns=key)
-            parts.append(kept.select_columns(data["train"].column_names))
+            parts.append(kept.select_columns(columns + [c for c in VIEW_COLUMNS if c in kept.column_names]))
             added += len(kept)
         counts[path] = (added, sum(map(len, extra.values())) - added)
+    if any("view" in part.column_names for part in parts):  # augmented: views grouped by clip, each folder's apart
+        first = 0
+        for i, part in enumerate(parts):
+            augmented = "view" in part.column_names
+            clips = np.asarray(part["clip"]) if augmented else np.arange(len(part))
+            views = {"clip": first + clips, "view": np.asarray(part["view"]) if augmented else np.zeros(len(part), np.int64),
+                     "augmentation": list(part["augmentation"]) if augmented else [""] * len(part)}
+            parts[i] = part.select_columns(columns)
+            for name, values in views.items():
+                parts[i] = parts[i].add_column(name, values)
+            first += int(clips.max()) + 1 if len(clips) else 0
     data["train"] = concatenate_datasets(parts)
     return data, counts
 

@@ -38,6 +38,7 @@ from data_clasp.processes import process_state
 MARKER = "clasp_features.json"  # the finished-cache marker (the trainer reads this name)
 FEATURE_COLUMNS = ("speech_embeds", "spectrogram_embeds", "text_embeds")
 FRAME_COLUMNS = ("speech_frames", "speech_frame_weights")
+VIEW_COLUMNS = ("clip", "view", "augmentation")  # of an augmented train split (`clasp features --augment`)
 
 
 def backbone_fingerprint(model) -> str:
@@ -329,7 +330,7 @@ class OneViewPerClip(torch.utils.data.Dataset):
     """
 
     def __init__(self, split, frames: bool = False, seed: int = 0):
-        missing = [c for c in ("clip", "view") if c not in split.column_names]
+        missing = [c for c in VIEW_COLUMNS[:2] if c not in split.column_names]
         if missing:
             raise ValueError(f"the feature cache's split has no {missing}: it was not built with `clasp features --augment`")
         self.rows, self.seed = CachedFeatures(split, frames), seed
@@ -352,4 +353,4 @@ class OneViewPerClip(torch.utils.data.Dataset):
 
 
 __all__ = ["build_feature_cache", "backbone_fingerprint", "processor_fingerprint", "cache_fingerprint", "CachedFeatures",
-           "OneViewPerClip", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS"]
+           "OneViewPerClip", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS", "VIEW_COLUMNS"]

@@ -553,3 +553,43 @@ def test_an_augmented_cache_trains_on_one_view_per_clip_in_every_process(tiny_se
     assert views[0] != views[1] and set(views[0].values()) == {0, 1, 2}  # drawn again each epoch
     assert [h["train_loss"] for h in summary["history"]] == pytest.approx([h["train_loss"] for h in expected["history"]], rel=1e-5)
     assert summary["hubness"]["bank_rows"] == 64
+
+
+def test_extra_training_data_keeps_augmented_views_grouped_by_clip_and_each_folders_clips_apart(tmp_path):
+    """--extra_train_data beside an augmented cache: the clips of each folder stay apart (clip 0 of one
+    cache is not clip 0 of another), a row without views is a clip of its own, and an epoch takes one
+    row of each."""
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    from data_clasp.features import OneViewPerClip
+    from train_accelerate import add_extra_training_data
+
+    def rows(groups, tag, views=0):
+        n = len(groups) * (views + 1)
+        columns = {"text": [f"{tag} {g}" for g in groups for _ in range(views + 1)],
+                   "group": [g for g in groups for _ in range(views + 1)],
+                   "speech_embeds": [[1.0, 0.0]] * n, "spectrogram_embeds": [[1.0]] * n, "text_embeds": [[0.0, 1.0]] * n}
+        if views:
+            columns |= {"clip": [c for c in range(len(groups)) for _ in range(views + 1)],
+                        "view": list(range(views + 1)) * len(groups),
+                        "augmentation": ["", *["noise:9.0dB:white"] * views] * len(groups)}
+        return Dataset.from_dict(columns)
+
+    for name, splits in {"primary": {"train": rows(["a", "b"], "p", views=2), "validation": rows(["v"], "p")},
+                         "augmented": {"train": rows(["c", "d", "v"], "x", views=1), "validation": rows(["e"], "x")},
+                         "plain": {"train": rows(["f", "g"], "y")}}.items():
+        DatasetDict(splits).save_to_disk(tmp_path / name)
+        (tmp_path / name / "clasp_features.json").write_text("{}")
+    data, counts = add_extra_training_data(load_from_disk(tmp_path / "primary"), "cached",
+                                           [str(tmp_path / "augmented"), str(tmp_path / "plain")])
+    train = data["train"].to_dict()
+    assert counts == {str(tmp_path / "augmented"): (5, 2), str(tmp_path / "plain"): (2, 0)}
+    assert train["text"] == ["p a"] * 3 + ["p b"] * 3 + ["x c"] * 2 + ["x d"] * 2 + ["x e", "y f", "y g"]
+    assert train["clip"] == [0, 0, 0, 1, 1, 1, 2, 2, 3, 3, 4, 5, 6]
+    assert train["view"] == [0, 1, 2, 0, 1, 2, 0, 1, 0, 1, 0, 0, 0]
+    assert train["augmentation"][-3:] == ["", "", ""] and train["augmentation"][7] == "noise:9.0dB:white"
+    assert len(OneViewPerClip(data["train"])) == 7
+
+    # A plain --train_data beside an augmented extra cache: its rows are clips of one view.
+    data, _ = add_extra_training_data(load_from_disk(tmp_path / "plain"), "cached", [str(tmp_path / "augmented")])
+    assert data["train"]["clip"][:] == [0, 1, 2, 2, 3, 3, 4, 4, 5]
