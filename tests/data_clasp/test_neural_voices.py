@@ -35,8 +35,9 @@ def test_parse_engines():
         neural_voices.parse_engines("espeak,festival")
     with pytest.raises(ValueError, match="weight of piper is not a number"):
         neural_voices.parse_engines("piper:x")
-    with pytest.raises(ValueError, match="must be > 0"):
-        neural_voices.parse_engines("piper:0")
+    for weight in ("0", "-1", "nan", "inf"):  # inf: random.choices would say "Total of weights must be finite"
+        with pytest.raises(ValueError, match="weight of piper must be a finite number > 0"):
+            neural_voices.parse_engines(f"piper:{weight}")
     with pytest.raises(ValueError, match="no engine"):
         neural_voices.parse_engines(" , ")
 
@@ -123,3 +124,40 @@ def test_from_manifest_keeps_groups_splits_and_translations(sentences, tmp_path)
 def test_from_manifest_refuses_splits_without_it(tmp_path, capsys):
     assert clasp(["data", "synth", "--splits", "train", "--output", str(tmp_path / "x")]) != 0
     assert "--splits needs --from-manifest" in capsys.readouterr().err
+
+
+def write_manifest(path, rows):
+    """A hand-written manifest: (language, text, split) rows; the audio is never read by --from-manifest."""
+    path.write_text("".join(json.dumps({"audio": f"clips/{i}.wav", "text": text, "language": language, "group": f"g{i}",
+                                        **({"split": split} if split else {})}) + "\n"
+                            for i, (language, text, split) in enumerate(rows)), encoding="utf-8")
+    return path
+
+
+def test_from_manifest_names_a_bad_split_instead_of_building_nothing(tmp_path):
+    path = write_manifest(tmp_path / "m.jsonl", [("en", "One two three.", "train"), ("en", "Four five six.", "validation")])
+    with pytest.raises(ValueError, match="unknown split 'training'"):
+        sentences_of_manifest(path, ["training"])
+    with pytest.raises(ValueError, match="no rows of split.s. test"):
+        sentences_of_manifest(path, ["test"])
+    spoken, split_of, _ = sentences_of_manifest(path, ["dev"])  # an alias, as in a manifest's split column
+    assert [s.text for s in spoken] == ["Four five six."] and split_of == {"g1": "validation"}
+    unsplit = write_manifest(tmp_path / "unsplit.jsonl", [("en", "One two three.", "train"), ("en", "Four five six.", None)])
+    with pytest.raises(ValueError, match=r"unsplit.jsonl:2 .*no split; --from-manifest keeps the manifest's splits"):
+        sentences_of_manifest(unsplit)
+
+
+def test_from_manifest_speaks_every_sentence_of_the_manifests_languages_by_default(tmp_path, recwarn):
+    """Without --languages / --per-language, --from-manifest speaks all its sentences (before: the
+    8 default languages, 200 sentences each: Dutch was dropped, and a 500-sentence language cut)."""
+    rows = [("en", "The weather is lovely.", "train"), ("nl", "Het weer is heerlijk vanochtend.", "train"),
+            ("en", "Please close the door.", "train"), ("en", "The train leaves at noon.", "test")]
+    path = write_manifest(tmp_path / "m.jsonl", rows)
+    assert clasp(["data", "synth", "--from-manifest", str(path), "--workers", "1", "--output", str(tmp_path / "out")]) == 0
+    assert sorted((r["language"], r["text"], r["split"]) for r in manifest(tmp_path / "out")) == sorted(rows)
+    assert not [w for w in recwarn if "sentences for" in str(w.message)]  # no "only 0 sentences for es"
+
+
+def test_per_language_none_speaks_every_sentence(sentences, tmp_path):
+    run(sentences, tmp_path, languages=["en", "de"], per_language=None)
+    assert sorted(r["text"] for r in manifest(tmp_path)) == sorted(s.text for s in sentences if s.language in ("en", "de"))
