@@ -164,7 +164,9 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     `augment` = K > 0: the train split's rows are each followed by K augmented views of their clip
     (data_clasp.augment, seeded by the clip, the view and `augment_seed`), with its metadata and the
     columns `view` (0 the clip itself), `augmentation` (what was applied) and `clip` (the row's index
-    in `data["train"]`); other splits are not augmented. Raises ValueError for a negative `augment`.
+    in `data["train"]`); other splits are not augmented. An empty split is left out of the cache.
+    Raises ValueError for a negative `augment`, for `augment` > 0 when `splits` leave out train, and
+    when every split is empty.
     """
     from datasets import DatasetDict, concatenate_datasets, disable_progress_bars, enable_progress_bars
     from tqdm.auto import tqdm
@@ -175,6 +177,12 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
         raise ValueError(f"augment={augment}: the number of augmented copies of a clip is 0 (none) or more")
     state = process_state()
     splits = splits or list(data)
+    if augment and "train" not in splits:
+        raise ValueError(f"augment={augment}: only the train split is augmented, and the splits {splits} leave it out")
+    # An empty split has no features (`clasp data synth --from-manifest --splits train` leaves two empty).
+    splits = [split for split in splits if len(data[split])]
+    if not splits:
+        raise ValueError("no rows to cache: every split is empty")
     fingerprints = cache_fingerprint(model, processor)
     model_fp = fingerprints["fingerprint"]
     copies = {split: augment if split == "train" else 0 for split in splits}

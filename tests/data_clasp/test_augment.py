@@ -290,6 +290,14 @@ def test_a_negative_number_of_copies_is_refused(setup, tmp_path, capsys):
     assert "argument --augment: '-1'" in capsys.readouterr().err
 
 
+def test_augmenting_splits_without_train_is_refused(setup, tmp_path):
+    """`--augment 2 --splits validation` augmented nothing, silently."""
+    root, data, model, processor = setup
+    with pytest.raises(ValueError, match=r"augment=2: only the train split is augmented, and the splits \['validation'\]"):
+        build_feature_cache(model, processor, data, str(tmp_path / "cache"), splits=["validation"], progress=False, augment=2)
+    assert not (tmp_path / "cache" / MARKER).exists()
+
+
 # ---- the trainer's view of each clip --------------------------------------------------------------
 
 

@@ -47,6 +47,18 @@ def test_cache_holds_the_models_own_branch_features(setup):
     assert json.loads((root / "cache" / MARKER).read_text())["rows"] == {"train": 5, "validation": 2}
 
 
+def test_an_empty_split_is_left_out_of_the_cache(setup, tmp_path):
+    """`clasp data synth --from-manifest --splits train` makes empty validation and test splits;
+    the cache of that dataset failed ("Unable to concatenate an empty list of datasets")."""
+    root, data, model, processor = setup
+    with_empty = DatasetDict({"train": data["train"], "validation": data["validation"].select([]), "test": data["validation"]})
+    cache = load_from_disk(build_feature_cache(model, processor, with_empty, str(tmp_path / "cache"), progress=False))
+    assert {split: len(rows) for split, rows in cache.items()} == {"train": 5, "test": 2}
+    assert json.loads((tmp_path / "cache" / MARKER).read_text())["rows"] == {"train": 5, "test": 2}
+    with pytest.raises(ValueError, match="every split is empty"):
+        build_feature_cache(model, processor, DatasetDict({"train": data["train"].select([])}), str(tmp_path / "none"))
+
+
 def test_second_run_is_free_and_an_interrupted_run_resumes(setup, monkeypatch):
     root, data, model, processor = setup
     cache = str(root / "cache2")
