@@ -123,6 +123,11 @@ def parse_args(argv=None):
     parser.add_argument("--inject_nan_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.eval_data = parse_eval_data(args.eval_data)
+    given = [os.path.realpath(path) for path in [args.train_data, *args.extra_train_data]]
+    for i, path in enumerate(args.extra_train_data, 1):
+        if given[i] in given[:i]:
+            raise ValueError(f"--extra_train_data {path}: given already (as --train_data or before); its rows would "
+                             f"train twice, each its own negative")
     allowed = ["mrr", "loss"] + [f"{name}_mrr" for name in args.eval_data]
     if args.metric_for_best_model not in allowed:
         parser.error(f"--metric_for_best_model {args.metric_for_best_model}: choose from {', '.join(allowed)}")
@@ -170,7 +175,8 @@ def audio_collate(processor):
 
 
 def load_training_data(path, option="--train_data", required=("train", "validation")):
-    """('cached' | 'audio', DatasetDict)."""
+    """('cached' | 'audio', DatasetDict). Raises FileNotFoundError for a missing folder, ValueError
+    when a split of `required` is missing or empty."""
     from datasets import load_from_disk
 
     if not os.path.isdir(path):
@@ -178,8 +184,9 @@ def load_training_data(path, option="--train_data", required=("train", "validati
     mode = "cached" if os.path.exists(os.path.join(path, MARKER)) else "audio"
     data = load_from_disk(path if mode == "cached" or not os.path.isdir(os.path.join(path, "dataset")) else os.path.join(path, "dataset"))
     for split in required:
-        if split not in data:
-            raise ValueError(f"{option} {path}: needs a '{split}' split, found {sorted(data)}")
+        if split not in data or len(data[split]) == 0:
+            raise ValueError(f"{option} {path}: needs a '{split}' split with rows, found "
+                             + ", ".join(f"{name} ({len(rows)} rows)" for name, rows in sorted(data.items())))
     return mode, data
 
 

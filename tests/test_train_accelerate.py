@@ -498,6 +498,28 @@ def test_bad_eval_data_is_refused(argv, message):
         parse_args(["--train_data", "t", "--output_dir", "o", *argv])
 
 
+@pytest.mark.parametrize("extra", [["features"], ["./features/"], ["other", "other"]])
+def test_extra_training_data_given_twice_is_refused(extra):
+    """The same folder as --train_data (or twice): every train row would be there twice, silently."""
+    from train_accelerate import parse_args
+
+    with pytest.raises(ValueError, match=f"--extra_train_data {extra[-1]}: given already"):
+        parse_args(["--train_data", "features", "--output_dir", "o", "--extra_train_data", *extra])
+
+
+def test_an_empty_validation_split_is_named(tmp_path):
+    """An --eval_data (or --train_data) dataset whose validation split has no rows (a `clasp data synth
+    --from-manifest --splits train` dataset) failed with "zero-size array to reduction operation maximum"."""
+    from train_accelerate import load_training_data
+
+    rows = Dataset.from_dict({"text": ["a", "b"]})
+    empty = Dataset.from_dict({"text": []}, features=rows.features)
+    DatasetDict({"train": rows, "validation": empty}).save_to_disk(tmp_path / "data", num_shards={"validation": 1})
+    with pytest.raises(ValueError, match=r"--eval_data real= .*data: needs a 'validation' split with rows, found "
+                                         r"train \(2 rows\), validation \(0 rows\)"):
+        load_training_data(str(tmp_path / "data"), "--eval_data real=", required=("validation",))
+
+
 def test_metric_for_best_model_must_name_a_set(capsys):
     from train_accelerate import parse_args
 
