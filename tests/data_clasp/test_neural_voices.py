@@ -161,3 +161,14 @@ def test_from_manifest_speaks_every_sentence_of_the_manifests_languages_by_defau
 def test_per_language_none_speaks_every_sentence(sentences, tmp_path):
     run(sentences, tmp_path, languages=["en", "de"], per_language=None)
     assert sorted(r["text"] for r in manifest(tmp_path)) == sorted(s.text for s in sentences if s.language in ("en", "de"))
+
+
+def test_two_workers_on_a_fresh_install_speak_every_kokoro_clip(sentences, tmp_path, monkeypatch):
+    """Kokoro's model file is assembled on first use: two workers doing it at once raced (one rename
+    failed with FileNotFoundError, so its clip was rejected and, logged as done, never redone)."""
+    monkeypatch.setenv("KOKORO_JA_CACHE", str(tmp_path / "kokoro-cache"))  # as on a fresh install
+    neural_voices._kokoro.cache_clear()
+    # 5 clips: the pool hands out chunks of 4, so both workers start at once.
+    run(sentences, tmp_path / "out", languages=["fr"], per_language=5, engines={"kokoro": 1}, workers=2)
+    statuses = [json.loads(line)["status"] for line in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
+    assert statuses == ["ok"] * 5
