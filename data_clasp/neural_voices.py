@@ -81,7 +81,10 @@ def check_installed(engine: str) -> None:
 
 
 def plan_voice(engine: str, rng) -> dict:
-    """The voice fields of a clip for a neural engine, drawn from `rng` (a random.Random)."""
+    """The voice fields of a clip for a neural engine, drawn from `rng` (a random.Random): `voice`
+    ("piper:<voice>" or "kokoro:<style>"), `speed` and `pitch` (None). `speed` is the engine's own
+    unit: Piper's length_scale (> 1 slower), Kokoro's speed factor (> 1 faster); an espeak clip's
+    manifest row holds words a minute there."""
     if engine == "piper":
         return {"voice": "piper:en_US-joe-medium", "speed": round(rng.uniform(*PIPER_LENGTH_SCALE), 3), "pitch": None}
     return {"voice": f"kokoro:{rng.choice(KOKORO_VOICES)}", "speed": round(rng.uniform(*KOKORO_SPEED), 3), "pitch": None}
