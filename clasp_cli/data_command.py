@@ -10,6 +10,7 @@
 """
 
 import sys
+from pathlib import Path
 
 DEFAULT_LANGUAGES = "en,es,de,ru,it,cs,pt,fr"
 
@@ -86,6 +87,9 @@ def run_synth(args) -> int:
     split_of = translations = None
     per_language = args.per_language
     if args.from_manifest:
+        if Path(args.from_manifest).resolve().parent == Path(args.output).resolve():
+            raise ValueError(f"--output {args.output} holds --from-manifest {args.from_manifest}: its clips and manifest "
+                             f"would be overwritten by the new voices' (the clip names are the same); give another folder")
         splits = [s.strip() for s in args.splits.split(",") if s.strip()] if args.splits else None
         sentences, split_of, translations = sentences_of_manifest(args.from_manifest, splits)
         default_languages = ",".join(dict.fromkeys(s.language for s in sentences))  # all its sentences, by default

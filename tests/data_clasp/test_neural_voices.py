@@ -172,3 +172,13 @@ def test_two_workers_on_a_fresh_install_speak_every_kokoro_clip(sentences, tmp_p
     run(sentences, tmp_path / "out", languages=["fr"], per_language=5, engines={"kokoro": 1}, workers=2)
     statuses = [json.loads(line)["status"] for line in (tmp_path / "out" / "progress.jsonl").read_text().splitlines()]
     assert statuses == ["ok"] * 5
+
+
+def test_from_manifest_into_its_own_folder_is_refused(sentences, tmp_path, capsys):
+    """The new voices' clips have the clip names of the old ones: the dataset would be overwritten."""
+    run(sentences, tmp_path, languages=["en"], per_language=2)
+    before = (tmp_path / "manifest.jsonl").read_bytes()
+    code = clasp(["data", "synth", "--from-manifest", str(tmp_path / "manifest.jsonl"), "--engines", "piper",
+                  "--output", str(tmp_path) + "/"])
+    assert code == 2 and "holds --from-manifest" in capsys.readouterr().err
+    assert (tmp_path / "manifest.jsonl").read_bytes() == before
