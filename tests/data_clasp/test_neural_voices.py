@@ -38,6 +38,8 @@ def test_parse_engines():
     for weight in ("0", "-1", "nan", "inf"):  # inf: random.choices would say "Total of weights must be finite"
         with pytest.raises(ValueError, match="weight of piper must be a finite number > 0"):
             neural_voices.parse_engines(f"piper:{weight}")
+    with pytest.raises(ValueError, match="piper is given twice"):  # the last weight won, silently
+        neural_voices.parse_engines("piper,espeak,piper:3")
     with pytest.raises(ValueError, match="no engine"):
         neural_voices.parse_engines(" , ")
 
