@@ -260,8 +260,9 @@ def synthesize(sentences, languages, per_language, output, seed: int = 0, takes:
     queues = {lang: candidates(sentences, lang, seed) for lang in languages}
     wanted = {lang: len(queue) if per_language is None else per_language for lang, queue in queues.items()}
     for lang, queue in queues.items():
-        if len(queue) < wanted[lang]:
-            warnings.warn(f"only {len(queue)} sentences for {lang} (asked for {per_language})", stacklevel=2)
+        if len(queue) < wanted[lang] or not queue:
+            asked = "" if per_language is None else f" (asked for {per_language})"
+            warnings.warn(f"only {len(queue)} sentences for {lang}{asked}", stacklevel=2)
 
     progress_path = output / "progress.jsonl"
     done = read_progress(progress_path)
