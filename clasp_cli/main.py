@@ -41,6 +41,11 @@ def main(argv=None) -> int:
             raise
         print(f"clasp {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except ImportError as error:  # an optional extra that is not installed: our messages name the pip command
+        if "pip install" not in str(error) or os.environ.get("CLASP_DEBUG"):
+            raise
+        print(f"clasp {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

