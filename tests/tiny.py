@@ -115,6 +115,28 @@ def tiny_model(config):
     return model
 
 
+def tiny_speech_setup(root, texts, seconds, rates, groups=False, n_train=5):
+    """(root, DatasetDict of tone clips, a tiny Whisper CLASP in eval mode, its processor): clip i says
+    texts[i] for seconds[i] at rates[i] Hz (read back at 16 kHz); the first n_train rows are train,
+    the rest validation; `groups` adds a group column (one group a clip)."""
+    import soundfile
+    import torch
+    from datasets import Audio, Dataset, DatasetDict
+
+    paths = []
+    for i, (length, rate) in enumerate(zip(seconds, rates)):
+        paths.append(str(Path(root) / f"clip{i}.wav"))
+        soundfile.write(paths[-1], tone(length, rate=rate, freq=150 + 40 * i, seed=i), rate)
+    columns = {"audio": paths, "text": list(texts), "language": ["en"] * len(texts)}
+    if groups:
+        columns["group"] = list(range(len(texts)))
+    rows = Dataset.from_dict(columns).cast_column("audio", Audio(sampling_rate=16000))
+    data = DatasetDict({"train": rows.select(range(n_train)), "validation": rows.select(range(n_train, len(texts)))})
+    config = tiny_config("whisper")
+    torch.manual_seed(0)
+    return root, data, tiny_model(config).eval(), tiny_processor(config, root)
+
+
 def save_tiny_clasp(path, speech="whisper"):
     """A tiny random CLASP folder (model + processor), as `clasp embed/index/search` read one."""
     config = tiny_config(speech)

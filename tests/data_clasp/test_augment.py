@@ -6,12 +6,11 @@ import os
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 from datasets import Audio, Dataset, DatasetDict, load_from_disk
 
 from data_clasp.features import MARKER, build_feature_cache
-from tiny import tiny_config, tiny_model, tiny_processor, tone
+from tiny import tiny_speech_setup, tone
 
 TRANSFORMS = ("speed", "rir", "noise", "telephone")
 RATE = 16000
@@ -142,17 +141,9 @@ TEXTS = ["the cat sat", "le chat est sur la mat", "der hund ist", "el perro", "a
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("augment")
-    paths = []
-    for i, _ in enumerate(TEXTS):
-        paths.append(str(root / f"clip{i}.wav"))
-        soundfile.write(paths[-1], tone(0.4 + 0.1 * i, freq=150 + 40 * i, seed=i), RATE)
-    rows = Dataset.from_dict({"audio": paths, "text": TEXTS, "language": ["en"] * len(TEXTS), "group": list(range(len(TEXTS)))})
-    rows = rows.cast_column("audio", Audio(sampling_rate=RATE))
-    data = DatasetDict({"train": rows.select(range(5)), "validation": rows.select(range(5, 7))})
-    config = tiny_config("whisper")
-    torch.manual_seed(0)
-    return root, data, tiny_model(config).eval(), tiny_processor(config, root)
+    n = len(TEXTS)
+    return tiny_speech_setup(tmp_path_factory.mktemp("augment"), TEXTS, [0.4 + 0.1 * i for i in range(n)], [RATE] * n,
+                             groups=True)
 
 
 def counting(model, monkeypatch):

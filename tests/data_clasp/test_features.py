@@ -3,31 +3,20 @@ import os
 
 import numpy as np
 import pytest
-import soundfile
 import torch
-from datasets import Audio, Dataset, DatasetDict, load_from_disk
+from datasets import DatasetDict, load_from_disk
 
 from data_clasp.features import MARKER, build_feature_cache
-from tiny import launch, tiny_config, tiny_model, tiny_processor, tone
+from tiny import launch, tiny_speech_setup
 
 TEXTS = ["the cat sat", "le chat est sur la mat", "der hund ist", "el perro", "a red car", "the blue house", "green mat"]
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("features")
-    paths = []
-    for i, _ in enumerate(TEXTS):
-        path = root / f"clip{i}.wav"
-        rate = 22050 if i % 2 else 16000
-        soundfile.write(path, tone(0.3 + 0.15 * i, rate=rate, freq=150 + 40 * i, seed=i), rate)
-        paths.append(str(path))
-    rows = Dataset.from_dict({"audio": paths, "text": TEXTS, "language": ["en"] * len(TEXTS)})
-    rows = rows.cast_column("audio", Audio(sampling_rate=16000))
-    data = DatasetDict({"train": rows.select(range(5)), "validation": rows.select(range(5, 7))})
-    config = tiny_config("whisper")
-    torch.manual_seed(0)
-    return root, data, tiny_model(config).eval(), tiny_processor(config, root)
+    n = len(TEXTS)
+    return tiny_speech_setup(tmp_path_factory.mktemp("features"), TEXTS, [0.3 + 0.15 * i for i in range(n)],
+                             [22050 if i % 2 else 16000 for i in range(n)])
 
 
 def test_cache_holds_the_models_own_branch_features(setup):
