@@ -190,10 +190,18 @@ def load_training_data(path, option="--train_data", required=("train", "validati
     return mode, data
 
 
+def check_same_kind(given: str, mode: str, train_mode: str) -> None:
+    """ValueError unless a folder given beside --train_data is of its kind ('cached' or 'audio')."""
+    if mode != train_mode:
+        raise ValueError(f"{given} is {'a feature cache' if mode == 'cached' else 'a dataset'}, --train_data is not: "
+                         f"give both as `clasp features` caches or both as datasets")
+
+
 def add_extra_training_data(data, mode, paths):
     """`data` with its train split extended by every row of every split of the folders in `paths`
-    whose `group` (or, without groups, text) is not in `data`'s validation or test split: more training rows (the same
-    sentences in other voices, another corpus) that cannot leak a held-out sentence.
+    whose `group` (or, without groups, text) is not in `data`'s validation or test split: more
+    training rows (the same sentences in other voices, another corpus) that cannot leak a held-out
+    sentence.
 
     Returns (data, {path: (rows added, rows left out)}). Raises ValueError if a folder is of the
     other kind ('cached' vs 'audio') or lacks a column that the train split has. Augmented caches
@@ -207,9 +215,7 @@ def add_extra_training_data(data, mode, paths):
     parts, counts = [data["train"]], {}
     for path in paths:
         extra_mode, extra = load_training_data(path, "--extra_train_data", required=())
-        if extra_mode != mode:
-            raise ValueError(f"--extra_train_data {path} is {'a feature cache' if extra_mode == 'cached' else 'a dataset'}, "
-                             f"--train_data is not: give both as `clasp features` caches or both as datasets")
+        check_same_kind(f"--extra_train_data {path}", extra_mode, mode)
         added = 0
         for split in extra.values():
             missing = set(columns) - set(split.column_names)
@@ -710,9 +716,7 @@ def main(argv=None):
     eval_sets = {}  # name -> (loader, correct set) of each --eval_data validation split
     for name, path in args.eval_data.items():
         eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
-        if eval_mode != mode:
-            raise ValueError(f"--eval_data {name}={path} is {'a feature cache' if eval_mode == 'cached' else 'a dataset'}, "
-                             f"--train_data is not: give both as `clasp features` caches or both as datasets")
+        check_same_kind(f"--eval_data {name}={path}", eval_mode, mode)
         if mode == "cached":
             check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
         rows = eval_data["validation"]

@@ -3,8 +3,9 @@ neural voices of `neural_voices`: Piper, Kokoro-82M), in the CLASP schema.
 
 One clip is one call of `espeak-ng` (~20 ms a sentence) with a voice, a variant (+m3, +f2,
 +klatt...), a speed and a pitch drawn from a generator seeded by the clip's own identity
-(seed, language, text, take); with several engines, which one speaks is drawn the same way. So a clip's sound depends on nothing else: not on which worker
-made it, not on what ran before, not on an interruption. That is what makes a run resumable:
+(seed, language, text, take); with several engines, which one speaks is drawn the same way. So a
+clip's sound depends on nothing else: not on which worker made it, not on what ran before, not on an
+interruption. That is what makes a run resumable:
 
     output/clips/<language>/<clip id>.wav   16 kHz mono, written to a temporary name and renamed
     output/progress.jsonl                   one line per finished clip (kept or rejected, and why)
