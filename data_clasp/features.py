@@ -14,8 +14,8 @@ training: run them once, keep per row
 and train the fusion head on those (train_accelerate.py reads this cache).
 
 Each split is cut into chunks; every chunk goes through `datasets.map` with its own cache file,
-named by a fingerprint of (backbone weights, processor settings, dtype, dataset, chunk; augmentation). A finished chunk is never computed
-again: a second run is free, and a run killed half-way resumes at the first unfinished chunk.
+named by a fingerprint of (backbone weights, processor settings, dtype, dataset, chunk; augmentation).
+A finished chunk is never computed again: a second run is free, and a run killed half-way resumes at the first unfinished chunk.
 Under `accelerate launch` the chunks are shared out between processes.
 
 `augment` = K (`clasp features --augment K`) adds K augmented views of each train clip (noise, a
