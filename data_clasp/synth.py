@@ -12,9 +12,10 @@ interruption. That is what makes a run resumable:
     output/manifest.jsonl                   the kept clips, with split, in `load_manifest` format
     output/dataset/                         the DatasetDict (`save_to_disk`), audio embedded
 
-A rerun skips every clip in progress.jsonl and ends with the same manifest and dataset as an
-uninterrupted run. Clips outside 0.3–20 s or silent are rejected, as the paper's filter did, and
-the next sentence of that language takes the place. Splits are cut 80/10/10 by group.
+A rerun skips every clip in progress.jsonl (except those whose engine failed: a crash or a timeout
+is tried again) and ends with the same manifest and dataset as an uninterrupted run. Clips outside
+0.3–20 s or silent are rejected, as the paper's filter did, and the next sentence of that language
+takes the place. Splits are cut 80/10/10 by group.
 """
 
 import io
@@ -288,9 +289,10 @@ def synthesize(sentences, languages, per_language, output, seed: int = 0, takes:
                     break
                 planned += sum(len(clips) for _, clips in wave)
                 bar.total = max(bar.total, planned)  # replacements for rejected clips add to the plan
-                todo = [c for _, clips in wave for c in clips  # not done, lost, or done in another voice
+                todo = [c for _, clips in wave for c in clips  # not done, lost, done in another voice, or failed
                         if c["id"] not in done or done[c["id"]].get("voice") != c["voice"]
-                        or (done[c["id"]]["status"] == "ok" and not (output / c["audio"]).exists())]
+                        or (done[c["id"]]["status"] == "ok" and not (output / c["audio"]).exists())
+                        or done[c["id"]]["status"].startswith(tuple(f"{e} failed" for e in neural_voices.ENGINES))]
                 bar.update(sum(len(clips) for _, clips in wave) - len(todo))
                 if todo and workers > 1 and pool is None:
                     import multiprocessing

