@@ -210,17 +210,21 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
                 print(f"[features] {output_dir} is up to date (fingerprint {fingerprints['fingerprint']})")
             return output_dir
 
+    def chunk(split, start):
+        """The features of one chunk: computed into its own cache file, or read back from it when done."""
+        rows = data[split].select(range(start, min(start + chunk_size, len(data[split]))))
+        fingerprint = hashlib.sha256(f"{split_fp[split]}/{rows._fingerprint}".encode()).hexdigest()[:16]
+        return rows.map(encoders[split], batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
+                        cache_file_name=os.path.join(chunks_dir, f"{split}-{start:08d}-{fingerprint}.arrow"),
+                        new_fingerprint=fingerprint, load_from_cache_file=True)
+
     jobs = [(split, start) for split in splits for start in range(0, len(data[split]), chunk_size)]
     mine = jobs[state.process_index :: state.num_processes]
     started = time.perf_counter()
     disable_progress_bars()  # one bar for the whole cache instead of one per chunk
     try:
         for split, start in tqdm(mine, desc="features (chunks)", disable=not (progress and state.is_local_main_process)):
-            rows = data[split].select(range(start, min(start + chunk_size, len(data[split]))))
-            fingerprint = hashlib.sha256(f"{split_fp[split]}/{rows._fingerprint}".encode()).hexdigest()[:16]
-            rows.map(encoders[split], batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
-                     cache_file_name=os.path.join(chunks_dir, f"{split}-{start:08d}-{fingerprint}.arrow"),
-                     new_fingerprint=fingerprint, load_from_cache_file=True)
+            chunk(split, start)
     finally:
         enable_progress_bars()
     state.wait_for_everyone()
@@ -230,14 +234,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     # Every process has finished its chunks: assemble the cache (features + the rows' metadata).
     assembled = {}
     for split in splits:
-        parts = []
-        for start in range(0, len(data[split]), chunk_size):
-            rows = data[split].select(range(start, min(start + chunk_size, len(data[split]))))
-            fingerprint = hashlib.sha256(f"{split_fp[split]}/{rows._fingerprint}".encode()).hexdigest()[:16]
-            parts.append(rows.map(encoders[split], batched=True, batch_size=4 * batch_size, remove_columns=rows.column_names,
-                                  cache_file_name=os.path.join(chunks_dir, f"{split}-{start:08d}-{fingerprint}.arrow"),
-                                  new_fingerprint=fingerprint, load_from_cache_file=True))
-        features = concatenate_datasets(parts)
+        features = concatenate_datasets([chunk(split, start) for start in range(0, len(data[split]), chunk_size)])
         metadata = data[split].remove_columns([c for c in ("audio",) if c in data[split].column_names])
         if copies[split]:  # each row's metadata for each of its views
             clip = np.repeat(np.arange(len(metadata)), copies[split] + 1)
