@@ -137,6 +137,15 @@ def tiny_speech_setup(root, texts, seconds, rates, groups=False, n_train=5):
     return root, data, tiny_model(config).eval(), tiny_processor(config, root)
 
 
+def features_command(setup, folder) -> list:
+    """`clasp features` arguments (`--model` and `--data`) for a `tiny_speech_setup`, saved under `folder`."""
+    _, data, model, processor = setup
+    model.save_pretrained(Path(folder) / "model")
+    processor.save_pretrained(Path(folder) / "model")
+    data.save_to_disk(str(Path(folder) / "data"))
+    return ["features", "--model", str(Path(folder) / "model"), "--data", str(Path(folder) / "data")]
+
+
 def save_tiny_clasp(path, speech="whisper"):
     """A tiny random CLASP folder (model + processor), as `clasp embed/index/search` read one."""
     config = tiny_config(speech)

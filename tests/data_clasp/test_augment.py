@@ -10,7 +10,7 @@ import torch
 from datasets import Audio, Dataset, DatasetDict, load_from_disk
 
 from data_clasp.features import MARKER, build_feature_cache
-from tiny import tiny_speech_setup, tone
+from tiny import features_command, tiny_speech_setup, tone
 
 TRANSFORMS = ("speed", "rir", "noise", "telephone")
 RATE = 16000
@@ -259,12 +259,8 @@ def test_a_slowed_down_view_of_a_clip_at_the_encoders_limit_is_cut_there(setup, 
 def test_clasp_features_augment_command(setup, tmp_path):
     from clasp_cli.main import main
 
-    root, data, model, processor = setup
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    data.save_to_disk(str(tmp_path / "data"))
-    assert main(["features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
-                 "--output", str(tmp_path / "features"), "--augment", "1", "--augment-seed", "4"]) == 0
+    assert main(features_command(setup, tmp_path) + ["--output", str(tmp_path / "features"), "--augment", "1",
+                                                     "--augment-seed", "4"]) == 0
     marker = json.loads((tmp_path / "features" / MARKER).read_text())
     assert (marker["augment"], marker["augment_seed"], marker["rows"]) == (1, 4, {"train": 10, "validation": 2})
 

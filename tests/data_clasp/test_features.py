@@ -7,7 +7,7 @@ import torch
 from datasets import DatasetDict, load_from_disk
 
 from data_clasp.features import MARKER, build_feature_cache
-from tiny import launch, tiny_speech_setup
+from tiny import features_command, launch, tiny_speech_setup
 
 TEXTS = ["the cat sat", "le chat est sur la mat", "der hund ist", "el perro", "a red car", "the blue house", "green mat"]
 
@@ -170,12 +170,8 @@ def test_clasp_features_bf16_command(setup, tmp_path):
     """The command line's --bf16 (it crashed before: the speech input stayed float32)."""
     from clasp_cli.main import main
 
-    root, data, model, processor = setup
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    data.save_to_disk(str(tmp_path / "data"))
-    assert main(["features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
-                 "--output", str(tmp_path / "features"), "--bf16", "--batch-size", "4"]) == 0
+    assert main(features_command(setup, tmp_path) + ["--output", str(tmp_path / "features"), "--bf16",
+                                                     "--batch-size", "4"]) == 0
     cached = load_from_disk(str(tmp_path / "features"))["train"]
     assert np.isfinite(np.array(cached["speech_embeds"])).all() and len(cached) == 5
     assert json.loads((tmp_path / "features" / MARKER).read_text())["dtype"] == "bfloat16"  # not silently fp32
@@ -188,11 +184,8 @@ def test_two_cpu_processes_share_the_chunks(setup, tmp_path):
     import re
 
     root, data, model, processor = setup
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    data.save_to_disk(str(tmp_path / "data"))
-    result = launch("features", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data"),
-                    "--output", str(tmp_path / "two"), "--chunk-size", "2", "--batch-size", "2")
+    result = launch(*features_command(setup, tmp_path), "--output", str(tmp_path / "two"), "--chunk-size", "2",
+                    "--batch-size", "2")
     # 5 + 2 rows in chunks of 2: 4 chunks, 2 for each process (the main process's bar counts its own).
     assert re.search(r"features \(chunks\): 100%\|[^|]*\| 2/2 ", result.stderr), result.stderr[-2000:]
     one = load_from_disk(build_feature_cache(model, processor, data, str(tmp_path / "one"), batch_size=2, chunk_size=2,
