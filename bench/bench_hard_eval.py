@@ -11,6 +11,13 @@ sample of query rows against all N candidates and scaled by N / rows: each query
 the same, so the total is linear in the number of queries. The notebook loop is timed on a few
 query rows at N = 1,000 and 11,411; at 50k and 100k its per-pair cost from N = 11,411 is
 scaled by N^2. Peak memory at N = 100k is each method alone in a fresh process (os.wait4).
+
+The physical bound: nothing ranks without the 2 N^2 d multiply-adds of the scores (x 2
+directions). Each worker measures this machine's best float32 matmul rate in the same process
+(the best of numpy and torch, on a square product and on the evaluation's own block shape; this
+environment sets OPENBLAS_CORETYPE, which can slow numpy's BLAS), and the FLOP-bound time is those
+FLOPs at that rate. The worker also times the score matmuls alone (the same blocks, nothing
+counted), so the table says where the time went: matmul, or the compare-and-count around it.
 """
 
 import argparse
@@ -24,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from bench.common import RESULTS_DIR, print_result, run_child, write_result  # noqa: E402
+from bench.common import RESULTS_DIR, best_of, print_result, run_child, write_result  # noqa: E402
 
 SIZES = (1_000, 11_411, 50_000, 100_000)
 DIMS = (768, 384)
@@ -32,6 +39,8 @@ PAPER_N = 11_411
 SAMPLED_QUERIES = 2_048  # query rows timed per direction where N > PAPER_N
 NOTEBOOK_ROWS = {1_000: 4, 11_411: 1}  # loop rows timed per direction (0.5 ms a pair here)
 RSS_LIMIT = 2 * 2**30
+FULL_N = 100_000  # also timed on every query row (not sampled), d = 768: the 5-minute target
+TARGET_FLOP_BOUND_RATIO, TARGET_FULL_S = 2.0, 300.0
 
 
 def paired_embeddings(num_rows: int, dim: int, seed: int = 0):
@@ -68,17 +77,47 @@ def ours_hard_ranks(queries, candidates):
 METHODS = {"ours": ours_hard_ranks, "bare": bare_hard_ranks}
 
 
+def matmul_only(queries, candidates, block_rows: int = 1024) -> None:
+    """The score matmuls of `bare_hard_ranks`, nothing else: the part no method can skip."""
+    for start in range(0, len(queries), block_rows):
+        queries[start : start + block_rows] @ candidates.T
+
+
+def matmul_gflops(num_rows: int, dim: int, repeats: int = 3) -> dict:
+    """This machine's float32 matmul rate now, GFLOP/s (wall clock, the process's threads): numpy
+    and torch, on a square 2048 product and on the evaluation's block (1024 x d) @ (d x N)."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    square = rng.standard_normal((2048, 2048), dtype=np.float32)
+    block, candidates = rng.standard_normal((1024, dim), dtype=np.float32), rng.standard_normal((num_rows, dim), dtype=np.float32)
+    shapes = {"square 2048": (square, square, 2 * 2048**3), f"1024 x {dim} @ {dim} x N": (block, candidates.T, 2 * 1024 * dim * num_rows)}
+    rates = {}
+    for shape, (a, b, flop) in shapes.items():
+        a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)  # the same memory, strides kept
+        for library, product in (("numpy", lambda: a @ b), ("torch", lambda: a_t @ b_t)):
+            product()  # warm up the BLAS's buffers and threads
+            rates[f"{library}, {shape}"] = flop / best_of(product, repeats) / 1e9
+    return rates
+
+
 def worker(num_rows: int, dim: int, query_rows: int, notebook_rows: int, repeats: int) -> dict:
     """Times of both methods (both directions, `query_rows` queries each) and of the loop per row."""
     audio, text = paired_embeddings(num_rows, dim)
     directions = ((audio[:query_rows], text), (text[:query_rows], audio))
-    ranks, times = {}, {name: float("inf") for name in METHODS}
+    ranks, times = {}, {name: float("inf") for name in (*METHODS, "matmul only")}
+    rates = matmul_gflops(num_rows, dim)
     for _ in range(repeats):  # interleaved, so a busy neighbour slows both alike
         for name, method in METHODS.items():
             started = time.perf_counter()
             ranks[name] = [method(q, c) for q, c in directions]
             times[name] = min(times[name], time.perf_counter() - started)
-    out = {"seconds": times, "ranks_equal": all(np.array_equal(a, b) for a, b in zip(ranks["ours"], ranks["bare"])),
+        started = time.perf_counter()
+        for q, c in directions:
+            matmul_only(q, c)
+        times["matmul only"] = min(times["matmul only"], time.perf_counter() - started)
+    rates.update({name: value for name, value in matmul_gflops(num_rows, dim).items() if value > rates[name]})
+    out = {"seconds": times, "gflops": rates, "flop": 2 * 2 * query_rows * num_rows * dim, "ranks_equal": all(np.array_equal(a, b) for a, b in zip(ranks["ours"], ranks["bare"])),
            "hits@1": float(np.mean(ranks["ours"][0] == 1))}
     if notebook_rows:
         from bench.baselines.notebook_hard_eval import notebook_hard_ranks, notebook_metrics

@@ -394,7 +394,7 @@ class ClaspModel(ClaspPreTrainedModel):
         if not self.config.speech_trainable_layers:
             return speech_frames
         layers, norm = self._speech_top_layers()
-        hidden = speech_frames.to(next(layers[0].parameters()).dtype)
+        hidden = speech_frames.to(self.speech_model.dtype)  # the layers may be int8 ONNX Runtime sessions, with no parameters
         keep = (speech_frame_weights > 0)[:, None, None, :]
         attention_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
         attention_mask = attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)

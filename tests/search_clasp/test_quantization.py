@@ -15,7 +15,8 @@ from safetensors import safe_open
 
 from clasp_cli.main import main
 from search_clasp import ClaspEmbedder, ClaspIndex
-from search_clasp.quantization import quantize_model
+from search_clasp.quantization import OnnxRuntimeEncoderLayer, OnnxRuntimeImageModel, quantize_model
+from tiny import tiny_config, tiny_model
 
 TINY_BOUND = 0.999
 
@@ -29,18 +30,26 @@ def check_close_but_quantized(int8, fp32):
     assert (torch.as_tensor(int8) - torch.as_tensor(fp32)).abs().max() > 1e-6
 
 
+def linear_kinds(part) -> set:
+    """(is a down-projection, layer name) of `part`'s linear layers; a down-projection must be fp32,
+    every other linear layer torch's dynamic int8."""
+    kinds = set()
+    for name, layer in part.named_modules():
+        if type(layer).__name__ == "Linear":
+            down_projection = layer.in_features > layer.out_features
+            assert isinstance(layer, torch.nn.Linear if down_projection else torch.ao.nn.quantized.dynamic.Linear), name
+            kinds.add((down_projection, name.rsplit(".", 1)[-1]))
+    return kinds
+
+
 def test_int8_encoders_give_embeddings_close_to_fp32(model_dir, audio_dir, embedder):
     quantized = ClaspEmbedder.from_pretrained(model_dir, quantize="int8", batch_size=4)
     assert quantized.device.type == "cpu"
-    kinds = {}
-    for part in ("speech_model", "text_model"):
-        for name, layer in getattr(quantized.model, part).named_modules():
-            if type(layer).__name__ == "Linear":  # the feed-forward down-projections (Whisper's fc2) stay fp32
-                down_projection = layer.in_features > layer.out_features
-                assert isinstance(layer, torch.nn.Linear if down_projection else torch.ao.nn.quantized.dynamic.Linear), name
-                kinds.setdefault(part, set()).add((down_projection, name.rsplit(".", 1)[-1]))
-    assert {(True, "fc2"), (False, "fc1"), (False, "q_proj")} <= kinds["speech_model"]
-    assert {(True, "dense"), (False, "query")} <= kinds["text_model"]
+    speech = quantized.model.speech_model  # Whisper: its layers in ONNX Runtime int8, its convolutions torch fp32
+    assert len(speech.layers) == 2 and all(isinstance(layer, OnnxRuntimeEncoderLayer) for layer in speech.layers)
+    assert type(speech.conv1) is torch.nn.Conv1d and not any("Linear" in type(m).__name__ for m in speech.modules())
+    assert isinstance(quantized.model.spectrogram_model, OnnxRuntimeImageModel)
+    assert {(True, "dense"), (False, "query")} <= linear_kinds(quantized.model.text_model)
     assert all(type(layer) is torch.nn.Linear for layer in quantized.model.fusion.modules() if "Linear" in type(layer).__name__)
     clips = sorted(audio_dir.glob("*.wav"))
     check_close_but_quantized(torch.cat([c.embeddings for c in quantized.embed_files(clips)]),
@@ -97,3 +106,71 @@ def test_embed_index_and_eval_run_int8(model_dir, audio_dir, tmp_path, monkeypat
         reports[name] = json.loads(output.read_text())
     assert reports["int8"]["num_queries"] == reports["fp32"]["num_queries"] == 6
     assert quantized == ["int8", None]
+
+
+def test_a_waveform_speech_encoder_gets_torch_int8_linear_layers():
+    model = tiny_model(tiny_config("hubert")).eval()
+    inputs = {"input_values": torch.from_numpy(tone_batch()), "pixel_values": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        fp32 = model.get_audio_features(**inputs).pooler_output
+        quantize_model(model, "int8")
+        int8 = model.get_audio_features(**inputs).pooler_output
+    assert {(True, "output_dense"), (False, "intermediate_dense"), (False, "q_proj")} <= linear_kinds(model.speech_model)
+    check_close_but_quantized(int8, fp32)
+
+
+def tone_batch():
+    from tiny import tone
+
+    return __import__("numpy").stack([tone(1.0, freq=220.0, seed=0), tone(1.0, freq=330.0, seed=1)])
+
+
+@pytest.mark.parametrize("batch, frames", [(1, 5), (3, 17)])
+def test_an_onnx_runtime_layer_runs_any_batch_and_length_like_the_torch_layer(batch, frames):
+    """Exported on (2, 8): other shapes must run, masked as torch masks, within int8 rounding of torch's
+    output. (Exact independence of the padded frames is lost: one activation scale covers the tensor.)"""
+    layer = tiny_model(tiny_config("whisper")).speech_model.layers[0].eval()
+    hidden = torch.randn(batch, frames, layer.embed_dim)
+    mask = torch.zeros(batch, 1, 1, frames)
+    mask[0, ..., frames - 2 :] = torch.finfo(torch.float32).min  # the first clip's last two frames are padding
+    ort_layer = OnnxRuntimeEncoderLayer(layer, layer.embed_dim, threads=1)
+    with torch.no_grad():
+        expected = layer(hidden, mask)
+        expected = expected[0] if isinstance(expected, tuple) else expected
+    output = ort_layer(hidden, mask)
+    assert output.shape == (batch, frames, layer.embed_dim) and output.dtype == torch.float32
+    assert cosines(output.flatten(0, 1), expected.flatten(0, 1)).min() >= TINY_BOUND
+    assert (output - expected).abs().max() > 1e-6  # int8, not fp32
+
+
+def test_the_onnx_runtime_cnn_equals_torch():
+    model = tiny_model(tiny_config("whisper")).eval()
+    pixels = torch.randn(3, 3, model.config.spectrogram_image_size, model.config.spectrogram_image_size)
+    with torch.no_grad():
+        expected = model.spectrogram_model(pixel_values=pixels).pooler_output
+    output = OnnxRuntimeImageModel(model.spectrogram_model, model.config.spectrogram_config, threads=1)(pixel_values=pixels)
+    torch.testing.assert_close(output.pooler_output, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_a_cnn_that_does_not_export_stays_in_torch_with_a_warning(monkeypatch):
+    model = tiny_model(tiny_config("whisper")).eval()
+    cnn = model.spectrogram_model
+
+    def refuse(self, *args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(OnnxRuntimeImageModel, "__init__", refuse)
+    with pytest.warns(UserWarning, match="the spectrogram CNN stays in torch .RuntimeError: cannot trace this"):
+        quantize_model(model, "int8")
+    assert model.spectrogram_model is cnn
+    assert isinstance(model.speech_model.layers[0], OnnxRuntimeEncoderLayer)
+
+
+def test_without_onnx_runtime_the_error_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    model = tiny_model(tiny_config("whisper"))
+    with pytest.raises(ImportError, match=r"--quantize int8 needs ONNX Runtime: pip install 'clasp-hf\[int8\]'"):
+        quantize_model(model, "int8")
+    assert type(model.speech_model.layers[0]).__name__ == "WhisperEncoderLayer"
