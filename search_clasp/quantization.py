@@ -1,27 +1,31 @@
-"""int8 inference on the CPU for `clasp embed | index | eval --quantize int8`.
+"""int8 inference on the CPU for `clasp embed | index | eval --quantize int8`: the audio encoders.
 
-Each part runs where it measured fastest on this 2-core CPU (bench/bench_quantize.py, 2 threads),
-through two maintained libraries:
+Each part runs where it measured fastest at equal accuracy on this 2-core CPU (bench/bench_quantize.py,
+2 threads; retrieval on the demo's validation split), through two maintained libraries:
   * Whisper's encoder layers (most of the audio work): ONNX Runtime, int8. Each layer is exported
     with torch.onnx.export and quantized with onnxruntime.quantization.quantize_dynamic (int8
-    weights, one scale per output channel; activations quantized on the fly, MatMulInteger kernels,
-    VNNI where the CPU has it). On 8 clips of 4 s the six layers ran 2.7x faster than torch fp32
-    (PyTorch's dynamic int8: 1.6x), mean-pooled output at cosine 0.9995 to fp32 (PyTorch: 0.9985).
-  * The spectrogram CNN: ONNX Runtime in fp32 (not quantized: ONNX Runtime's dynamic quantization
-    of convolutions needs constant weights, which EfficientNet's squeeze-excite folding does not
-    leave). Its convolutions ran EfficientNet-Lite0 3.4x faster than PyTorch's (batch of 8,
-    224 x 224), cosine 1.0000 to torch. A CNN that does not export stays in torch, with a warning.
-  * The text encoder's and HuBERT / wav2vec2 speech encoders' nn.Linear layers: PyTorch's dynamic
-    quantization (torch.ao.quantization.quantize_dynamic, fbgemm / oneDNN), but the feed-forward
-    down-projections (more inputs than outputs: BERT's output.dense, wav2vec2's output_dense),
-    whose inputs after GELU carry outliers that one activation scale per batch rounds away (with
-    Whisper's fc2 in torch int8, embeddings fell to cosine 0.97 to fp32; without, 0.997).
-In fp32 torch: Whisper's two convolutions and final layer norm, and the fusion head (small, and the
-trained part, whose errors would reach the embedding undiluted). torchao's
-Int8DynamicActivationInt8WeightConfig without torch.compile was slower than fp32 here.
-ONNX Runtime's threads do not spin-wait between runs (they would take the cores torch needs next).
-With int8 activations a clip's embedding depends slightly on its batch-mates (one activation scale
-covers the batch), within the rounding the cosine to fp32 measures.
+    weights, one scale per output channel; activations quantized on the fly, one scale per batch,
+    MatMulInteger kernels, VNNI where the CPU has it).
+  * The spectrogram CNN: ONNX Runtime in fp32. Its convolutions ran EfficientNet-Lite0 3.4x faster
+    than PyTorch's here (batch of 8, 224 x 224), cosine 1.0000 to torch. (ONNX Runtime's dynamic
+    quantization of convolutions needs constant weights, which the exported squeeze-excite blocks
+    do not have.) A CNN that does not export stays in torch, with a warning.
+  * HuBERT / wav2vec2 speech encoders: PyTorch's dynamic int8 nn.Linear layers
+    (torch.ao.quantization.quantize_dynamic, fbgemm / oneDNN).
+In every int8 encoder the feed-forward down-projections (more inputs than outputs: Whisper's fc2,
+wav2vec2's output_dense) stay fp32: their inputs, after GELU, carry outliers that one activation
+scale per batch rounds away. With Whisper's fc2 in int8 the demo model's validation embeddings fell
+to cosine 0.90 on average to fp32 (0.40 at worst) and audio -> text mean rank rose 17.9 -> 21.6;
+with it in fp32, 0.996 (0.97 at worst) and 17.8.
+In fp32: Whisper's two convolutions and final layer norm, the fusion head (small, and the trained
+part), and the text encoder: a query embeds in milliseconds, and int8 moved the text embeddings
+(cosine 0.989 at worst) for no time that matters.
+Measured against: PyTorch's dynamic int8 on every encoder (the previous `--quantize int8`: 1.26x
+fp32 clips/s) and torchao's Int8DynamicActivationInt8WeightConfig without torch.compile (slower than
+fp32 here). ONNX Runtime's threads do not spin-wait between runs (they would take the cores torch
+needs next; with spinning the whole was 1.3x fp32 instead of 1.7x). With int8 activations a clip's
+embedding depends slightly on its batch-mates (one activation scale covers the batch), within the
+rounding that the cosine to fp32 measures.
 """
 
 import logging
@@ -33,13 +37,13 @@ import torch
 from torch import nn
 
 QUANTIZE_CHOICES = ("int8",)
-QUANTIZED_PARTS = ("speech_model", "text_model")
 
 
 def onnx_runtime_session(module: nn.Module, example: tuple, input_names: list[str], dynamic_axes: dict, *,
-                         int8: bool, threads: int):
+                         int8: bool, threads: int, keep_fp32: tuple = ()):
     """`module` (eval mode) exported with torch.onnx.export, quantized to dynamic int8 by ONNX
-    Runtime when `int8`, loaded in an onnxruntime.InferenceSession on `threads` CPU threads.
+    Runtime when `int8` (but the ONNX nodes named in `keep_fp32`), loaded in an
+    onnxruntime.InferenceSession on `threads` CPU threads.
     The ONNX files live in a temporary folder only while the session is built."""
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -51,10 +55,16 @@ def onnx_runtime_session(module: nn.Module, example: tuple, input_names: list[st
             torch.onnx.export(module.eval(), example, path, input_names=input_names, output_names=["output"],
                               dynamic_axes=dynamic_axes, opset_version=17, dynamo=False)
             if int8:
+                import onnx
+
+                missing = set(keep_fp32) - {node.name for node in onnx.load(path).graph.node}
+                if missing:  # the exporter named them otherwise: they would be quantized without a word
+                    raise RuntimeError(f"nodes to keep in fp32 not in the exported graph: {sorted(missing)}")
                 before = logging.root.manager.disable
                 logging.disable(logging.WARNING)  # its advice (to run its pre-processing) on the root logger, once per layer
                 try:
-                    quantize_dynamic(path, path + ".int8", weight_type=QuantType.QInt8, per_channel=True)
+                    quantize_dynamic(path, path + ".int8", weight_type=QuantType.QInt8, per_channel=True,
+                                     nodes_to_exclude=list(keep_fp32))
                 finally:
                     logging.disable(before)
                 path += ".int8"
@@ -84,10 +94,13 @@ class OnnxRuntimeEncoderLayer(nn.Module):
     def __init__(self, layer: nn.Module, hidden_size: int, threads: int):
         super().__init__()
         example = (torch.zeros(2, 8, hidden_size), torch.zeros(2, 1, 1, 8))
+        # torch.onnx.export names a linear layer's product after its module path: /layer/fc2/MatMul.
+        self.fp32_nodes = tuple(f"/layer/{name.replace('.', '/')}/MatMul" for name, part in layer.named_modules()
+                                if isinstance(part, nn.Linear) and part.in_features > part.out_features)
         self.session = onnx_runtime_session(
             _LayerOutput(layer), example, ["hidden_states", "attention_mask"],
             {"hidden_states": {0: "batch", 1: "frames"}, "attention_mask": {0: "batch", 2: "query_frames", 3: "frames"},
-             "output": {0: "batch", 1: "frames"}}, int8=True, threads=threads)
+             "output": {0: "batch", 1: "frames"}}, int8=True, threads=threads, keep_fp32=self.fp32_nodes)
 
     def forward(self, hidden_states, attention_mask, **unused):
         feeds = {"hidden_states": hidden_states.detach().float().cpu().numpy(),
@@ -138,7 +151,7 @@ def torch_int8_linear(part: nn.Module) -> nn.Module:
 
 
 def quantize_model(model, quantize: str | None, device=None):
-    """`model` (a ClaspModel on the CPU) in eval mode with its encoders as the module docstring
+    """`model` (a ClaspModel on the CPU) in eval mode with its audio encoders as the module docstring
     says, in place; the embeddings stay float32 `[batch, projection_dim]`.
 
     `quantize`: None (the model is returned as it is) or "int8". Raises ValueError for another value,
@@ -169,9 +182,8 @@ def quantize_model(model, quantize: str | None, device=None):
                 model.spectrogram_model = OnnxRuntimeImageModel(model.spectrogram_model.float(), model.config.spectrogram_config, threads)
             except Exception as error:  # an architecture the exporter cannot trace: torch still computes it
                 warnings.warn(f"--quantize {quantize}: the spectrogram CNN stays in torch ({type(error).__name__}: {error})")
-    for name in QUANTIZED_PARTS[1:] if whisper else QUANTIZED_PARTS:
-        if getattr(model, name, None) is not None:
-            setattr(model, name, torch_int8_linear(getattr(model, name)))
+    if not whisper and getattr(model, "speech_model", None) is not None:
+        model.speech_model = torch_int8_linear(model.speech_model)
     return model
 
 

@@ -49,13 +49,14 @@ def test_int8_encoders_give_embeddings_close_to_fp32(model_dir, audio_dir, embed
     assert len(speech.layers) == 2 and all(isinstance(layer, OnnxRuntimeEncoderLayer) for layer in speech.layers)
     assert type(speech.conv1) is torch.nn.Conv1d and not any("Linear" in type(m).__name__ for m in speech.modules())
     assert isinstance(quantized.model.spectrogram_model, OnnxRuntimeImageModel)
-    assert {(True, "dense"), (False, "query")} <= linear_kinds(quantized.model.text_model)
-    assert all(type(layer) is torch.nn.Linear for layer in quantized.model.fusion.modules() if "Linear" in type(layer).__name__)
+    assert all(layer.fp32_nodes == ("/layer/fc2/MatMul",) for layer in speech.layers)  # the down-projection stays fp32
+    for part in (quantized.model.fusion, quantized.model.text_model):  # the trained head and the text tower: fp32
+        assert all(type(layer) is torch.nn.Linear for layer in part.modules() if "Linear" in type(layer).__name__)
     clips = sorted(audio_dir.glob("*.wav"))
     check_close_but_quantized(torch.cat([c.embeddings for c in quantized.embed_files(clips)]),
                               torch.cat([c.embeddings for c in embedder.embed_files(clips)]))
     texts = ["the cat sat", "a dog sat on mat", "red house"]
-    check_close_but_quantized(quantized.embed_texts(texts), embedder.embed_texts(texts))
+    torch.testing.assert_close(quantized.embed_texts(texts), embedder.embed_texts(texts))
 
 
 def test_a_bad_value_or_a_gpu_is_refused(model_dir, audio_dir, tmp_path, capsys):
@@ -174,3 +175,32 @@ def test_without_onnx_runtime_the_error_names_the_extra(monkeypatch):
     with pytest.raises(ImportError, match=r"--quantize int8 needs ONNX Runtime: pip install 'clasp-hf\[int8\]'"):
         quantize_model(model, "int8")
     assert type(model.speech_model.layers[0]).__name__ == "WhisperEncoderLayer"
+
+
+def test_a_node_to_keep_in_fp32_that_the_export_does_not_name_is_an_error():
+    """Were the exporter to name the down-projection otherwise, it would silently be quantized."""
+    layer = tiny_model(tiny_config("whisper")).speech_model.layers[0].eval()
+    from search_clasp.quantization import _LayerOutput, onnx_runtime_session
+
+    with pytest.raises(RuntimeError, match=r"nodes to keep in fp32 not in the exported graph: \['/layer/ffn/MatMul'\]"):
+        onnx_runtime_session(_LayerOutput(layer), (torch.zeros(1, 4, layer.embed_dim), torch.zeros(1, 1, 1, 4)),
+                             ["hidden_states", "attention_mask"], {}, int8=True, threads=1, keep_fp32=("/layer/ffn/MatMul",))
+
+
+def test_the_quantized_layer_graph_keeps_its_down_projection_in_fp32(monkeypatch):
+    import onnx
+    import onnxruntime.quantization
+
+    written = []
+    original = onnxruntime.quantization.quantize_dynamic
+
+    def record(model_input, model_output, **kwargs):
+        original(model_input, model_output, **kwargs)
+        written.append({node.name: node.op_type for node in onnx.load(model_output).graph.node})
+
+    monkeypatch.setattr(onnxruntime.quantization, "quantize_dynamic", record)
+    layer = tiny_model(tiny_config("whisper")).speech_model.layers[0].eval()
+    OnnxRuntimeEncoderLayer(layer, layer.embed_dim, threads=1)
+    (nodes,) = written
+    assert nodes["/layer/fc2/MatMul"] == "MatMul"
+    assert {nodes[f"/layer/{name}/MatMul_quant"] for name in ("fc1", "self_attn/q_proj", "self_attn/out_proj")} == {"MatMulInteger"}
