@@ -7,7 +7,7 @@ multilingual-e5-small; the fusion head untrained, which changes neither the time
 meaning: both sides share it). The clips: speech-like (bench.common.speech_like_clips), 2-8 s.
 Each contender embeds the clips through ClaspEmbedder.embed_waveforms (feature extraction
 included, batches of 8), batch by batch in turn, so that a busy neighbour slows every contender
-alike; clips/s is over the whole set. Cosine: each clip's int8 embedding against its fp32 one.
+alike; clips/s is over the whole set, the faster of two passes. Cosine: each clip's int8 embedding against its fp32 one.
 Contenders: fp32; `--quantize int8` (search_clasp.quantization: Whisper's encoder layers in ONNX
 Runtime dynamic int8 but their down-projections, the spectrogram CNN in ONNX Runtime fp32, the
 text encoder in fp32); what the CNN's runtime alone gives (fp32 everywhere, the CNN in ONNX
@@ -29,6 +29,7 @@ from bench.common import print_result, speech_like_clips, write_result  # noqa: 
 
 TARGET_SPEEDUP, TARGET_COSINE = 1.8, 0.99
 BATCH = 8
+ROUNDS = 2
 QUANTIZED_PARTS = ("speech_model", "text_model")
 
 
@@ -79,13 +80,15 @@ def main():
         pass
     embedders = {name: ClaspEmbedder(m, processor, batch_size=BATCH, device="cpu") for name, m in models.items()}
     clips = [torch.from_numpy(clip) for clip in speech_like_clips(args.clips, 2.0, 8.0)]
-    seconds = {name: 0.0 for name in embedders}
-    embeds = {name: [] for name in embedders}
-    for first in range(0, len(clips), BATCH):
-        for name, embedder in embedders.items():
-            begin = time.perf_counter()
-            embeds[name].append(embedder.embed_waveforms(clips[first : first + BATCH]))
-            seconds[name] += time.perf_counter() - begin
+    seconds = {name: float("inf") for name in embedders}
+    for _ in range(ROUNDS):  # each contender's faster pass over the whole set
+        passed, embeds = {name: 0.0 for name in embedders}, {name: [] for name in embedders}
+        for first in range(0, len(clips), BATCH):
+            for name, embedder in embedders.items():
+                begin = time.perf_counter()
+                embeds[name].append(embedder.embed_waveforms(clips[first : first + BATCH]))
+                passed[name] += time.perf_counter() - begin
+        seconds = {name: min(seconds[name], passed[name]) for name in embedders}
     load.append(os.getloadavg())
     reference = torch.cat(embeds["fp32"])
     rows, targets = [], []
