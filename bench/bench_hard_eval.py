@@ -91,7 +91,7 @@ def matmul_gflops(num_rows: int, dim: int, repeats: int = 3) -> dict:
     rng = np.random.default_rng(1)
     square = rng.standard_normal((2048, 2048), dtype=np.float32)
     block, candidates = rng.standard_normal((1024, dim), dtype=np.float32), rng.standard_normal((num_rows, dim), dtype=np.float32)
-    shapes = {"square 2048": (square, square, 2 * 2048**3), f"1024 x {dim} @ {dim} x N": (block, candidates.T, 2 * 1024 * dim * num_rows)}
+    shapes = {"square 2048": (square, square, 2 * 2048**3), "1024 x d @ d x N": (block, candidates.T, 2 * 1024 * dim * num_rows)}
     rates = {}
     for shape, (a, b, flop) in shapes.items():
         a_t, b_t = torch.from_numpy(a), torch.from_numpy(b)  # the same memory, strides kept

@@ -3,6 +3,11 @@
 process, p50/p99 latency of one query at a time, and recall@10 against exact search.
 
     .venv/bin/python bench/bench_ondisk_index.py [--sizes 1000000[,10000000]] [--nlist 1024] [--nprobe 64]
+        [--kinds in-RAM,on-disk] [--folder DIR]
+
+At 10M the in-RAM contender needs ~15 GB of memory for its lists and its SQLite record doubles the
+disk needed (~3 kB a vector each), so `--sizes 10000000 --kinds on-disk` measures the on-disk one
+alone; the 1M rows compare the two.
 
 Vectors: 384-d, drawn around 20,000 random centres as in bench_search.py, but generated slice by
 slice (seeded per slice) so that 10M vectors (15 GB) never sit in this process's memory. Both
@@ -35,6 +40,7 @@ QUERIES = 200
 SLICE = 100_000
 TARGET_RECALL = 0.95
 TARGET_SEARCH_RSS = 1e9  # at 10M vectors
+KINDS = ("in-RAM", "on-disk")
 
 
 def vector_slices(count, centres=20_000, seed=0):
@@ -48,7 +54,7 @@ def vector_slices(count, centres=20_000, seed=0):
         yield start, vectors
 
 
-def make_indexes(folder, count, nlist, seed=1):
+def make_indexes(folder, count, nlist, kinds=KINDS, seed=1):
     """The two unbuilt indexes (SQLite records), the queries, and the exact top 10 of each query."""
     from search_clasp import ClaspIndex
 
@@ -56,7 +62,7 @@ def make_indexes(folder, count, nlist, seed=1):
     picked = np.sort(rng.choice(count, QUERIES, replace=False))
     queries = np.empty((QUERIES, DIM), dtype=np.float32)
     indexes = {name: ClaspIndex.create(os.path.join(folder, name), "bench", "bench-model", DIM, kind="ivf", nlist=nlist,
-                                       on_disk=name == "on-disk") for name in ("in-RAM", "on-disk")}
+                                       on_disk=name == "on-disk") for name in kinds}
     best_scores = np.full((QUERIES, 10), -np.inf, dtype=np.float32)
     best_ids = np.zeros((QUERIES, 10), dtype=np.int64)
     for start, vectors in vector_slices(count):  # a first pass for the queries' sources (nothing kept)
@@ -118,8 +124,12 @@ def main():
     parser.add_argument("--nprobe", type=int, default=64)
     parser.add_argument("--folder", default=None, help="where the indexes are built (default: a temporary folder); "
                                                        "needs ~3 kB a vector of free disk")
+    parser.add_argument("--kinds", default=",".join(KINDS), help="which indexes to build: in-RAM, on-disk or both")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    kinds = tuple(args.kinds.split(","))
+    if not kinds or set(kinds) - set(KINDS):
+        parser.error(f"--kinds: a comma-separated subset of {','.join(KINDS)}, got {args.kinds!r}")
     if args.child:
         return child_build(*args.child[1:]) if args.child[0] == "build" else child_search(*args.child[1:3], int(args.child[3]))
     started = time.perf_counter()
@@ -130,9 +140,9 @@ def main():
         nlist = args.nlist or min(round(4 * count**0.5), 1024)
         folder = tempfile.mkdtemp(dir=args.folder, prefix="bench-ondisk-")
         try:
-            queries, exact = make_indexes(folder, count, nlist)
+            queries, exact = make_indexes(folder, count, nlist, kinds)
             np.save(os.path.join(folder, "queries.npy"), queries)
-            for name in ("in-RAM", "on-disk"):
+            for name in kinds:
                 index_dir = os.path.join(folder, name)
                 out, build_rss = run_child([*me, "build", index_dir])
                 build_s = json.loads(out)["build_s"]
@@ -157,7 +167,8 @@ def main():
         finally:
             shutil.rmtree(folder)
     result = {
-        "title": "IVF lists on disk (memory-mapped) against in RAM",
+        "title": "IVF lists on disk (memory-mapped) against in RAM" if kinds == KINDS else
+                 f"IVF lists {' and '.join(kinds)} alone, {', '.join(f'{int(n):,}' for n in args.sizes.split(','))} vectors",
         "tables": [{
             "caption": f"{QUERIES} queries one at a time, k = 10; build = ClaspIndex.write_faiss (k-means on a sample, "
                        "then adding every row); peak RSS of the build and of a search process (its own, wait4); "
@@ -176,7 +187,12 @@ def main():
                   "first queries that touch each list."],
         "wall_s": time.perf_counter() - started,
     }
-    write_result("bench_ondisk_index", result)
+    # Another size or a single kind is another section of BENCHMARKS.md, beside the default 1M comparison.
+    default = args.sizes == "1000000" and kinds == KINDS and args.nlist is None and args.nprobe == 64
+    name = "bench_ondisk_index" + ("" if default else "_" + "_".join(f"{int(n) / 1e6:g}m" for n in args.sizes.split(","))
+                                                      + ("" if kinds == KINDS else "_" + "_".join(k.lower() for k in kinds)))
+    arguments = " ".join(a for a in sys.argv[1:] if not a.startswith("--folder") and a != args.folder)
+    write_result(name, result, command=f".venv/bin/python bench/bench_ondisk_index.py {arguments}".strip())
     print_result(result)
 
 

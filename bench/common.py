@@ -80,9 +80,10 @@ def format_table(columns: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def write_result(name: str, result: dict) -> str:
-    """bench/results/<name>.json, written whole (data_clasp.files.write_atomically)."""
-    result = {"name": name, "machine": machine(), "command": f".venv/bin/python bench/{name}.py",
+def write_result(name: str, result: dict, command: str | None = None) -> str:
+    """bench/results/<name>.json, written whole (data_clasp.files.write_atomically); `command`: how
+    it was run, when not the plain `.venv/bin/python bench/<name>.py`."""
+    result = {"name": name, "machine": machine(), "command": command or f".venv/bin/python bench/{name}.py",
               "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), **result}
     path = os.path.join(RESULTS_DIR, f"{name}.json")
     write_atomically(path, json.dumps(result, indent=2) + "\n")
