@@ -58,7 +58,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_clasp.features import MARKER, VIEW_COLUMNS, CachedFeatures, OneViewPerClip
+from data_clasp.features import MARKER, VIEW_COLUMNS, CachedFeatures, OneViewPerClip, stable_group_ids
 from data_clasp.files import write_atomically
 from evaluation.hubness import BANK_FILE
 from modeling_clasp import gather_with_grad
@@ -90,6 +90,9 @@ def parse_args(argv=None):
     parser.add_argument("--fusion", choices=["concat", "gating", "speech_only", "spectrogram_only"], default=None, help="for a preset; default concat")
     parser.add_argument("--loss", choices=["contrastive", "contrastive_fixed", "huber"], default=None,
                         help="default contrastive for a preset, the saved one for a CLASP folder")
+    parser.add_argument("--same_group_negatives", choices=["keep", "drop"], default="keep",
+                        help="drop: other readings of a row's sentence group (another voice, take or language) in the "
+                             "batch are not its negatives in the loss (false-negative elimination); keep: CLIP's rule")
     parser.add_argument("--speech_pooling", choices=["mean", "attention"], default=None,
                         help="for a preset; default mean (the paper)")
     parser.add_argument("--config_overrides", default=None,
@@ -151,17 +154,20 @@ def parse_eval_data(items) -> dict:
 
 
 class AudioPairs(Dataset):
-    """(audio, text) rows of a `clasp data` dataset, turned into model inputs in the collate function."""
+    """(audio, text) rows of a `clasp data` dataset, turned into model inputs in the collate function;
+    with `group_ids`, each row's `pair_group_ids` too (data_clasp.features.stable_group_ids)."""
 
-    def __init__(self, split):
+    def __init__(self, split, group_ids: bool = False):
         self.split = split
+        self.group_ids = stable_group_ids(split) if group_ids else None
 
     def __len__(self):
         return len(self.split)
 
     def __getitem__(self, index):
         row = self.split[index]
-        return {"audio": row["audio"]["array"], "sampling_rate": row["audio"]["sampling_rate"], "text": row["text"]}
+        item = {"audio": row["audio"]["array"], "sampling_rate": row["audio"]["sampling_rate"], "text": row["text"]}
+        return item if self.group_ids is None else {**item, "pair_group_ids": self.group_ids[index]}
 
 
 def audio_collate(processor):
@@ -169,7 +175,10 @@ def audio_collate(processor):
         by_rate = {row["sampling_rate"] for row in rows}
         if len(by_rate) != 1:
             raise ValueError(f"a batch mixes sampling rates {sorted(by_rate)}; resample the dataset to one rate")
-        return dict(processor(text=[r["text"] for r in rows], audio=[r["audio"] for r in rows], sampling_rate=by_rate.pop()))
+        batch = dict(processor(text=[r["text"] for r in rows], audio=[r["audio"] for r in rows], sampling_rate=by_rate.pop()))
+        if "pair_group_ids" in rows[0]:
+            batch["pair_group_ids"] = torch.tensor([r["pair_group_ids"] for r in rows], dtype=torch.int64)
+        return batch
 
     return collate
 
@@ -694,18 +703,20 @@ def main(argv=None):
             if accelerator.is_main_process:
                 print(f"[train] --extra_train_data {path}: {added} rows added to train, {left_out} left out "
                       f"(their groups are held out in --train_data)", flush=True)
+    group_ids = args.same_group_negatives == "drop"
     if mode == "cached":
         for option, path in [("--train_data", args.train_data)] + [("--extra_train_data", p) for p in args.extra_train_data]:
             check_cache_fits(path, model, processor, args.model, option)
         # Attention pooling and trainable top layers need the frames; else the cached mean is all the head needs.
         frames = model.config.speech_needs_frames
         # An augmented cache (`clasp features --augment K`): one view of each clip per epoch.
-        train_set = (OneViewPerClip(data["train"], frames, args.seed) if "view" in data["train"].column_names
-                     else CachedFeatures(data["train"], frames))
-        val_set = CachedFeatures(data["validation"], frames)
+        train_set = (OneViewPerClip(data["train"], frames, args.seed, group_ids) if "view" in data["train"].column_names
+                     else CachedFeatures(data["train"], frames, group_ids))
+        val_set = CachedFeatures(data["validation"], frames, group_ids)
         collate = train_set.collate
     else:
-        train_set, val_set, collate = AudioPairs(data["train"]), AudioPairs(data["validation"]), audio_collate(processor)
+        train_set, val_set = AudioPairs(data["train"], group_ids), AudioPairs(data["validation"], group_ids)
+        collate = audio_collate(processor)
     eval_batch = args.per_device_eval_batch_size or args.per_device_train_batch_size
     generator = torch.Generator().manual_seed(args.seed)
     # drop_last: the head's batch norm needs more than one row, and every process must gather equal batches.
@@ -720,7 +731,7 @@ def main(argv=None):
         if mode == "cached":
             check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
         rows = eval_data["validation"]
-        eval_set = CachedFeatures(rows, frames) if mode == "cached" else AudioPairs(rows)
+        eval_set = CachedFeatures(rows, frames, group_ids) if mode == "cached" else AudioPairs(rows, group_ids)
         eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
                            validation_correct_set(rows))
     if len(train_loader) == 0:
@@ -862,7 +873,8 @@ def main(argv=None):
             "mode": mode, "num_processes": accelerator.num_processes, "effective_batch": effective_batch,
             "negatives_per_step": args.per_device_train_batch_size * accelerator.num_processes - 1,
             "steps": progress.step, "epochs": progress.epoch, "best_val_loss": progress.best_val_loss,
-            "metric_for_best_model": args.metric_for_best_model, "best_epoch": progress.best_epoch,
+            "metric_for_best_model": args.metric_for_best_model, "same_group_negatives": args.same_group_negatives,
+            "best_epoch": progress.best_epoch,
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
             "stopped_because": not_finite, "hubness": hubness, "history": progress.history,

@@ -110,8 +110,16 @@ class _AllGatherWithGrad(torch.autograd.Function):
         return grad_gathered[ctx.rows]
 
 
-def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig) -> torch.Tensor:
-    """The training objective on L2-normalised embeddings (row i of each is a pair)."""
+def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: ClaspConfig, pair_group_ids=None) -> torch.Tensor:
+    """The training objective on L2-normalised embeddings `[batch, dim]` (row i of each is a pair).
+
+    `pair_group_ids` `[batch]` (int64, optional): rows with the same id read the same sentence (one
+    sentence group, any language or voice). Their cross pairs are then left out of the softmax
+    denominators: another reading of the same sentence is not a wrong answer (the evaluation counts
+    it as correct), so it is not pushed away as a negative. This is false-negative elimination
+    (Huynh et al., "Boosting Contrastive Self-Supervised Learning with False Negative Cancellation",
+    WACV 2022); without ids every other row is a negative, as in CLIP.
+    """
     if config.loss == "huber":
         # The paper's LASP variant: regress the audio embedding onto the text embedding.
         return F.huber_loss(audio_embeds, text_embeds, delta=config.huber_delta)
@@ -120,7 +128,22 @@ def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: Cla
     labels = torch.arange(audio_embeds.shape[0], device=audio_embeds.device) + offset
     logits_per_audio = logit_scale * audio_embeds @ all_text.T
     logits_per_text = logit_scale * text_embeds @ all_audio.T
+    if pair_group_ids is not None:
+        all_ids = gather_without_grad(pair_group_ids)
+        false_negative = pair_group_ids[:, None] == all_ids[None, :]
+        false_negative[torch.arange(len(labels), device=labels.device), labels] = False  # the pair itself stays
+        logits_per_audio = logits_per_audio.masked_fill(false_negative, float("-inf"))
+        logits_per_text = logits_per_text.masked_fill(false_negative, float("-inf"))
     return (F.cross_entropy(logits_per_audio, labels) + F.cross_entropy(logits_per_text, labels)) / 2
+
+
+def gather_without_grad(values: torch.Tensor) -> torch.Tensor:
+    """All processes' `values` concatenated along rows, in rank order (themselves in one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_world_size() == 1:
+        return values
+    gathered = [torch.empty_like(values) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(gathered, values.contiguous())
+    return torch.cat(gathered)
 
 
 class ClaspBranchMLP(nn.Sequential):
@@ -625,10 +648,13 @@ class ClaspModel(ClaspPreTrainedModel):
         text_embeds=None,
         return_loss=None,
         return_dict=None,
+        pair_group_ids=None,
         **kwargs,
     ) -> ClaspOutput | tuple:
         """Takes what ClaspProcessor returns (see `get_audio_features` for the audio names), or
-        cached features; `**kwargs` only carries deprecated names (a warning), anything else is a TypeError."""
+        cached features; `**kwargs` only carries deprecated names (a warning), anything else is a TypeError.
+        `pair_group_ids` `[batch]` (optional, with `return_loss`): the rows' sentence groups, whose
+        other readings the loss does not count as negatives (see `clasp_loss`)."""
         audio = dict(input_values=input_values, input_values_mask=input_values_mask, input_features=input_features,
                      input_features_mask=input_features_mask, pixel_values=pixel_values)
         audio = rename_old_audio_inputs(self.config, audio, kwargs, "forward")
@@ -651,7 +677,7 @@ class ClaspModel(ClaspPreTrainedModel):
             logits_per_audio = logit_scale * audio_embeds @ text_embeds.T
             logits_per_text = logits_per_audio.T
             if return_loss:
-                loss = clasp_loss(audio_embeds, text_embeds, logit_scale, self.config)
+                loss = clasp_loss(audio_embeds, text_embeds, logit_scale, self.config, pair_group_ids)
         output = ClaspOutput(
             loss=loss,
             logits_per_audio=logits_per_audio,

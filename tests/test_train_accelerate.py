@@ -21,14 +21,21 @@ from tiny import REPO, tiny_config, tiny_model, tiny_processor
 # ---- 2 processes × B = 1 process × 2B -----------------------------------------------------------
 
 
-def _head_step(model, rows):
+# Sentence groups of the 12 pairs: groups 1 and 4 span both processes' halves (rows 0-5 | 6-11).
+GROUPS = torch.tensor([0, 1, 2, 0, 3, 1, 1, 4, 5, 4, 6, 4])
+
+
+def _head_step(model, rows, groups=False):
     """The real model (cached-feature inputs, fusion head with batch norm) on `rows` of a fixed set of
-    pairs: the loss, every trained parameter's gradient, the first batch norm's running statistics."""
+    pairs (with `groups`, their GROUPS as pair_group_ids): the loss, every trained parameter's
+    gradient, the first batch norm's running statistics."""
     config = model.config
     generator = torch.Generator().manual_seed(3)
     features = {"speech_embeds": torch.randn(12, config.speech_hidden_size, generator=generator),
                 "spectrogram_embeds": torch.randn(12, config.spectrogram_hidden_size, generator=generator),
                 "text_embeds": torch.randn(12, config.projection_dim, generator=generator)}
+    if groups:
+        features["pair_group_ids"] = GROUPS
     loss = model(**{k: v[rows] for k, v in features.items()}, return_loss=True).loss
     loss.backward()
     grads = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
@@ -54,11 +61,11 @@ def _rank_worker(rank, world_size, store, queue):
         results = {}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            for sync in (False, True):
+            for sync, groups in ((False, False), (True, False), ("groups", True)):
                 model = _real_head()
                 if sync:
                     synchronise_batch_norm(model)
-                loss, grads, running = _head_step(model, slice(rank * 6, (rank + 1) * 6))
+                loss, grads, running = _head_step(model, slice(rank * 6, (rank + 1) * 6), groups)
                 # What DDP does: average gradients (and we average the losses) over processes.
                 dist.all_reduce(grads)
                 dist.all_reduce(loss)
@@ -74,7 +81,8 @@ def _rank_worker(rank, world_size, store, queue):
 def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     """The real head (batch norm; dropout off): the loss, the gradients and the batch-norm running
     statistics of 2 gloo processes × 6 pairs equal one process × 12, with the negatives gathered and
-    the batch norm synchronised (and not without the synchronisation); no FutureWarning."""
+    the batch norm synchronised (and not without the synchronisation), also with sentence groups that
+    span the processes left out of each other's negatives; no FutureWarning."""
     context = mp.get_context("spawn")
     queue = context.Queue()
     processes = [context.Process(target=_rank_worker, args=(rank, 2, str(tmp_path / "store"), queue)) for rank in range(2)]
@@ -96,6 +104,13 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tmp_path):
     # theory, float noise (~1e-6) in practice, in either computation.
     assert (two_grads - one_grads).norm() < 1e-5 * one_grads.norm()
     torch.testing.assert_close(two_running, one_running, atol=1e-6, rtol=1e-5)
+    # Same-group rows left out of the negatives across the two processes as in one.
+    one_loss, one_grads, _ = _head_step(_real_head(), slice(0, 12), groups=True)
+    two_loss, two_grads, _ = (torch.tensor(x) for x in results["groups"])
+    torch.testing.assert_close(two_loss, one_loss, atol=1e-6, rtol=1e-6)
+    assert (two_grads - one_grads).norm() < 1e-5 * one_grads.norm()
+    assert abs(one_loss - _head_step(_real_head(), slice(0, 12))[0]) > 1e-3  # the groups changed the loss
+    one_loss, one_grads, _ = _head_step(_real_head(), slice(0, 12))
     unsynced_loss, unsynced_grads, _ = (torch.tensor(x) for x in results[False])
     assert abs(unsynced_loss - one_loss) > 1e-3  # per-process batch statistics: not the same training
     assert (unsynced_grads - one_grads).norm() > 0.05 * one_grads.norm()
@@ -447,6 +462,28 @@ def test_a_run_with_extra_training_data_trains_on_both(tiny_setup, tmp_path):
     assert "64 rows added to train, 0 left out" in result.stdout + result.stderr
     # The hubness bank holds one row per training pair: 64 of --train_data + 64 extra.
     assert json.loads((output / "training_summary.json").read_text())["hubness"]["bank_rows"] == 128
+
+
+def test_same_group_negatives_drop_trains_without_twins_as_negatives(tiny_setup, tmp_path):
+    """--same_group_negatives drop: the rows of a sentence group (here, without a group column, the
+    same text: 8 texts read 8 times) reach the loss as pair_group_ids; the run trains, records the
+    setting, and its training loss is not the plain CLIP loss of the same seed and batches."""
+    from datasets import DatasetDict, load_from_disk
+
+    data = load_from_disk(tiny_setup / "features")
+    DatasetDict({"train": data["train"].map(lambda row, i: {"text": f"sentence {i % 8}"}, with_indices=True),
+                 "validation": data["validation"]}).save_to_disk(tmp_path / "twins")
+    (tmp_path / "twins" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
+    losses = {}
+    for rule in ("keep", "drop"):
+        command = _train_command(tiny_setup, tmp_path / rule, "--num_train_epochs", "1", "--same_group_negatives", rule)
+        command[command.index("--train_data") + 1] = str(tmp_path / "twins")
+        result = subprocess.run(command, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        summary = json.loads((tmp_path / rule / "training_summary.json").read_text())
+        assert summary["same_group_negatives"] == rule
+        losses[rule] = summary["history"][0]["train_loss"]
+    assert abs(losses["drop"] - losses["keep"]) > 1e-3  # the groups reached the loss (the same seed and batches)
 
 
 def test_eval_data_is_validated_every_epoch_and_can_choose_the_best_epoch(tiny_setup, tmp_path):

@@ -307,3 +307,32 @@ def test_logit_scale_above_the_cap_gets_a_gradient_and_loads_clamped(tmp_path):
     assert model.logit_scale.grad != 0
     model.save_pretrained(tmp_path)
     assert ClaspModel.from_pretrained(tmp_path).logit_scale.item() == pytest.approx(config.logit_scale_max)
+
+
+def _cross_entropy_by_hand(logits, row, allowed) -> float:
+    """-log softmax of logits[row][row] over the columns in `allowed`, one term at a time."""
+    import math
+
+    return -(logits[row][row] - math.log(sum(math.exp(logits[row][j]) for j in allowed)))
+
+
+@pytest.mark.parametrize("ids", [None, [7, 7, 3, 5, 3]])
+def test_the_loss_leaves_other_readings_of_a_sentence_out_of_the_negatives(ids):
+    """Symmetric InfoNCE; with pair_group_ids, row i's denominator holds its own pair and every
+    column of another group only (rows 0-1 and 2-4 read the same sentences)."""
+    from modeling_clasp.modeling_clasp import clasp_loss
+
+    generator = torch.Generator().manual_seed(0)
+    audio = F.normalize(torch.randn(5, 6, generator=generator), dim=-1)
+    text = F.normalize(torch.randn(5, 6, generator=generator), dim=-1)
+    text[1] = text[0]  # a twin: the same text embedding, which no softmax could tell apart
+    scale = 10.0
+    per_audio = (scale * audio @ text.T).tolist()
+    per_text = (scale * text @ audio.T).tolist()
+    expected = 0.0
+    for i in range(5):
+        allowed = [j for j in range(5) if ids is None or j == i or ids[j] != ids[i]]
+        expected += (_cross_entropy_by_hand(per_audio, i, allowed) + _cross_entropy_by_hand(per_text, i, allowed)) / 10
+    loss = clasp_loss(audio, text, torch.tensor(scale), tiny_config(),
+                      None if ids is None else torch.tensor(ids, dtype=torch.int64))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
