@@ -69,7 +69,7 @@ def main():
     ours = quantize_model(copy.deepcopy(model), "int8")
     quantize_s = time.perf_counter() - begin
     cnn_only = copy.deepcopy(model)
-    cnn_only.spectrogram_model = OnnxRuntimeImageModel(cnn_only.spectrogram_model, model.config.spectrogram_config,
+    cnn_only.spectrogram_model = OnnxRuntimeImageModel(cnn_only.spectrogram_model, model.config.spectrogram_image_size,
                                                        torch.get_num_threads())
     models = {"fp32": model.eval(), "int8 (--quantize int8)": ours,
               "fp32, the CNN in ONNX Runtime (no int8)": cnn_only,

@@ -121,13 +121,13 @@ class OnnxRuntimeImageModel(nn.Module):
     """An image backbone in ONNX Runtime (fp32), called as the transformers model was:
     `model(pixel_values=[batch, channels, height, width]).pooler_output` (float32, CPU). Inference only."""
 
-    def __init__(self, model: nn.Module, config, threads: int):
+    def __init__(self, model: nn.Module, image_size: int, threads: int):
         super().__init__()
-        self.config = config
-        size = getattr(config, "image_size", 224)
-        example = (torch.zeros(2, getattr(config, "num_channels", 3), size, size),)
+        self.config = model.config
+        example = (torch.zeros(2, getattr(model.config, "num_channels", 3), image_size, image_size),)
         self.session = onnx_runtime_session(_PooledOutput(model), example, ["pixel_values"],
-                                            {"pixel_values": {0: "batch"}, "output": {0: "batch"}}, int8=False, threads=threads)
+                                            {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}},
+                                            int8=False, threads=threads)
 
     def forward(self, pixel_values=None, **unused):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
@@ -179,7 +179,8 @@ def quantize_model(model, quantize: str | None, device=None):
                 encoder.layers[index] = OnnxRuntimeEncoderLayer(layer, encoder.config.d_model, threads)
         if getattr(model, "spectrogram_model", None) is not None:
             try:
-                model.spectrogram_model = OnnxRuntimeImageModel(model.spectrogram_model.float(), model.config.spectrogram_config, threads)
+                model.spectrogram_model = OnnxRuntimeImageModel(model.spectrogram_model.float(),
+                                                                model.config.spectrogram_image_size, threads)
             except Exception as error:  # an architecture the exporter cannot trace: torch still computes it
                 warnings.warn(f"--quantize {quantize}: the spectrogram CNN stays in torch ({type(error).__name__}: {error})")
     if not whisper and getattr(model, "speech_model", None) is not None:

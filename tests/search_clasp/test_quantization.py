@@ -144,12 +144,15 @@ def test_an_onnx_runtime_layer_runs_any_batch_and_length_like_the_torch_layer(ba
     assert (output - expected).abs().max() > 1e-6  # int8, not fp32
 
 
-def test_the_onnx_runtime_cnn_equals_torch():
+@pytest.mark.parametrize("size", [None, 48])
+def test_the_onnx_runtime_cnn_equals_torch(size):
+    """On the picture size it was exported with, and on another (a processor of another image size)."""
     model = tiny_model(tiny_config("whisper")).eval()
-    pixels = torch.randn(3, 3, model.config.spectrogram_image_size, model.config.spectrogram_image_size)
+    exported = model.config.spectrogram_image_size
+    pixels = torch.randn(3, 3, size or exported, size or exported)
     with torch.no_grad():
         expected = model.spectrogram_model(pixel_values=pixels).pooler_output
-    output = OnnxRuntimeImageModel(model.spectrogram_model, model.config.spectrogram_config, threads=1)(pixel_values=pixels)
+    output = OnnxRuntimeImageModel(model.spectrogram_model, exported, threads=1)(pixel_values=pixels)
     torch.testing.assert_close(output.pooler_output, expected, atol=1e-5, rtol=1e-4)
 
 
