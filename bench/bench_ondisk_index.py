@@ -117,6 +117,40 @@ def child_search(index_dir, queries_file, nprobe):
     print(json.dumps({"latencies_ms": [1000 * s for s in latencies], "found": found, "before": before, "after": after}))
 
 
+CGROUP_ROOT = "/sys/fs/cgroup/memory"  # cgroup v1's memory controller (v2: memory.max; not handled here)
+
+
+def run_in_memory_cgroup(argv, limit_bytes):
+    """`run_child(argv)` inside a new memory cgroup of `limit_bytes`, which counts the page cache the
+    child's mapped files occupy as well as its own memory (the kernel reclaims cached pages at the
+    limit; a working set above it is killed). Returns (stdout, peak RSS, the cgroup's peak charge,
+    times the limit was hit). OSError when this machine's cgroup v1 memory controller is not writable."""
+    folder = os.path.join(CGROUP_ROOT, f"clasp-bench-{os.getpid()}")
+    os.mkdir(folder)
+    try:
+        with open(os.path.join(folder, "memory.limit_in_bytes"), "w") as f:
+            f.write(str(int(limit_bytes)))
+        if os.path.exists(os.path.join(folder, "memory.memsw.limit_in_bytes")):  # no swapping around the limit
+            with open(os.path.join(folder, "memory.memsw.limit_in_bytes"), "w") as f:
+                f.write(str(int(limit_bytes)))
+        procs = os.path.join(folder, "cgroup.procs")
+        # The shell puts itself in the cgroup, then becomes the child (exec): wait4 still measures the child.
+        out, peak = run_child(["sh", "-c", f'echo $$ > "{procs}" && exec "$0" "$@"', *argv])
+        with open(os.path.join(folder, "memory.max_usage_in_bytes")) as f:
+            charged = int(f.read())
+        with open(os.path.join(folder, "memory.failcnt")) as f:
+            hits = int(f.read())
+        return out, peak, charged, hits
+    finally:
+        os.rmdir(folder)
+
+
+def parse_bytes(text: str) -> int:
+    """"1G" / "512M" / "1000000000" -> bytes (decimal: 1G = 10^9, as the target's "1 GB")."""
+    units = {"K": 10**3, "M": 10**6, "G": 10**9}
+    return int(float(text[:-1]) * units[text[-1].upper()]) if text[-1:].upper() in units else int(text)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000", help="comma-separated vector counts (10000000 is the large option)")
@@ -125,6 +159,9 @@ def main():
     parser.add_argument("--folder", default=None, help="where the indexes are built (default: a temporary folder); "
                                                        "needs ~3 kB a vector of free disk")
     parser.add_argument("--kinds", default=",".join(KINDS), help="which indexes to build: in-RAM, on-disk or both")
+    parser.add_argument("--search-memory-limit", type=parse_bytes, default=None, metavar="BYTES",
+                        help="also search the on-disk index inside a memory cgroup of this size (e.g. 1G; page cache "
+                             "included; needs a writable cgroup v1 memory controller, as root)")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
     kinds = tuple(args.kinds.split(","))
@@ -134,7 +171,7 @@ def main():
         return child_build(*args.child[1:]) if args.child[0] == "build" else child_search(*args.child[1:3], int(args.child[3]))
     started = time.perf_counter()
     load = [os.getloadavg()]
-    rows, targets = [], []
+    rows, targets, cgroup_notes = [], [], []
     me = [sys.executable, os.path.abspath(__file__), "--child"]
     for count in map(int, args.sizes.split(",")):
         nlist = args.nlist or min(round(4 * count**0.5), 1024)
@@ -142,22 +179,42 @@ def main():
         try:
             queries, exact = make_indexes(folder, count, nlist, kinds)
             np.save(os.path.join(folder, "queries.npy"), queries)
-            for name in kinds:
+            searches = [(name, None) for name in kinds]
+            if args.search_memory_limit and "on-disk" in kinds:
+                searches.append(("on-disk", args.search_memory_limit))
+            for name, limit in searches:
                 index_dir = os.path.join(folder, name)
-                out, build_rss = run_child([*me, "build", index_dir])
-                build_s = json.loads(out)["build_s"]
-                out, search_rss = run_child([*me, "search", index_dir, os.path.join(folder, "queries.npy"), str(args.nprobe)])
+                if limit is None:
+                    out, build_rss = run_child([*me, "build", index_dir])
+                    build_s = json.loads(out)["build_s"]
+                search = [*me, "search", index_dir, os.path.join(folder, "queries.npy"), str(args.nprobe)]
+                if limit is None:
+                    out, search_rss = run_child(search)
+                else:
+                    with open("/proc/sys/vm/drop_caches", "w") as f:  # cold: the lists start on disk
+                        os.sync()
+                        f.write("1")
+                    out, search_rss, charged, hits = run_in_memory_cgroup(search, limit)
+                    cgroup_notes.append(f"The search in a {limit / 1e9:g} GB memory cgroup (page cache counted, started "
+                                        f"with a cold cache): the cgroup's peak charge {charged / 1e9:.2f} GB, the "
+                                        f"limit reached {hits:,} times" + (" (each time the kernel reclaimed mapped list pages)" if hits else "")
+                                        + "; its peak RSS counts the mapped pages it touched before they were reclaimed.")
                 searched = json.loads(out)
                 recall = float(np.mean([len(set(f) & set(e)) / 10 for f, e in zip(searched["found"], exact.tolist())]))
                 p50, p99 = np.percentile(searched["latencies_ms"], [50, 99])
                 disk = sum(os.path.getsize(os.path.join(index_dir, f)) for f in os.listdir(index_dir) if "faiss" in f or "ivfdata" in f)
                 before, after = searched["before"], searched["after"]
                 index_anon, index_mapped = after["RssAnon"] - before["RssAnon"], after["RssFile"] - before["RssFile"]
-                rows.append([f"{count:,}", name, f"nlist={nlist}, nprobe={args.nprobe}", build_s, build_rss / 1e9,
+                label = name if limit is None else f"{name}, search in a {limit / 1e9:g} GB memory cgroup"
+                rows.append([f"{count:,}", label, f"nlist={nlist}, nprobe={args.nprobe}", build_s, build_rss / 1e9,
                              search_rss / 1e9, before["VmRSS"] / 1e9, index_anon / 1e9, index_mapped / 1e9,
                              p50, p99, recall, disk / 1e9])
                 load.append(os.getloadavg())
-                if name == "on-disk":
+                if limit is not None:
+                    targets.append({"target": f"search within a {limit / 1e9:g} GB memory cgroup at {count:,} (on disk)",
+                                    "value": f"done, recall@10 {recall:.3f}, p50 {p50:.0f} ms",
+                                    "met": bool(limit <= TARGET_SEARCH_RSS and recall >= TARGET_RECALL)})
+                elif name == "on-disk":
                     targets.append({"target": f"recall@10 >= {TARGET_RECALL} at {count:,} (on disk)",
                                     "value": f"{recall:.3f}", "met": bool(recall >= TARGET_RECALL)})
                     if count >= 10_000_000:
@@ -183,12 +240,12 @@ def main():
         "targets": targets,
         "notes": ["Load average (1, 5, 15 min) at the start and after each row: "
                   + "; ".join(" ".join(f"{x:.2f}" for x in entry) for entry in load),
-                  "The page cache was warm (the lists had just been written); a cold cache adds disk reads to the "
-                  "first queries that touch each list."],
+                  "The page cache was warm (the lists had just been written) for the searches without a cgroup; a cold "
+                  "cache adds disk reads to the first queries that touch each list.", *cgroup_notes],
         "wall_s": time.perf_counter() - started,
     }
     # Another size or a single kind is another section of BENCHMARKS.md, beside the default 1M comparison.
-    default = args.sizes == "1000000" and kinds == KINDS and args.nlist is None and args.nprobe == 64
+    default = args.sizes == "1000000" and kinds == KINDS and args.nlist is None and args.nprobe == 64 and not args.search_memory_limit
     name = "bench_ondisk_index" + ("" if default else "_" + "_".join(f"{int(n) / 1e6:g}m" for n in args.sizes.split(","))
                                                       + ("" if kinds == KINDS else "_" + "_".join(k.lower() for k in kinds)))
     arguments = " ".join(a for a in sys.argv[1:] if not a.startswith("--folder") and a != args.folder)
