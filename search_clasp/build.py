@@ -71,11 +71,13 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     from backbones_clasp.checkpoints import check_checkpoint
 
     from .embedding import ClaspEmbedder
+    from .quantization import check_quantize
     from .shards import embed_across_processes, process_state
 
     index_dir = Path(os.path.abspath(index_dir))
     identity = model_identity(model_dir)  # before loading anything: a wrong model is refused at once
     check_checkpoint(model_dir)  # and a broken one before a .partial index is started with its identity
+    check_quantize(quantize, device)  # and a --quantize that cannot run here (a GPU --device, no ONNX Runtime)
     if hubness_bank is not None:
         from evaluation.hubness import load_hubness_bank
 

@@ -150,6 +150,23 @@ def torch_int8_linear(part: nn.Module) -> nn.Module:
         return quantize_dynamic(part, layers, dtype=torch.qint8)
 
 
+def check_quantize(quantize: str | None, device=None):
+    """Raise what `quantize_model(model, quantize, device)` would raise before it touches the model:
+    ValueError for a `quantize` other than None / "int8" or a `device` other than the CPU, ImportError
+    naming the extra when onnx / onnxruntime are missing. For callers that write something first."""
+    if quantize is None:
+        return
+    if quantize not in QUANTIZE_CHOICES:
+        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
+    if device is not None and str(device).split(":")[0] != "cpu":
+        raise ValueError(f"--quantize {quantize} runs on the CPU, not on --device {device}")
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export writes with it)
+        import onnxruntime  # noqa: F401
+    except ImportError as error:
+        raise ImportError(f"--quantize {quantize} needs ONNX Runtime: pip install 'clasp-hf[int8]' ({error})") from error
+
+
 def quantize_model(model, quantize: str | None, device=None):
     """`model` (a ClaspModel on the CPU) in eval mode with its audio encoders as the module docstring
     says, in place; the embeddings stay float32 `[batch, projection_dim]`.
@@ -160,15 +177,7 @@ def quantize_model(model, quantize: str | None, device=None):
     """
     if quantize is None:
         return model
-    if quantize not in QUANTIZE_CHOICES:
-        raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
-    if device is not None and str(device).split(":")[0] != "cpu":
-        raise ValueError(f"--quantize {quantize} runs on the CPU, not on --device {device}")
-    try:
-        import onnx  # noqa: F401  (torch.onnx.export writes with it)
-        import onnxruntime  # noqa: F401
-    except ImportError as error:
-        raise ImportError(f"--quantize {quantize} needs ONNX Runtime: pip install 'clasp-hf[int8]' ({error})") from error
+    check_quantize(quantize, device)
     model.eval()
     threads = torch.get_num_threads()
     whisper = getattr(model.config, "speech_is_whisper", False) and model.speech_model is not None
@@ -187,4 +196,4 @@ def quantize_model(model, quantize: str | None, device=None):
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "OnnxRuntimeEncoderLayer", "OnnxRuntimeImageModel", "quantize_model", "torch_int8_linear"]
+__all__ = ["QUANTIZE_CHOICES", "check_quantize", "OnnxRuntimeEncoderLayer", "OnnxRuntimeImageModel", "quantize_model", "torch_int8_linear"]

@@ -204,3 +204,19 @@ def test_the_quantized_layer_graph_keeps_its_down_projection_in_fp32(monkeypatch
     (nodes,) = written
     assert nodes["/layer/fc2/MatMul"] == "MatMul"
     assert {nodes[f"/layer/{name}/MatMul_quant"] for name in ("fc1", "self_attn/q_proj", "self_attn/out_proj")} == {"MatMulInteger"}
+
+
+def test_an_index_refused_for_its_quantize_setting_leaves_nothing_behind(model_dir, audio_dir, tmp_path, monkeypatch, capsys):
+    """Refused before the .partial index is started (a rerun would otherwise resume a folder never built)."""
+    import sys
+
+    output = tmp_path / "index"
+    assert main(["index", "--model", str(model_dir), "--audio", str(audio_dir), "--output", str(output),
+                 "--quantize", "int8", "--device", "cuda"]) == 2
+    assert "--quantize int8 runs on the CPU, not on --device cuda" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["index", "--model", str(model_dir), "--audio", str(audio_dir), "--output", str(output),
+                 "--quantize", "int8"]) == 2
+    assert "pip install 'clasp-hf[int8]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
