@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .index import ClaspIndex, model_identity, read_entries
 
-DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0, on_disk=False)
+DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0, on_disk=False, quantize=None)
 
 
 @dataclass
@@ -85,12 +85,14 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     entries, failed = read_entries(inputs)
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)
-    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk)
+    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk, quantize=quantize)
     state = process_state()
     with state.main_process_first():  # the main process starts a new index; the others then open it
         index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
         if hubness_bank is not None and state.is_main_process:
             index.set_hubness_bank(hubness_bank, csls_k)
+    quantize = index.info["quantize"]  # an --add embeds as the index was built (one index, one precision)
+    check_quantize(quantize, device)
     summary = BuildSummary(index_dir, failed=failed)
     present = index.paths()
     todo = [entry for entry in entries if entry.path not in present]

@@ -220,3 +220,24 @@ def test_an_index_refused_for_its_quantize_setting_leaves_nothing_behind(model_d
                  "--quantize", "int8"]) == 2
     assert "pip install 'clasp-hf[int8]'" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_index_keeps_the_quantize_setting_it_was_built_with(model_dir, audio_dir, tmp_path, monkeypatch, capsys):
+    """Like its window and kind: --add (or a resumed build) embeds as the index was built, and
+    asking for the other precision is refused, so that one index never mixes int8 and fp32 rows."""
+    clips = [str(clip) for clip in sorted(audio_dir.glob("*.wav"))]
+    quantized = []
+    monkeypatch.setattr("search_clasp.quantization.quantize_model",
+                        lambda model, quantize, device=None: quantized.append(quantize) or quantize_model(model, quantize, device))
+
+    def index(name, files, *extra):
+        return main(["index", "--model", str(model_dir), "--audio", *files, "--output", str(tmp_path / name), *extra])
+
+    assert index("fp32", clips[:3]) == 0
+    assert index("fp32", clips[3:], "--add", "--quantize", "int8") == 2
+    assert "was built with quantize=None, not 'int8'" in capsys.readouterr().err
+    assert index("int8", clips[:3], "--quantize", "int8") == 0
+    assert index("int8", clips[3:], "--add") == 0
+    assert quantized == [None, "int8", "int8"]
+    assert len(ClaspIndex(tmp_path / "fp32")) == 3 and len(ClaspIndex(tmp_path / "int8")) == 6
+    assert ClaspIndex(tmp_path / "int8").info["quantize"] == "int8"
