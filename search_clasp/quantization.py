@@ -74,6 +74,37 @@ def onnx_runtime_session(module: nn.Module, example: tuple, input_names: list[st
         return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def refuse_saving(module, prefix, keep_vars):
+    """A state_dict pre-hook on the int8 parts: they hold ONNX Runtime sessions or packed int8
+    weights, not the fp32 weights a CLASP checkpoint holds (save_pretrained would write one
+    without them, or fail half-way)."""
+    raise RuntimeError("a --quantize int8 model cannot be saved: save the fp32 model it was made from "
+                       f"(its {prefix.rstrip('.') or type(module).__name__} is an inference-only int8 part)")
+
+
+class OnnxRuntimePart(nn.Module):
+    """An ONNX Runtime session (`self.session`) in a torch model. Inference only: its output carries no
+    gradient, so it refuses to run in training mode with gradients on (it would silently not train);
+    it is never saved (`refuse_saving`), copied or pickled (a session cannot be)."""
+
+    def __init__(self):
+        super().__init__()
+        self.train(False)
+        self.register_state_dict_pre_hook(refuse_saving)
+
+    def run_session(self, **inputs) -> torch.Tensor:
+        """The session's output for `inputs` (tensors, sent as float32 on the CPU), as a float32 CPU tensor."""
+        if self.training and torch.is_grad_enabled():
+            raise RuntimeError(f"{type(self).__name__} (--quantize int8) runs inference only: no gradient flows "
+                               "through it; train the fp32 model")
+        feeds = {name: value.detach().float().cpu().numpy() for name, value in inputs.items()}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+    def __getstate__(self):
+        raise TypeError(f"{type(self).__name__} holds an ONNX Runtime session: it cannot be copied or pickled; "
+                        "quantize a copy of the fp32 model (quantize_model(copy.deepcopy(model), 'int8'))")
+
+
 class _LayerOutput(nn.Module):
     """An encoder layer with a tensor output (some transformers versions return a tuple)."""
 
@@ -86,10 +117,10 @@ class _LayerOutput(nn.Module):
         return output[0] if isinstance(output, tuple) else output
 
 
-class OnnxRuntimeEncoderLayer(nn.Module):
+class OnnxRuntimeEncoderLayer(OnnxRuntimePart):
     """A transformer encoder layer in ONNX Runtime int8, called as the torch layer was:
     `layer(hidden_states [batch, frames, hidden], attention_mask [batch, 1, 1 or frames, frames],
-    additive) -> hidden_states [batch, frames, hidden]`, float32 on the CPU. Inference only."""
+    additive) -> hidden_states [batch, frames, hidden]`, float32 on the CPU. Inference only (OnnxRuntimePart)."""
 
     def __init__(self, layer: nn.Module, hidden_size: int, threads: int):
         super().__init__()
@@ -103,9 +134,7 @@ class OnnxRuntimeEncoderLayer(nn.Module):
              "output": {0: "batch", 1: "frames"}}, int8=True, threads=threads, keep_fp32=self.fp32_nodes)
 
     def forward(self, hidden_states, attention_mask, **unused):
-        feeds = {"hidden_states": hidden_states.detach().float().cpu().numpy(),
-                 "attention_mask": attention_mask.detach().float().cpu().numpy()}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        return self.run_session(hidden_states=hidden_states, attention_mask=attention_mask)
 
 
 class _PooledOutput(nn.Module):
@@ -117,9 +146,9 @@ class _PooledOutput(nn.Module):
         return self.model(pixel_values=pixel_values).pooler_output
 
 
-class OnnxRuntimeImageModel(nn.Module):
+class OnnxRuntimeImageModel(OnnxRuntimePart):
     """An image backbone in ONNX Runtime (fp32), called as the transformers model was:
-    `model(pixel_values=[batch, channels, height, width]).pooler_output` (float32, CPU). Inference only."""
+    `model(pixel_values=[batch, channels, height, width]).pooler_output` (float32, CPU). Inference only (OnnxRuntimePart)."""
 
     def __init__(self, model: nn.Module, config, threads: int):
         super().__init__()
@@ -132,8 +161,7 @@ class OnnxRuntimeImageModel(nn.Module):
     def forward(self, pixel_values=None, **unused):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        pooled = self.session.run(None, {"pixel_values": pixel_values.detach().float().cpu().numpy()})[0]
-        return BaseModelOutputWithPooling(pooler_output=torch.from_numpy(pooled))
+        return BaseModelOutputWithPooling(pooler_output=self.run_session(pixel_values=pixel_values))
 
 
 def torch_int8_linear(part: nn.Module) -> nn.Module:
@@ -173,7 +201,10 @@ def quantize_model(model, quantize: str | None, device=None):
 
     `quantize`: None (the model is returned as it is) or "int8". Raises ValueError for another value,
     or when `device` is not the CPU (the int8 kernels are CPU kernels); ImportError naming the extra
-    when onnx / onnxruntime are missing.
+    when onnx / onnxruntime are missing (see `check_quantize`).
+    The result is for inference: saving it (save_pretrained, state_dict) is a RuntimeError, copying or
+    pickling it a TypeError, and running its ONNX Runtime layers in training mode with gradients a
+    RuntimeError (they have no parameters to train).
     """
     if quantize is None:
         return model
@@ -193,7 +224,8 @@ def quantize_model(model, quantize: str | None, device=None):
                 warnings.warn(f"--quantize {quantize}: the spectrogram CNN stays in torch ({type(error).__name__}: {error})")
     if not whisper and getattr(model, "speech_model", None) is not None:
         model.speech_model = torch_int8_linear(model.speech_model)
+        model.speech_model.register_state_dict_pre_hook(refuse_saving)
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "check_quantize", "OnnxRuntimeEncoderLayer", "OnnxRuntimeImageModel", "quantize_model", "torch_int8_linear"]
+__all__ = ["QUANTIZE_CHOICES", "check_quantize", "OnnxRuntimeEncoderLayer", "OnnxRuntimeImageModel", "OnnxRuntimePart", "quantize_model", "torch_int8_linear"]

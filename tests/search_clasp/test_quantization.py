@@ -241,3 +241,39 @@ def test_an_index_keeps_the_quantize_setting_it_was_built_with(model_dir, audio_
     assert quantized == [None, "int8", "int8"]
     assert len(ClaspIndex(tmp_path / "fp32")) == 3 and len(ClaspIndex(tmp_path / "int8")) == 6
     assert ClaspIndex(tmp_path / "int8").info["quantize"] == "int8"
+
+
+@pytest.mark.parametrize("speech", ["whisper", "hubert"])
+def test_a_quantized_model_is_never_saved_nor_copied(speech, tmp_path):
+    """Its int8 / ONNX Runtime parts hold no fp32 weights: a checkpoint of it would lack them (Whisper's
+    layers were missing from model.safetensors) or fail half-way; copies and pickles are refused too."""
+    import copy
+    import pickle
+
+    model = quantize_model(tiny_model(tiny_config(speech)), "int8")
+    with pytest.raises(RuntimeError, match="a --quantize int8 model cannot be saved: save the fp32 model it was made from"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        torch.save(model.speech_model.state_dict(), tmp_path / "speech.pt")
+    for copier, part in ((copy.deepcopy, model), (pickle.dumps, model.spectrogram_model)):  # (torch pickles no HuBERT: weight norm)
+        with pytest.raises(TypeError, match="ONNX Runtime session: it cannot be copied or pickled; quantize a copy of the fp32 model"):
+            copier(part)
+
+
+def test_a_quantized_model_refuses_to_train_the_layers_it_runs_in_onnx_runtime():
+    """With k trainable Whisper layers their ONNX Runtime stand-ins would silently not train (no
+    parameters, no gradient): refused. A frozen encoder under a trained head still runs (eval mode)."""
+    from tiny import tiny_feature_extractor
+
+    for k, trains in ((1, False), (0, True)):
+        config = tiny_config("whisper", speech_trainable_layers=k)
+        model = quantize_model(tiny_model(config), "int8").train()
+        inputs = tiny_feature_extractor(config)(list(torch.from_numpy(tone_batch())), sampling_rate=16000)
+        if trains:
+            assert model.get_audio_features(**inputs).pooler_output.requires_grad
+        else:
+            with pytest.raises(RuntimeError, match="OnnxRuntimeEncoderLayer .--quantize int8. runs inference only"):
+                model.get_audio_features(**inputs)
+        with torch.no_grad():
+            assert model.eval().get_audio_features(**inputs).pooler_output.shape == (2, config.projection_dim)
