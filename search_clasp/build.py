@@ -102,7 +102,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
         merged = embed_across_processes(
             [entry.path for entry in todo], shard_dir, json.dumps([index.info[k] for k in ("model_identity", "window_s", "hop_s")] + [quantize]),
             lambda: ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
-                                                  hop_s=index.info["hop_s"], device=device or state.device,
+                                                  hop_s=index.info["hop_s"], device=device or ("cpu" if quantize else state.device),
                                                   quantize=quantize),
             files_per_chunk=files_per_chunk, progress=progress)
         if merged is not None:  # the main process adds all rows in one transaction: a kill leaves all or none

@@ -277,3 +277,26 @@ def test_a_quantized_model_refuses_to_train_the_layers_it_runs_in_onnx_runtime()
                 model.get_audio_features(**inputs)
         with torch.no_grad():
             assert model.eval().get_audio_features(**inputs).pooler_output.shape == (2, config.projection_dim)
+
+
+def test_a_multi_process_launch_on_gpus_embeds_int8_on_the_cpu(model_dir, audio_dir, tmp_path, monkeypatch):
+    """`accelerate launch` on GPUs gives each process its GPU as its device; with --quantize int8 (and
+    no --device) each embeds on the CPU, as one process does, instead of refusing a --device never given."""
+    import contextlib
+    import types
+
+    import search_clasp.shards
+
+    state = types.SimpleNamespace(num_processes=2, process_index=1, is_main_process=False, device=torch.device("cuda", 1),
+                                  main_process_first=contextlib.nullcontext)
+    devices = []
+
+    def embed_across_processes(paths, shard_dir, fingerprint, load_embedder, **kwargs):
+        devices.append(load_embedder().device.type)  # not the main process: it returns nothing
+
+    monkeypatch.setattr(search_clasp.shards, "process_state", lambda: state)
+    monkeypatch.setattr(search_clasp.shards, "embed_across_processes", embed_across_processes)
+    arguments = ["--model", str(model_dir), "--audio", str(audio_dir), "--quantize", "int8"]
+    assert main(["embed", *arguments, "--output", str(tmp_path / "embeddings.safetensors")]) == 0
+    assert main(["index", *arguments, "--output", str(tmp_path / "index")]) == 0
+    assert devices == ["cpu", "cpu"]
