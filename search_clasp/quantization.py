@@ -202,6 +202,9 @@ def quantize_model(model, quantize: str | None, device=None):
     `quantize`: None (the model is returned as it is) or "int8". Raises ValueError for another value,
     or when `device` is not the CPU (the int8 kernels are CPU kernels); ImportError naming the extra
     when onnx / onnxruntime are missing (see `check_quantize`).
+    ONNX Runtime's sessions take torch.get_num_threads() when they are made (one pool a session):
+    set torch's threads (torch.set_num_threads, OMP_NUM_THREADS) before; a later change reaches only
+    the parts that stay in torch.
     The result is for inference: saving it (save_pretrained, state_dict) is a RuntimeError, copying or
     pickling it a TypeError, and running its ONNX Runtime layers in training mode with gradients a
     RuntimeError (they have no parameters to train).

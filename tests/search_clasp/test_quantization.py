@@ -300,3 +300,19 @@ def test_a_multi_process_launch_on_gpus_embeds_int8_on_the_cpu(model_dir, audio_
     assert main(["embed", *arguments, "--output", str(tmp_path / "embeddings.safetensors")]) == 0
     assert main(["index", *arguments, "--output", str(tmp_path / "index")]) == 0
     assert devices == ["cpu", "cpu"]
+
+
+@pytest.mark.parametrize("speech", ["whisper", "hubert"])
+def test_a_model_with_trained_top_layers_embeds_close_to_fp32(speech):
+    """k = 1: the top layer runs in pool_speech (run_trainable_layers) on window means, not frames."""
+    import copy
+
+    from tiny import tiny_feature_extractor
+
+    config = tiny_config(speech, speech_trainable_layers=1)
+    model = tiny_model(config).eval()
+    inputs = tiny_feature_extractor(config)(list(torch.from_numpy(tone_batch())), sampling_rate=16000)
+    with torch.no_grad():
+        fp32 = model.get_audio_features(**inputs).pooler_output
+        int8 = quantize_model(copy.deepcopy(model), "int8").get_audio_features(**inputs).pooler_output
+    check_close_but_quantized(int8, fp32)
