@@ -83,9 +83,10 @@ def refuse_saving(module, prefix, keep_vars):
 
 
 class OnnxRuntimePart(nn.Module):
-    """An ONNX Runtime session (`self.session`) in a torch model. Inference only: its output carries no
-    gradient, so it refuses to run in training mode with gradients on (it would silently not train);
-    it is never saved (`refuse_saving`), copied or pickled (a session cannot be)."""
+    """An ONNX Runtime session (`self.session`) in a torch model, on the CPU. Inference only: its output
+    carries no gradient, so it refuses to run in training mode with gradients on (it would silently
+    not train), and inputs on another device (its CPU output would meet the GPU later); it is never
+    saved (`refuse_saving`), copied or pickled (a session cannot be)."""
 
     def __init__(self):
         super().__init__()
@@ -97,6 +98,10 @@ class OnnxRuntimePart(nn.Module):
         if self.training and torch.is_grad_enabled():
             raise RuntimeError(f"{type(self).__name__} (--quantize int8) runs inference only: no gradient flows "
                                "through it; train the fp32 model")
+        elsewhere = sorted({str(value.device) for value in inputs.values() if value.device.type != "cpu"})
+        if elsewhere:  # e.g. a quantized model that ClaspEmbedder or .to() moved to a GPU
+            raise RuntimeError(f"{type(self).__name__} (--quantize int8) runs on the CPU, not on {', '.join(elsewhere)}: "
+                               "keep the quantized model on the CPU (device='cpu')")
         feeds = {name: value.detach().float().cpu().numpy() for name, value in inputs.items()}
         return torch.from_numpy(self.session.run(None, feeds)[0])
 
@@ -206,8 +211,8 @@ def quantize_model(model, quantize: str | None, device=None):
     set torch's threads (torch.set_num_threads, OMP_NUM_THREADS) before; a later change reaches only
     the parts that stay in torch.
     The result is for inference: saving it (save_pretrained, state_dict) is a RuntimeError, copying or
-    pickling it a TypeError, and running its ONNX Runtime layers in training mode with gradients a
-    RuntimeError (they have no parameters to train).
+    pickling it a TypeError, and running its ONNX Runtime layers in training mode with gradients (they
+    have no parameters to train) or on inputs off the CPU a RuntimeError.
     """
     if quantize is None:
         return model

@@ -316,3 +316,13 @@ def test_a_model_with_trained_top_layers_embeds_close_to_fp32(speech):
         fp32 = model.get_audio_features(**inputs).pooler_output
         int8 = quantize_model(copy.deepcopy(model), "int8").get_audio_features(**inputs).pooler_output
     check_close_but_quantized(int8, fp32)
+
+
+def test_a_quantized_model_moved_off_the_cpu_gets_a_clear_error():
+    """E.g. ClaspEmbedder(quantize_model(model, "int8"), processor) on a GPU machine (its device defaults
+    to cuda): the session's CPU output met the GPU's final layer norm in a device-mismatch error.
+    (The meta device stands in for a GPU here.)"""
+    layer = tiny_model(tiny_config("whisper")).speech_model.layers[0].eval()
+    ort_layer = OnnxRuntimeEncoderLayer(layer, layer.embed_dim, threads=1)
+    with pytest.raises(RuntimeError, match=r"OnnxRuntimeEncoderLayer \(--quantize int8\) runs on the CPU, not on meta"):
+        ort_layer(torch.zeros(1, 4, layer.embed_dim, device="meta"), torch.zeros(1, 1, 1, 4, device="meta"))
