@@ -161,7 +161,8 @@ class OnnxRuntimeImageModel(OnnxRuntimePart):
         size = getattr(config, "image_size", 224)
         example = (torch.zeros(2, getattr(config, "num_channels", 3), size, size),)
         self.session = onnx_runtime_session(_PooledOutput(model), example, ["pixel_values"],
-                                            {"pixel_values": {0: "batch"}, "output": {0: "batch"}}, int8=False, threads=threads)
+                                            {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "output": {0: "batch"}},
+                                            int8=False, threads=threads)
 
     def forward(self, pixel_values=None, **unused):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
