@@ -59,7 +59,7 @@ def run(args) -> int:
         merged = embed_across_processes(
             [entry.path for entry in entries], f"{output}.shards", json.dumps([identity, args.window_s, args.hop_s, args.quantize]),
             lambda: ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
-                                                  hop_s=args.hop_s, device=args.device or state.device,
+                                                  hop_s=args.hop_s, device=args.device or ("cpu" if args.quantize else state.device),
                                                   quantize=args.quantize),
             strict=args.strict)
         if merged is None:  # not the main process: it writes the result

@@ -136,7 +136,7 @@ def evaluate_model(args, hubness: dict) -> int:
     from evaluation.model_report import model_report
     from evaluation.pairs import dataset_pairs, manifest_pairs
     from evaluation.report import format_report, report_to_markdown
-    from search_clasp.quantization import quantize_model
+    from search_clasp.quantization import check_quantize, quantize_model
 
     if (args.manifest is None) == (args.data is None):
         args.parser.error("--model needs the pairs to embed: --manifest FILE.jsonl or --data DIR")
@@ -147,6 +147,7 @@ def evaluate_model(args, hubness: dict) -> int:
     if not pairs:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
     device = "cuda" if torch.cuda.is_available() and not args.quantize else "cpu"
+    check_quantize(args.quantize)  # before a model loads
     model, processor = load_model_and_processor(args.model)  # weights that do not fit the config are refused
     refuse_a_bank_of_another_dimension(args, hubness, model.config.projection_dim)  # before hours of embedding
     model = quantize_model(model, args.quantize).to(device).eval()

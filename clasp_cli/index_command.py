@@ -32,7 +32,8 @@ def register(subparsers):
     parser.add_argument("--chunk-files", type=int, default=64, help="files embedded and committed together (default 64)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--quantize", choices=("int8",), default=None,
-                        help="int8: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32")
+                        help="int8: int8 encoders on the CPU, faster at embeddings within cosine 0.99 of fp32 "
+                             "(an index keeps the setting it was built with: --add embeds the same way)")
     parser.add_argument("--hubness-bank", metavar="FILE.safetensors", default=None,
                         help="training audio_embeds / text_embeds: store each file's hubness penalty for "
                              "`clasp search --hubness csls` (see evaluation/hubness.py)")

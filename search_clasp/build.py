@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .index import ClaspIndex, model_identity, read_entries
 
-DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0, on_disk=False)
+DEFAULTS = dict(kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0, on_disk=False, quantize=None)
 
 
 @dataclass
@@ -71,11 +71,13 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     from backbones_clasp.checkpoints import check_checkpoint
 
     from .embedding import ClaspEmbedder
+    from .quantization import check_quantize
     from .shards import embed_across_processes, process_state
 
     index_dir = Path(os.path.abspath(index_dir))
     identity = model_identity(model_dir)  # before loading anything: a wrong model is refused at once
     check_checkpoint(model_dir)  # and a broken one before a .partial index is started with its identity
+    check_quantize(quantize, device)  # and a --quantize that cannot run here (a GPU --device, no ONNX Runtime)
     if hubness_bank is not None:
         from evaluation.hubness import load_hubness_bank
 
@@ -83,12 +85,14 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
     entries, failed = read_entries(inputs)
     for entry in entries:  # absolute: results play from any folder, and --add knows what the index holds
         entry.path = os.path.abspath(entry.path)
-    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk)
+    settings = dict(kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk, quantize=quantize)
     state = process_state()
     with state.main_process_first():  # the main process starts a new index; the others then open it
         index, is_partial = open_or_create(index_dir, add, identity, model_dir, settings)
         if hubness_bank is not None and state.is_main_process:
             index.set_hubness_bank(hubness_bank, csls_k)
+    quantize = index.info["quantize"]  # an --add embeds as the index was built (one index, one precision)
+    check_quantize(quantize, device)
     summary = BuildSummary(index_dir, failed=failed)
     present = index.paths()
     todo = [entry for entry in entries if entry.path not in present]
@@ -98,7 +102,7 @@ def build_index(index_dir, model_dir, inputs, add=False, kind=None, nlist=None, 
         merged = embed_across_processes(
             [entry.path for entry in todo], shard_dir, json.dumps([index.info[k] for k in ("model_identity", "window_s", "hop_s")] + [quantize]),
             lambda: ClaspEmbedder.from_pretrained(model_dir, batch_size=batch_size, window_s=index.info["window_s"],
-                                                  hop_s=index.info["hop_s"], device=device or state.device,
+                                                  hop_s=index.info["hop_s"], device=device or ("cpu" if quantize else state.device),
                                                   quantize=quantize),
             files_per_chunk=files_per_chunk, progress=progress)
         if merged is not None:  # the main process adds all rows in one transaction: a kill leaves all or none

@@ -76,12 +76,13 @@ class ClaspEmbedder:
         """`quantize="int8"`: int8 encoders on the CPU (search_clasp.quantization.quantize_model)."""
         from backbones_clasp.checkpoints import load_model_and_processor
 
-        from .quantization import quantize_model
+        from .quantization import check_quantize, quantize_model
 
-        # Checked first: weights that do not fit the folder's config are refused, naming the difference.
-        model, processor = load_model_and_processor(os.fspath(model_dir))
         if quantize is not None:
             kwargs["device"] = kwargs.get("device") or "cpu"
+            check_quantize(quantize, kwargs["device"])  # before the model loads
+        # Checked first: weights that do not fit the folder's config are refused, naming the difference.
+        model, processor = load_model_and_processor(os.fspath(model_dir))
         return cls(quantize_model(model, quantize, kwargs.get("device")), processor, **kwargs)
 
     def waveform(self, samples, rate: int, name: str = "audio") -> torch.Tensor:

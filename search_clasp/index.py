@@ -139,6 +139,7 @@ class ClaspIndex:
         self.lock = threading.Lock()
         self.info = {key: json.loads(value) for key, value in self.db.execute("SELECT key, value FROM info")}
         self.info.setdefault("on_disk", False)  # an index from before --on-disk
+        self.info.setdefault("quantize", None)  # an index from before --quantize: fp32
         self._faiss = None
         self._penalties = None  # hubness penalties by position, read at the first CSLS search
         for leftover in self.directory.glob(FAISS_FILE + ".tmp*"):  # from a run killed while writing
@@ -146,7 +147,7 @@ class ClaspIndex:
 
     @classmethod
     def create(cls, directory, model_identity, model_path, dim, kind="flat", nlist=None, m=32, window_s=30.0, hop_s=25.0,
-               on_disk=False):
+               on_disk=False, quantize=None):
         if kind not in KINDS:
             raise ValueError(f"index kind must be one of {', '.join(KINDS)}, got {kind!r}")
         if on_disk and kind != "ivf":
@@ -161,7 +162,7 @@ class ClaspIndex:
                 "text TEXT, language TEXT, embedding BLOB NOT NULL)"
             )
             info = dict(format_version=1, model_identity=model_identity, model_path=os.path.abspath(model_path), dim=dim,
-                        kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk)
+                        kind=kind, nlist=nlist, m=m, window_s=window_s, hop_s=hop_s, on_disk=on_disk, quantize=quantize)
             db.executemany("INSERT INTO info VALUES (?, ?)", [(k, json.dumps(v)) for k, v in info.items()])
         db.close()
         return cls(directory)

@@ -74,6 +74,42 @@ def onnx_runtime_session(module: nn.Module, example: tuple, input_names: list[st
         return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
+def refuse_saving(module, prefix, keep_vars):
+    """A state_dict pre-hook on the int8 parts: they hold ONNX Runtime sessions or packed int8
+    weights, not the fp32 weights a CLASP checkpoint holds (save_pretrained would write one
+    without them, or fail half-way)."""
+    raise RuntimeError("a --quantize int8 model cannot be saved: save the fp32 model it was made from "
+                       f"(its {prefix.rstrip('.') or type(module).__name__} is an inference-only int8 part)")
+
+
+class OnnxRuntimePart(nn.Module):
+    """An ONNX Runtime session (`self.session`) in a torch model, on the CPU. Inference only: its output
+    carries no gradient, so it refuses to run in training mode with gradients on (it would silently
+    not train), and inputs on another device (its CPU output would meet the GPU later); it is never
+    saved (`refuse_saving`), copied or pickled (a session cannot be)."""
+
+    def __init__(self):
+        super().__init__()
+        self.train(False)
+        self.register_state_dict_pre_hook(refuse_saving)
+
+    def run_session(self, **inputs) -> torch.Tensor:
+        """The session's output for `inputs` (tensors, sent as float32 on the CPU), as a float32 CPU tensor."""
+        if self.training and torch.is_grad_enabled():
+            raise RuntimeError(f"{type(self).__name__} (--quantize int8) runs inference only: no gradient flows "
+                               "through it; train the fp32 model")
+        elsewhere = sorted({str(value.device) for value in inputs.values() if value.device.type != "cpu"})
+        if elsewhere:  # e.g. a quantized model that ClaspEmbedder or .to() moved to a GPU
+            raise RuntimeError(f"{type(self).__name__} (--quantize int8) runs on the CPU, not on {', '.join(elsewhere)}: "
+                               "keep the quantized model on the CPU (device='cpu')")
+        feeds = {name: value.detach().float().cpu().numpy() for name, value in inputs.items()}
+        return torch.from_numpy(self.session.run(None, feeds)[0])
+
+    def __getstate__(self):
+        raise TypeError(f"{type(self).__name__} holds an ONNX Runtime session: it cannot be copied or pickled; "
+                        "quantize a copy of the fp32 model (quantize_model(copy.deepcopy(model), 'int8'))")
+
+
 class _LayerOutput(nn.Module):
     """An encoder layer with a tensor output (some transformers versions return a tuple)."""
 
@@ -86,10 +122,10 @@ class _LayerOutput(nn.Module):
         return output[0] if isinstance(output, tuple) else output
 
 
-class OnnxRuntimeEncoderLayer(nn.Module):
+class OnnxRuntimeEncoderLayer(OnnxRuntimePart):
     """A transformer encoder layer in ONNX Runtime int8, called as the torch layer was:
     `layer(hidden_states [batch, frames, hidden], attention_mask [batch, 1, 1 or frames, frames],
-    additive) -> hidden_states [batch, frames, hidden]`, float32 on the CPU. Inference only."""
+    additive) -> hidden_states [batch, frames, hidden]`, float32 on the CPU. Inference only (OnnxRuntimePart)."""
 
     def __init__(self, layer: nn.Module, hidden_size: int, threads: int):
         super().__init__()
@@ -103,9 +139,7 @@ class OnnxRuntimeEncoderLayer(nn.Module):
              "output": {0: "batch", 1: "frames"}}, int8=True, threads=threads, keep_fp32=self.fp32_nodes)
 
     def forward(self, hidden_states, attention_mask, **unused):
-        feeds = {"hidden_states": hidden_states.detach().float().cpu().numpy(),
-                 "attention_mask": attention_mask.detach().float().cpu().numpy()}
-        return torch.from_numpy(self.session.run(None, feeds)[0])
+        return self.run_session(hidden_states=hidden_states, attention_mask=attention_mask)
 
 
 class _PooledOutput(nn.Module):
@@ -117,9 +151,9 @@ class _PooledOutput(nn.Module):
         return self.model(pixel_values=pixel_values).pooler_output
 
 
-class OnnxRuntimeImageModel(nn.Module):
+class OnnxRuntimeImageModel(OnnxRuntimePart):
     """An image backbone in ONNX Runtime (fp32), called as the transformers model was:
-    `model(pixel_values=[batch, channels, height, width]).pooler_output` (float32, CPU). Inference only."""
+    `model(pixel_values=[batch, channels, height, width]).pooler_output` (float32, CPU). Inference only (OnnxRuntimePart)."""
 
     def __init__(self, model: nn.Module, image_size: int, threads: int):
         super().__init__()
@@ -132,8 +166,7 @@ class OnnxRuntimeImageModel(nn.Module):
     def forward(self, pixel_values=None, **unused):
         from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-        pooled = self.session.run(None, {"pixel_values": pixel_values.detach().float().cpu().numpy()})[0]
-        return BaseModelOutputWithPooling(pooler_output=torch.from_numpy(pooled))
+        return BaseModelOutputWithPooling(pooler_output=self.run_session(pixel_values=pixel_values))
 
 
 def torch_int8_linear(part: nn.Module) -> nn.Module:
@@ -150,16 +183,12 @@ def torch_int8_linear(part: nn.Module) -> nn.Module:
         return quantize_dynamic(part, layers, dtype=torch.qint8)
 
 
-def quantize_model(model, quantize: str | None, device=None):
-    """`model` (a ClaspModel on the CPU) in eval mode with its audio encoders as the module docstring
-    says, in place; the embeddings stay float32 `[batch, projection_dim]`.
-
-    `quantize`: None (the model is returned as it is) or "int8". Raises ValueError for another value,
-    or when `device` is not the CPU (the int8 kernels are CPU kernels); ImportError naming the extra
-    when onnx / onnxruntime are missing.
-    """
+def check_quantize(quantize: str | None, device=None):
+    """Raise what `quantize_model(model, quantize, device)` would raise before it touches the model:
+    ValueError for a `quantize` other than None / "int8" or a `device` other than the CPU, ImportError
+    naming the extra when onnx / onnxruntime are missing. For callers that write something first."""
     if quantize is None:
-        return model
+        return
     if quantize not in QUANTIZE_CHOICES:
         raise ValueError(f"--quantize must be one of {', '.join(QUANTIZE_CHOICES)}, got {quantize!r}")
     if device is not None and str(device).split(":")[0] != "cpu":
@@ -169,6 +198,25 @@ def quantize_model(model, quantize: str | None, device=None):
         import onnxruntime  # noqa: F401
     except ImportError as error:
         raise ImportError(f"--quantize {quantize} needs ONNX Runtime: pip install 'clasp-hf[int8]' ({error})") from error
+
+
+def quantize_model(model, quantize: str | None, device=None):
+    """`model` (a ClaspModel on the CPU) in eval mode with its audio encoders as the module docstring
+    says, in place; the embeddings stay float32 `[batch, projection_dim]`.
+
+    `quantize`: None (the model is returned as it is) or "int8". Raises ValueError for another value,
+    or when `device` is not the CPU (the int8 kernels are CPU kernels); ImportError naming the extra
+    when onnx / onnxruntime are missing (see `check_quantize`).
+    ONNX Runtime's sessions take torch.get_num_threads() when they are made (one pool a session):
+    set torch's threads (torch.set_num_threads, OMP_NUM_THREADS) before; a later change reaches only
+    the parts that stay in torch.
+    The result is for inference: saving it (save_pretrained, state_dict) is a RuntimeError, copying or
+    pickling it a TypeError, and running its ONNX Runtime layers in training mode with gradients (they
+    have no parameters to train) or on inputs off the CPU a RuntimeError.
+    """
+    if quantize is None:
+        return model
+    check_quantize(quantize, device)
     model.eval()
     threads = torch.get_num_threads()
     whisper = getattr(model.config, "speech_is_whisper", False) and model.speech_model is not None
@@ -185,7 +233,8 @@ def quantize_model(model, quantize: str | None, device=None):
                 warnings.warn(f"--quantize {quantize}: the spectrogram CNN stays in torch ({type(error).__name__}: {error})")
     if not whisper and getattr(model, "speech_model", None) is not None:
         model.speech_model = torch_int8_linear(model.speech_model)
+        model.speech_model.register_state_dict_pre_hook(refuse_saving)
     return model
 
 
-__all__ = ["QUANTIZE_CHOICES", "OnnxRuntimeEncoderLayer", "OnnxRuntimeImageModel", "quantize_model", "torch_int8_linear"]
+__all__ = ["QUANTIZE_CHOICES", "check_quantize", "OnnxRuntimeEncoderLayer", "OnnxRuntimeImageModel", "OnnxRuntimePart", "quantize_model", "torch_int8_linear"]

@@ -4,9 +4,10 @@ Every process reads the same inputs and computes the same split: files are dealt
 to the shard with the least audio so far (the greedy longest-processing-time rule: durations come
 from the file headers, and no shard ends up with more than 4/3 of the best possible longest shard).
 Process `rank` embeds shard `rank` on its own device (Accelerate's `PartialState().device`: its GPU,
-or the CPU) and writes SHARD_DIR/shard-RANK-of-N.safetensors whole (temporary file + rename). Once
-every process is done (`wait_for_everyone`), the main process merges the shards in input order:
-the same rows, paths and failures as a one-process run, whatever the number of processes.
+or the CPU; the CPU with --quantize int8) and writes SHARD_DIR/shard-RANK-of-N.safetensors whole
+(temporary file + rename). Once every process is done (`wait_for_everyone`), the main process
+merges the shards in input order: the same rows, paths and failures as a one-process run, whatever
+the number of processes.
 
 Resumable per shard: a shard file records its inputs and the model's fingerprint, and a rerun
 with the same inputs, model and number of processes keeps each finished shard and embeds only the

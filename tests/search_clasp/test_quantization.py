@@ -144,16 +144,19 @@ def test_an_onnx_runtime_layer_runs_any_batch_and_length_like_the_torch_layer(ba
     assert (output - expected).abs().max() > 1e-6  # int8, not fp32
 
 
-@pytest.mark.parametrize("size", [None, 48])
-def test_the_onnx_runtime_cnn_equals_torch(size):
-    """On the picture size it was exported with, and on another (a processor of another image size)."""
+def test_the_onnx_runtime_cnn_equals_torch():
+    """At the config's image size and another one (the torch CNN takes any). The tiny random CNN's
+    pooled features are ~1e-11 (each block shrinks them), so the tolerance scales with them: a fixed
+    atol of 1e-5 would pass an all-zero output."""
     model = tiny_model(tiny_config("whisper")).eval()
-    exported = model.config.spectrogram_image_size
-    pixels = torch.randn(3, 3, size or exported, size or exported)
-    with torch.no_grad():
-        expected = model.spectrogram_model(pixel_values=pixels).pooler_output
-    output = OnnxRuntimeImageModel(model.spectrogram_model, exported, threads=1)(pixel_values=pixels)
-    torch.testing.assert_close(output.pooler_output, expected, atol=1e-5, rtol=1e-4)
+    cnn = OnnxRuntimeImageModel(model.spectrogram_model, model.config.spectrogram_image_size, threads=1)
+    for size in (model.config.spectrogram_image_size, 48):
+        pixels = torch.randn(3, 3, size, size)
+        with torch.no_grad():
+            expected = model.spectrogram_model(pixel_values=pixels).pooler_output
+        scale = expected.abs().max()
+        assert scale > 0
+        torch.testing.assert_close(cnn(pixel_values=pixels).pooler_output / scale, expected / scale, atol=1e-5, rtol=1e-4)
 
 
 def test_a_cnn_that_does_not_export_stays_in_torch_with_a_warning(monkeypatch):
@@ -207,3 +210,125 @@ def test_the_quantized_layer_graph_keeps_its_down_projection_in_fp32(monkeypatch
     (nodes,) = written
     assert nodes["/layer/fc2/MatMul"] == "MatMul"
     assert {nodes[f"/layer/{name}/MatMul_quant"] for name in ("fc1", "self_attn/q_proj", "self_attn/out_proj")} == {"MatMulInteger"}
+
+
+def test_an_index_refused_for_its_quantize_setting_leaves_nothing_behind(model_dir, audio_dir, tmp_path, monkeypatch, capsys):
+    """Refused before the .partial index is started (a rerun would otherwise resume a folder never built)."""
+    import sys
+
+    output = tmp_path / "index"
+    assert main(["index", "--model", str(model_dir), "--audio", str(audio_dir), "--output", str(output),
+                 "--quantize", "int8", "--device", "cuda"]) == 2
+    assert "--quantize int8 runs on the CPU, not on --device cuda" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert main(["index", "--model", str(model_dir), "--audio", str(audio_dir), "--output", str(output),
+                 "--quantize", "int8"]) == 2
+    assert "pip install 'clasp-hf[int8]'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_index_keeps_the_quantize_setting_it_was_built_with(model_dir, audio_dir, tmp_path, monkeypatch, capsys):
+    """Like its window and kind: --add (or a resumed build) embeds as the index was built, and
+    asking for the other precision is refused, so that one index never mixes int8 and fp32 rows."""
+    clips = [str(clip) for clip in sorted(audio_dir.glob("*.wav"))]
+    quantized = []
+    monkeypatch.setattr("search_clasp.quantization.quantize_model",
+                        lambda model, quantize, device=None: quantized.append(quantize) or quantize_model(model, quantize, device))
+
+    def index(name, files, *extra):
+        return main(["index", "--model", str(model_dir), "--audio", *files, "--output", str(tmp_path / name), *extra])
+
+    assert index("fp32", clips[:3]) == 0
+    assert index("fp32", clips[3:], "--add", "--quantize", "int8") == 2
+    assert "was built with quantize=None, not 'int8'" in capsys.readouterr().err
+    assert index("int8", clips[:3], "--quantize", "int8") == 0
+    assert index("int8", clips[3:], "--add") == 0
+    assert quantized == [None, "int8", "int8"]
+    assert len(ClaspIndex(tmp_path / "fp32")) == 3 and len(ClaspIndex(tmp_path / "int8")) == 6
+    assert ClaspIndex(tmp_path / "int8").info["quantize"] == "int8"
+
+
+@pytest.mark.parametrize("speech", ["whisper", "hubert"])
+def test_a_quantized_model_is_never_saved_nor_copied(speech, tmp_path):
+    """Its int8 / ONNX Runtime parts hold no fp32 weights: a checkpoint of it would lack them (Whisper's
+    layers were missing from model.safetensors) or fail half-way; copies and pickles are refused too."""
+    import copy
+    import pickle
+
+    model = quantize_model(tiny_model(tiny_config(speech)), "int8")
+    with pytest.raises(RuntimeError, match="a --quantize int8 model cannot be saved: save the fp32 model it was made from"):
+        model.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+    with pytest.raises(RuntimeError, match="cannot be saved"):
+        torch.save(model.speech_model.state_dict(), tmp_path / "speech.pt")
+    for copier, part in ((copy.deepcopy, model), (pickle.dumps, model.spectrogram_model)):  # (torch pickles no HuBERT: weight norm)
+        with pytest.raises(TypeError, match="ONNX Runtime session: it cannot be copied or pickled; quantize a copy of the fp32 model"):
+            copier(part)
+
+
+def test_a_quantized_model_refuses_to_train_the_layers_it_runs_in_onnx_runtime():
+    """With k trainable Whisper layers their ONNX Runtime stand-ins would silently not train (no
+    parameters, no gradient): refused. A frozen encoder under a trained head still runs (eval mode)."""
+    from tiny import tiny_feature_extractor
+
+    for k, trains in ((1, False), (0, True)):
+        config = tiny_config("whisper", speech_trainable_layers=k)
+        model = quantize_model(tiny_model(config), "int8").train()
+        inputs = tiny_feature_extractor(config)(list(torch.from_numpy(tone_batch())), sampling_rate=16000)
+        if trains:
+            assert model.get_audio_features(**inputs).pooler_output.requires_grad
+        else:
+            with pytest.raises(RuntimeError, match="OnnxRuntimeEncoderLayer .--quantize int8. runs inference only"):
+                model.get_audio_features(**inputs)
+        with torch.no_grad():
+            assert model.eval().get_audio_features(**inputs).pooler_output.shape == (2, config.projection_dim)
+
+
+def test_a_multi_process_launch_on_gpus_embeds_int8_on_the_cpu(model_dir, audio_dir, tmp_path, monkeypatch):
+    """`accelerate launch` on GPUs gives each process its GPU as its device; with --quantize int8 (and
+    no --device) each embeds on the CPU, as one process does, instead of refusing a --device never given."""
+    import contextlib
+    import types
+
+    import search_clasp.shards
+
+    state = types.SimpleNamespace(num_processes=2, process_index=1, is_main_process=False, device=torch.device("cuda", 1),
+                                  main_process_first=contextlib.nullcontext)
+    devices = []
+
+    def embed_across_processes(paths, shard_dir, fingerprint, load_embedder, **kwargs):
+        devices.append(load_embedder().device.type)  # not the main process: it returns nothing
+
+    monkeypatch.setattr(search_clasp.shards, "process_state", lambda: state)
+    monkeypatch.setattr(search_clasp.shards, "embed_across_processes", embed_across_processes)
+    arguments = ["--model", str(model_dir), "--audio", str(audio_dir), "--quantize", "int8"]
+    assert main(["embed", *arguments, "--output", str(tmp_path / "embeddings.safetensors")]) == 0
+    assert main(["index", *arguments, "--output", str(tmp_path / "index")]) == 0
+    assert devices == ["cpu", "cpu"]
+
+
+@pytest.mark.parametrize("speech", ["whisper", "hubert"])
+def test_a_model_with_trained_top_layers_embeds_close_to_fp32(speech):
+    """k = 1: the top layer runs in pool_speech (run_trainable_layers) on window means, not frames."""
+    import copy
+
+    from tiny import tiny_feature_extractor
+
+    config = tiny_config(speech, speech_trainable_layers=1)
+    model = tiny_model(config).eval()
+    inputs = tiny_feature_extractor(config)(list(torch.from_numpy(tone_batch())), sampling_rate=16000)
+    with torch.no_grad():
+        fp32 = model.get_audio_features(**inputs).pooler_output
+        int8 = quantize_model(copy.deepcopy(model), "int8").get_audio_features(**inputs).pooler_output
+    check_close_but_quantized(int8, fp32)
+
+
+def test_a_quantized_model_moved_off_the_cpu_gets_a_clear_error():
+    """E.g. ClaspEmbedder(quantize_model(model, "int8"), processor) on a GPU machine (its device defaults
+    to cuda): the session's CPU output met the GPU's final layer norm in a device-mismatch error.
+    (The meta device stands in for a GPU here.)"""
+    layer = tiny_model(tiny_config("whisper")).speech_model.layers[0].eval()
+    ort_layer = OnnxRuntimeEncoderLayer(layer, layer.embed_dim, threads=1)
+    with pytest.raises(RuntimeError, match=r"OnnxRuntimeEncoderLayer \(--quantize int8\) runs on the CPU, not on meta"):
+        ort_layer(torch.zeros(1, 4, layer.embed_dim, device="meta"), torch.zeros(1, 1, 1, 4, device="meta"))
