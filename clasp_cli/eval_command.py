@@ -163,6 +163,7 @@ def evaluate_model(args, hubness: dict) -> int:
     report = model_report(model, processor, pairs, batch_size=args.batch_size, correct_set=args.correct_set,
                           ties=args.ties, soft_k=args.soft_k, seed=args.seed, transcriber=transcriber,
                           asr_cache=args.asr_cache if transcriber else None, **hubness)
+    report["quantize"] = args.quantize  # None: fp32
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"

@@ -106,6 +106,7 @@ def test_embed_index_and_eval_run_int8(model_dir, audio_dir, tmp_path, monkeypat
                      "--soft-k", "3", *extra]) == 0
         reports[name] = json.loads(output.read_text())
     assert reports["int8"]["num_queries"] == reports["fp32"]["num_queries"] == 6
+    assert (reports["int8"]["quantize"], reports["fp32"]["quantize"]) == ("int8", None)  # the report says which it was
     assert quantized == ["int8", None]
 
 
