@@ -17,7 +17,8 @@ head's batch norm uses the statistics of all processes' batches (SyncBatchNorm1d
 contrasts `per_device_train_batch_size × num_processes` pairs exactly like one process with that
 batch. With gradient accumulation, negatives come from the current micro-batch only (the
 accumulated steps do not see each other's pairs): accumulation grows the batch for the optimizer,
-not the number of negatives.
+not the number of negatives. `--same_group_negatives drop` leaves the rows that validation counts as
+correct for a row (one sentence group, or the same text) out of its negatives, across processes too.
 
 Optimisation as open_clip's trainer does it: AdamW without weight decay on biases, norm weights and
 the logit scale; the logit scale clamped into [0, logit_scale_max] after each optimizer step (not in
@@ -58,7 +59,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from data_clasp.features import MARKER, VIEW_COLUMNS, CachedFeatures, OneViewPerClip, stable_group_ids
+from data_clasp.features import MARKER, VIEW_COLUMNS, CachedFeatures, OneViewPerClip
 from data_clasp.files import write_atomically
 from evaluation.hubness import BANK_FILE
 from modeling_clasp import gather_with_grad
@@ -91,8 +92,9 @@ def parse_args(argv=None):
     parser.add_argument("--loss", choices=["contrastive", "contrastive_fixed", "huber"], default=None,
                         help="default contrastive for a preset, the saved one for a CLASP folder")
     parser.add_argument("--same_group_negatives", choices=["keep", "drop"], default="keep",
-                        help="drop: other readings of a row's sentence group (another voice, take or language) in the "
-                             "batch are not its negatives in the loss (false-negative elimination); keep: CLIP's rule")
+                        help="drop: the rows that validation counts as correct for a row (its sentence group in another "
+                             "voice, take or language, or the same text) are not its negatives in the loss, the "
+                             "validation loss included (false-negative elimination; the huber loss has none); keep: CLIP's rule")
     parser.add_argument("--speech_pooling", choices=["mean", "attention"], default=None,
                         help="for a preset; default mean (the paper)")
     parser.add_argument("--config_overrides", default=None,
@@ -155,11 +157,11 @@ def parse_eval_data(items) -> dict:
 
 class AudioPairs(Dataset):
     """(audio, text) rows of a `clasp data` dataset, turned into model inputs in the collate function;
-    with `group_ids`, each row's `pair_group_ids` too (data_clasp.features.stable_group_ids)."""
+    with `pair_group_ids` (`[rows]`, see `same_group_ids`), each row's id too."""
 
-    def __init__(self, split, group_ids: bool = False):
+    def __init__(self, split, pair_group_ids=None):
         self.split = split
-        self.group_ids = stable_group_ids(split) if group_ids else None
+        self.group_ids = pair_group_ids
 
     def __len__(self):
         return len(self.split)
@@ -654,6 +656,18 @@ def validation_correct_set(split):
     return correct_sets(len(split), groups, texts)
 
 
+def same_group_ids(split, where: str) -> np.ndarray:
+    """The `pair_group_ids` of --same_group_negatives drop, one a row: the rows that validation counts
+    as correct for each other (`validation_correct_set`: one sentence group, or the same text) share
+    an id, so the loss takes none of them as another's negative. A function of the split's rows alone,
+    hence the same in every process. Raises ValueError, naming `where`, for a split with neither a
+    `group` nor a `text` column (every row would be a group of its own: nothing dropped)."""
+    if not {"group", "text"} & set(split.column_names):
+        raise ValueError(f"--same_group_negatives drop: {where} has neither a `group` nor a `text` column "
+                         "to tell which rows read the same sentence")
+    return validation_correct_set(split)
+
+
 def plot_history(history, path):
     import matplotlib
 
@@ -703,19 +717,21 @@ def main(argv=None):
             if accelerator.is_main_process:
                 print(f"[train] --extra_train_data {path}: {added} rows added to train, {left_out} left out "
                       f"(their groups are held out in --train_data)", flush=True)
-    group_ids = args.same_group_negatives == "drop"
+    drop = args.same_group_negatives == "drop"
+    train_ids = same_group_ids(data["train"], f"--train_data {args.train_data}: the train split") if drop else None
+    val_ids = same_group_ids(data["validation"], f"--train_data {args.train_data}: the validation split") if drop else None
     if mode == "cached":
         for option, path in [("--train_data", args.train_data)] + [("--extra_train_data", p) for p in args.extra_train_data]:
             check_cache_fits(path, model, processor, args.model, option)
         # Attention pooling and trainable top layers need the frames; else the cached mean is all the head needs.
         frames = model.config.speech_needs_frames
         # An augmented cache (`clasp features --augment K`): one view of each clip per epoch.
-        train_set = (OneViewPerClip(data["train"], frames, args.seed, group_ids) if "view" in data["train"].column_names
-                     else CachedFeatures(data["train"], frames, group_ids))
-        val_set = CachedFeatures(data["validation"], frames, group_ids)
+        train_set = (OneViewPerClip(data["train"], frames, args.seed, train_ids) if "view" in data["train"].column_names
+                     else CachedFeatures(data["train"], frames, train_ids))
+        val_set = CachedFeatures(data["validation"], frames, val_ids)
         collate = train_set.collate
     else:
-        train_set, val_set = AudioPairs(data["train"], group_ids), AudioPairs(data["validation"], group_ids)
+        train_set, val_set = AudioPairs(data["train"], train_ids), AudioPairs(data["validation"], val_ids)
         collate = audio_collate(processor)
     eval_batch = args.per_device_eval_batch_size or args.per_device_train_batch_size
     generator = torch.Generator().manual_seed(args.seed)
@@ -731,7 +747,8 @@ def main(argv=None):
         if mode == "cached":
             check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
         rows = eval_data["validation"]
-        eval_set = CachedFeatures(rows, frames, group_ids) if mode == "cached" else AudioPairs(rows, group_ids)
+        ids = same_group_ids(rows, f"--eval_data {name}={path}: the validation split") if drop else None
+        eval_set = CachedFeatures(rows, frames, ids) if mode == "cached" else AudioPairs(rows, ids)
         eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
                            validation_correct_set(rows))
     if len(train_loader) == 0:

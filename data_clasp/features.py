@@ -265,32 +265,25 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     return output_dir
 
 
-def stable_group_ids(split) -> np.ndarray:
-    """int64 `[rows]` id of each row's sentence group (its `group` label, or its text where a split has
-    no groups), the same in every process and run: the first 8 bytes of the label's BLAKE2b digest
-    (Python's `hash` of a str changes from process to process)."""
-    labels = split["group"] if "group" in split.column_names else split["text"]
-    return np.array([int.from_bytes(hashlib.blake2b(str(g).encode(), digest_size=8).digest(), "little", signed=True)
-                     for g in labels], dtype=np.int64)
-
-
 class CachedFeatures(torch.utils.data.Dataset):
     """One split of a feature cache as model inputs, held in memory.
 
     Rows are dicts of `text_embeds`, `spectrogram_embeds` and either `speech_embeds` (the mean:
     `frames=False`) or `speech_frames` + `speech_frame_weights` (`frames=True`, for attention
-    pooling; `collate` pads them per batch, padding windows weigh 0), and with `group_ids` the
-    `pair_group_ids` of the split's `group` column (`stable_group_ids`). The frames of all rows sit
+    pooling; `collate` pads them per batch, padding windows weigh 0), and `pair_group_ids` when given
+    (`[rows]` integers, one sentence-group id a row: modeling_clasp.clasp_loss). The frames of all rows sit
     in one float16 tensor, read column by column from Arrow: ~50 KB a 4 s clip for Whisper-base.
     """
 
-    def __init__(self, split, frames: bool = False, group_ids: bool = False):
+    def __init__(self, split, frames: bool = False, pair_group_ids=None):
         self.frames = frames
         columns = [c for c in FEATURE_COLUMNS if not (frames and c == "speech_embeds")]
         loaded = split.with_format("numpy", columns=columns)
         self.columns = {name: torch.from_numpy(np.stack(loaded[name]).astype(np.float32)) for name in columns}
-        if group_ids:  # for the loss's false-negative elimination (modeling_clasp.clasp_loss)
-            self.columns["pair_group_ids"] = torch.from_numpy(stable_group_ids(split))
+        if pair_group_ids is not None:  # for the loss's false-negative elimination (modeling_clasp.clasp_loss)
+            if len(pair_group_ids) != len(split):
+                raise ValueError(f"pair_group_ids: {len(pair_group_ids)} ids for a split of {len(split)} rows")
+            self.columns["pair_group_ids"] = torch.as_tensor(np.asarray(pair_group_ids), dtype=torch.int64)
         if frames:
             missing = [c for c in FRAME_COLUMNS if c not in split.column_names]
             if missing:
@@ -346,11 +339,11 @@ class OneViewPerClip(torch.utils.data.Dataset):
     Rows and `collate` as CachedFeatures'; `split` needs the cache's `clip` and `view` columns.
     """
 
-    def __init__(self, split, frames: bool = False, seed: int = 0, group_ids: bool = False):
+    def __init__(self, split, frames: bool = False, seed: int = 0, pair_group_ids=None):
         missing = [c for c in VIEW_COLUMNS[:2] if c not in split.column_names]
         if missing:
             raise ValueError(f"the feature cache's split has no {missing}: it was not built with `clasp features --augment`")
-        self.rows, self.seed = CachedFeatures(split, frames, group_ids), seed
+        self.rows, self.seed = CachedFeatures(split, frames, pair_group_ids), seed
         self.collate = self.rows.collate
         clips, views = np.asarray(split["clip"]), np.asarray(split["view"])
         self.order = np.argsort(clips, kind="stable")  # rows grouped by clip
@@ -370,4 +363,4 @@ class OneViewPerClip(torch.utils.data.Dataset):
 
 
 __all__ = ["build_feature_cache", "backbone_fingerprint", "processor_fingerprint", "cache_fingerprint", "CachedFeatures",
-           "OneViewPerClip", "stable_group_ids", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS", "VIEW_COLUMNS"]
+           "OneViewPerClip", "MARKER", "FEATURE_COLUMNS", "FRAME_COLUMNS", "VIEW_COLUMNS"]

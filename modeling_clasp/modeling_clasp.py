@@ -118,8 +118,18 @@ def clasp_loss(audio_embeds, text_embeds, logit_scale: torch.Tensor, config: Cla
     denominators: another reading of the same sentence is not a wrong answer (the evaluation counts
     it as correct), so it is not pushed away as a negative. This is false-negative elimination
     (Huynh et al., "Boosting Contrastive Self-Supervised Learning with False Negative Cancellation",
-    WACV 2022); without ids every other row is a negative, as in CLIP.
+    WACV 2022); without ids every other row is a negative, as in CLIP. The huber loss has no
+    negatives and ignores them. Raises ValueError unless they are an integer tensor `[batch]`.
     """
+    if pair_group_ids is not None:
+        if not (isinstance(pair_group_ids, torch.Tensor) and pair_group_ids.shape == audio_embeds.shape[:1]
+                and not pair_group_ids.is_floating_point() and not pair_group_ids.is_complex()
+                and pair_group_ids.dtype != torch.bool):
+            got = (f"{pair_group_ids.dtype} of shape {list(pair_group_ids.shape)}" if isinstance(pair_group_ids, torch.Tensor)
+                   else type(pair_group_ids).__name__)
+            raise ValueError(f"pair_group_ids: expected an integer tensor of shape [{audio_embeds.shape[0]}] "
+                             f"(one sentence-group id a row of the batch), got {got}")
+        pair_group_ids = pair_group_ids.to(device=audio_embeds.device, dtype=torch.int64)  # every process gathers int64
     if config.loss == "huber":
         # The paper's LASP variant: regress the audio embedding onto the text embedding.
         return F.huber_loss(audio_embeds, text_embeds, delta=config.huber_delta)

@@ -464,15 +464,19 @@ def test_a_run_with_extra_training_data_trains_on_both(tiny_setup, tmp_path):
     assert json.loads((output / "training_summary.json").read_text())["hubness"]["bank_rows"] == 128
 
 
-def test_same_group_negatives_drop_trains_without_twins_as_negatives(tiny_setup, tmp_path):
-    """--same_group_negatives drop: the rows of a sentence group (here, without a group column, the
-    same text: 8 texts read 8 times) reach the loss as pair_group_ids; the run trains, records the
-    setting, and its training loss is not the plain CLIP loss of the same seed and batches."""
+@pytest.mark.parametrize("groups", [None, "a label a row"])
+def test_same_group_negatives_drop_trains_without_twins_as_negatives(tiny_setup, tmp_path, groups):
+    """--same_group_negatives drop: the rows of a sentence group (here the same text: 8 texts read 8
+    times, without a group column, or with a group label of each row's own, which validation counts
+    as correct for each other all the same) reach the loss as pair_group_ids; the run trains, records
+    the setting, and its training loss is not the plain CLIP loss of the same seed and batches."""
     from datasets import DatasetDict, load_from_disk
 
     data = load_from_disk(tiny_setup / "features")
-    DatasetDict({"train": data["train"].map(lambda row, i: {"text": f"sentence {i % 8}"}, with_indices=True),
-                 "validation": data["validation"]}).save_to_disk(tmp_path / "twins")
+    train = data["train"].map(lambda row, i: {"text": f"sentence {i % 8}"}, with_indices=True)
+    if groups:
+        train = train.add_column("group", [f"row {i}" for i in range(len(train))])
+    DatasetDict({"train": train, "validation": data["validation"]}).save_to_disk(tmp_path / "twins")
     (tmp_path / "twins" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
     losses = {}
     for rule in ("keep", "drop"):
@@ -484,6 +488,25 @@ def test_same_group_negatives_drop_trains_without_twins_as_negatives(tiny_setup,
         assert summary["same_group_negatives"] == rule
         losses[rule] = summary["history"][0]["train_loss"]
     assert abs(losses["drop"] - losses["keep"]) > 1e-3  # the groups reached the loss (the same seed and batches)
+
+
+def test_same_group_ids_are_the_rows_validation_counts_as_correct_for_each_other():
+    """--same_group_negatives drop leaves out of a row's negatives exactly the rows that validation
+    (and `clasp eval`) count as correct for it: one group label, or the same text (whitespace
+    collapsed), linked across both. A split with neither column is refused by name."""
+    from train_accelerate import same_group_ids
+
+    def pairs(ids):
+        return {(i, j) for i in range(len(ids)) for j in range(len(ids)) if i != j and ids[i] == ids[j]}
+
+    split = Dataset.from_dict({"group": ["a", "a", "b", "c", "d", "e"], "text": ["x", "y", "z", " z", "w  v", "y"]})
+    # {0, 1} by group, {2, 3} by text, 5 joins {0, 1} by its text; 4 alone.
+    expected = {(i, j) for members in ({0, 1, 5}, {2, 3}) for i in members for j in members if i != j}
+    assert pairs(same_group_ids(split, "here")) == expected
+    assert pairs(same_group_ids(Dataset.from_dict({"text": ["a b", "c", "a  b"]}), "here")) == {(0, 2), (2, 0)}
+    with pytest.raises(ValueError, match="--same_group_negatives drop: --train_data t: the train split has "
+                                         "neither a `group` nor a `text` column"):
+        same_group_ids(Dataset.from_dict({"text_embeds": [[1.0], [2.0]]}), "--train_data t: the train split")
 
 
 def test_eval_data_is_validated_every_epoch_and_can_choose_the_best_epoch(tiny_setup, tmp_path):

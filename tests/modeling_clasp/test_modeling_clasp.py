@@ -336,3 +336,28 @@ def test_the_loss_leaves_other_readings_of_a_sentence_out_of_the_negatives(ids):
     loss = clasp_loss(audio, text, torch.tensor(scale), tiny_config(),
                       None if ids is None else torch.tensor(ids, dtype=torch.int64))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("ids", [
+    [7, 7, 3, 5, 3],  # a list
+    torch.tensor([7.0, 7.0, 3.0, 5.0, 3.0]),  # float: an int64 hash would lose bits
+    torch.tensor([True, True, False, False, True]),  # a mask, not ids
+    torch.tensor([[7], [7], [3], [5], [3]]),
+    torch.tensor([7, 7, 3]),
+    torch.tensor(7),
+])
+@pytest.mark.parametrize("loss", ["contrastive", "huber"])
+def test_pair_group_ids_of_a_wrong_shape_or_dtype_are_refused_by_name(ids, loss):
+    """ClaspModel.forward(pair_group_ids=...) takes one integer id a row of the batch; anything else
+    failed deep in the loss (IndexError, 'Expected target size'), or trained silently (floats, bools)."""
+    model = tiny_model(tiny_config(loss=loss)).eval()
+    generator = torch.Generator().manual_seed(0)
+    features = dict(speech_embeds=torch.randn(5, model.config.speech_hidden_size, generator=generator),
+                    spectrogram_embeds=torch.randn(5, model.config.spectrogram_hidden_size, generator=generator),
+                    text_embeds=torch.randn(5, model.config.projection_dim, generator=generator))
+    with pytest.raises(ValueError, match=r"pair_group_ids: expected an integer tensor of shape \[5\]"):
+        model(**features, return_loss=True, pair_group_ids=ids)
+    # int32 ids group as int64 ones do; under huber, which has no negatives, they change nothing.
+    grouped = model(**features, return_loss=True, pair_group_ids=torch.tensor([7, 7, 3, 5, 3], dtype=torch.int32)).loss
+    assert grouped == model(**features, return_loss=True, pair_group_ids=torch.tensor([7, 7, 3, 5, 3])).loss
+    assert (grouped == model(**features, return_loss=True).loss) == (loss == "huber")
