@@ -656,16 +656,17 @@ def validation_correct_set(split):
     return correct_sets(len(split), groups, texts)
 
 
-def same_group_ids(split, where: str) -> np.ndarray:
+def same_group_ids(split, where: str, correct_set=None) -> np.ndarray:
     """The `pair_group_ids` of --same_group_negatives drop, one a row: the rows that validation counts
     as correct for each other (`validation_correct_set`: one sentence group, or the same text) share
     an id, so the loss takes none of them as another's negative. A function of the split's rows alone,
-    hence the same in every process. Raises ValueError, naming `where`, for a split with neither a
-    `group` nor a `text` column (every row would be a group of its own: nothing dropped)."""
+    hence the same in every process; `correct_set`: the split's `validation_correct_set` when the caller
+    has it already. Raises ValueError, naming `where`, for a split with neither a `group` nor a `text`
+    column (every row would be a group of its own: nothing dropped)."""
     if not {"group", "text"} & set(split.column_names):
         raise ValueError(f"--same_group_negatives drop: {where} has neither a `group` nor a `text` column "
                          "to tell which rows read the same sentence")
-    return validation_correct_set(split)
+    return validation_correct_set(split) if correct_set is None else correct_set
 
 
 def plot_history(history, path):
@@ -719,7 +720,9 @@ def main(argv=None):
                       f"(their groups are held out in --train_data)", flush=True)
     drop = args.same_group_negatives == "drop"
     train_ids = same_group_ids(data["train"], f"--train_data {args.train_data}: the train split") if drop else None
-    val_ids = same_group_ids(data["validation"], f"--train_data {args.train_data}: the validation split") if drop else None
+    val_correct_set = validation_correct_set(data["validation"])
+    val_ids = (same_group_ids(data["validation"], f"--train_data {args.train_data}: the validation split", val_correct_set)
+               if drop else None)
     if mode == "cached":
         for option, path in [("--train_data", args.train_data)] + [("--extra_train_data", p) for p in args.extra_train_data]:
             check_cache_fits(path, model, processor, args.model, option)
@@ -739,7 +742,6 @@ def main(argv=None):
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                               collate_fn=collate, num_workers=args.num_workers, generator=generator)
     val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers)
-    val_correct_set = validation_correct_set(data["validation"])
     eval_sets = {}  # name -> (loader, correct set) of each --eval_data validation split
     for name, path in args.eval_data.items():
         eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
@@ -747,10 +749,11 @@ def main(argv=None):
         if mode == "cached":
             check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
         rows = eval_data["validation"]
-        ids = same_group_ids(rows, f"--eval_data {name}={path}: the validation split") if drop else None
+        correct = validation_correct_set(rows)
+        ids = same_group_ids(rows, f"--eval_data {name}={path}: the validation split", correct) if drop else None
         eval_set = CachedFeatures(rows, frames, ids) if mode == "cached" else AudioPairs(rows, ids)
         eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
-                           validation_correct_set(rows))
+                           correct)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")
 

@@ -184,11 +184,10 @@ def main():
                 searches.append(("on-disk", args.search_memory_limit))
             for name, limit in searches:
                 index_dir = os.path.join(folder, name)
-                if limit is None:
+                search = [*me, "search", index_dir, os.path.join(folder, "queries.npy"), str(args.nprobe)]
+                if limit is None:  # build, then search it; a row with a limit searches the index just built again
                     out, build_rss = run_child([*me, "build", index_dir])
                     build_s = json.loads(out)["build_s"]
-                search = [*me, "search", index_dir, os.path.join(folder, "queries.npy"), str(args.nprobe)]
-                if limit is None:
                     out, search_rss = run_child(search)
                 else:
                     with open("/proc/sys/vm/drop_caches", "w") as f:  # cold: the lists start on disk
