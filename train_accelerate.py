@@ -109,6 +109,11 @@ def parse_args(argv=None):
                         help="another validation set (the 'validation' split of a cache or dataset of the same kind, e.g. "
                              "real speech), evaluated every epoch beside --train_data's; its figures are logged as "
                              "NAME_mrr, NAME_loss, ... and NAME_mrr can be --metric_for_best_model (repeatable)")
+    parser.add_argument("--hold_out_sources", default=None, metavar="CORPUS[,CORPUS...]",
+                        help="leave these text sources out of training and of the validation split that chooses the "
+                             "epoch (a row's `source` 'espeak:fortunes-de' is corpus 'fortunes-de', matched by "
+                             "'fortunes-de' or 'fortunes'), with every sentence group they share with other sources; "
+                             "their validation rows are evaluated every epoch as `heldout_*` (a source never trained on)")
     parser.add_argument("--metric_for_best_model", default="mrr", metavar="{mrr,loss,NAME_mrr}",
                         help="which validation figure chooses the best epoch and drives early stopping: mrr or loss of "
                              "--train_data's validation split, or NAME_mrr of an --eval_data set (default mrr)")
@@ -128,12 +133,18 @@ def parse_args(argv=None):
     parser.add_argument("--inject_nan_after_epoch", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.eval_data = parse_eval_data(args.eval_data)
+    if args.hold_out_sources is not None:
+        args.hold_out_sources = [name.strip() for name in args.hold_out_sources.split(",") if name.strip()]
+        if not args.hold_out_sources:
+            parser.error("--hold_out_sources: give at least one corpus name")
+        if "heldout" in args.eval_data:
+            parser.error("--eval_data heldout=: the name is taken by --hold_out_sources")
     given = [os.path.realpath(path) for path in [args.train_data, *args.extra_train_data]]
     for i, path in enumerate(args.extra_train_data, 1):
         if given[i] in given[:i]:
             raise ValueError(f"--extra_train_data {path}: given already (as --train_data or before); its rows would "
                              f"train twice, each its own negative")
-    allowed = ["mrr", "loss"] + [f"{name}_mrr" for name in args.eval_data]
+    allowed = ["mrr", "loss"] + [f"{name}_mrr" for name in args.eval_data] + ["heldout_mrr"] * bool(args.hold_out_sources)
     if args.metric_for_best_model not in allowed:
         parser.error(f"--metric_for_best_model {args.metric_for_best_model}: choose from {', '.join(allowed)}")
     return args
@@ -250,6 +261,42 @@ def add_extra_training_data(data, mode, paths):
             first += int(clips.max()) + 1 if len(clips) else 0
     data["train"] = concatenate_datasets(parts)
     return data, counts
+
+
+def hold_out_sources(data, names):
+    """`data` with the rows of the corpora `names` left out of its train and validation splits, and
+    with them every row of a sentence group that one of those rows belongs to (the same sentence read
+    from another source), so that nothing of a held-out source is trained on or chooses the epoch.
+
+    A corpus matches a name when it equals it or starts with it and a '-' ('fortunes' matches
+    'fortunes-de'). Returns (data, the held-out validation rows, {split: rows left out}). Raises
+    ValueError if the train split has no `source` column, a name matches no corpus of the train and
+    validation splits (the message lists those present), or no validation row is held out."""
+    if "source" not in data["train"].column_names:
+        raise ValueError("--hold_out_sources: the training data has no `source` column to tell the corpora apart")
+    from data_clasp.schema import corpora_matching, corpus_of
+
+    try:
+        corpora = corpora_matching(names, {corpus_of(s) for split in ("train", "validation") for s in data[split]["source"]})
+    except ValueError as error:
+        raise ValueError(f"--hold_out_sources: {error}") from None
+    key = "group" if "group" in data["train"].column_names else "text"
+    held_groups = {g for split in ("train", "validation")
+                   for g, s in zip(data[split][key], data[split]["source"]) if corpus_of(s) in corpora}
+
+    def held(source, group):
+        return corpus_of(source) in corpora or group in held_groups
+
+    counts = {}
+    heldout = data["validation"].filter(held, input_columns=["source", key])
+    for split in ("train", "validation"):
+        before = len(data[split])
+        data[split] = data[split].filter(lambda source, group: not held(source, group), input_columns=["source", key])
+        counts[split] = before - len(data[split])
+    if len(heldout) == 0:
+        raise ValueError(f"--hold_out_sources {','.join(names)}: no validation rows of {', '.join(sorted(corpora))} "
+                         f"to evaluate as a held-out source")
+    return data, heldout, counts
 
 
 def check_cache_fits(path, model, processor, model_name, option="--train_data"):
@@ -718,6 +765,13 @@ def main(argv=None):
             if accelerator.is_main_process:
                 print(f"[train] --extra_train_data {path}: {added} rows added to train, {left_out} left out "
                       f"(their groups are held out in --train_data)", flush=True)
+    heldout_rows = None
+    if args.hold_out_sources:
+        data, heldout_rows, counts = hold_out_sources(data, args.hold_out_sources)
+        if accelerator.is_main_process:
+            print(f"[train] --hold_out_sources {','.join(args.hold_out_sources)}: {counts['train']} train and "
+                  f"{counts['validation']} validation rows left out; the {len(heldout_rows)} held-out validation "
+                  f"rows are evaluated as heldout_*", flush=True)
     drop = args.same_group_negatives == "drop"
     train_ids = same_group_ids(data["train"], f"--train_data {args.train_data}: the train split") if drop else None
     val_correct_set = validation_correct_set(data["validation"])
@@ -743,12 +797,15 @@ def main(argv=None):
                               collate_fn=collate, num_workers=args.num_workers, generator=generator)
     val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers)
     eval_sets = {}  # name -> (loader, correct set) of each --eval_data validation split
-    for name, path in args.eval_data.items():
-        eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
-        check_same_kind(f"--eval_data {name}={path}", eval_mode, mode)
-        if mode == "cached":
-            check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
-        rows = eval_data["validation"]
+    for name, path in list(args.eval_data.items()) + [("heldout", None)] * (heldout_rows is not None):
+        if path is None:  # the held-out sources' validation rows: named for messages as an --eval_data set would be
+            rows, path = heldout_rows, f"(--hold_out_sources {','.join(args.hold_out_sources)})"
+        else:
+            eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
+            check_same_kind(f"--eval_data {name}={path}", eval_mode, mode)
+            if mode == "cached":
+                check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
+            rows = eval_data["validation"]
         correct = validation_correct_set(rows)
         ids = same_group_ids(rows, f"--eval_data {name}={path}: the validation split", correct) if drop else None
         eval_set = CachedFeatures(rows, frames, ids) if mode == "cached" else AudioPairs(rows, ids)
@@ -894,7 +951,7 @@ def main(argv=None):
             "negatives_per_step": args.per_device_train_batch_size * accelerator.num_processes - 1,
             "steps": progress.step, "epochs": progress.epoch, "best_val_loss": progress.best_val_loss,
             "metric_for_best_model": args.metric_for_best_model, "same_group_negatives": args.same_group_negatives,
-            "best_epoch": progress.best_epoch,
+            "hold_out_sources": args.hold_out_sources, "best_epoch": progress.best_epoch,
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
             "stopped_because": not_finite, "hubness": hubness, "history": progress.history,

@@ -63,6 +63,10 @@ def register(subparsers) -> None:
     pairs.add_argument("--manifest", metavar="FILE.jsonl", help="with --model: one JSON object per pair (audio, text, language, ...)")
     pairs.add_argument("--data", metavar="DIR", help="with --model: a dataset from `clasp data` (DIR/dataset)")
     parser.add_argument("--split", default="test", help="with --data: which split (default test)")
+    parser.add_argument("--sources", metavar="CORPUS[,CORPUS...]", default=None,
+                        help="with --model: evaluate only the pairs of these text corpora (a row's `source` "
+                             "'espeak:fortunes-de' is corpus 'fortunes-de', picked by 'fortunes-de' or 'fortunes'), "
+                             "among themselves: e.g. a source that `train_accelerate.py --hold_out_sources` never trained on")
     parser.add_argument(
         "--asr-baseline", action="store_true", help="with --model: also score the ASR-then-text-retrieval baseline"
     )
@@ -118,7 +122,8 @@ def run(args) -> int:
     if args.model is not None:
         return evaluate_model(args, hubness)
     model_only = (("--manifest", args.manifest), ("--data", args.data), ("--asr-baseline", args.asr_baseline),
-                  ("--asr-model", args.asr_model), ("--asr-cache", args.asr_cache), ("--quantize", args.quantize))
+                  ("--asr-model", args.asr_model), ("--asr-cache", args.asr_cache), ("--quantize", args.quantize),
+                  ("--sources", args.sources))
     for flag, value in model_only:
         if value:
             args.parser.error(f"{flag} goes with --model, not --embeddings")  # exits with code 2
@@ -134,7 +139,7 @@ def evaluate_model(args, hubness: dict) -> int:
 
     from backbones_clasp.checkpoints import load_model_and_processor
     from evaluation.model_report import model_report
-    from evaluation.pairs import dataset_pairs, manifest_pairs
+    from evaluation.pairs import dataset_pairs, manifest_pairs, pairs_of_sources
     from evaluation.report import format_report, report_to_markdown
     from search_clasp.quantization import check_quantize, quantize_model
 
@@ -144,6 +149,8 @@ def evaluate_model(args, hubness: dict) -> int:
         args.parser.error("--batch-size must be at least 1")
     # Read the pairs first: a mistake in the manifest should not wait for a model to load.
     pairs = manifest_pairs(args.manifest) if args.manifest else dataset_pairs(args.data, args.split)
+    if args.sources is not None:
+        pairs = pairs_of_sources(pairs, args.sources, args.manifest or args.data)
     if not pairs:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
     device = "cuda" if torch.cuda.is_available() and not args.quantize else "cpu"
@@ -164,6 +171,7 @@ def evaluate_model(args, hubness: dict) -> int:
                           ties=args.ties, soft_k=args.soft_k, seed=args.seed, transcriber=transcriber,
                           asr_cache=args.asr_cache if transcriber else None, **hubness)
     report["quantize"] = args.quantize  # None: fp32
+    report["sources"] = args.sources  # None: every pair
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"

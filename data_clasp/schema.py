@@ -57,6 +57,24 @@ def stable_hash(*parts) -> int:
     return int.from_bytes(hashlib.sha1("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
+def corpus_of(source: str) -> str:
+    """The text corpus of a row's `source`: 'espeak:fortunes-de' -> 'fortunes-de' (the voice engine
+    before the ':' dropped); a source without an engine is its own corpus ('speechbrown')."""
+    return source.partition(":")[2] or source
+
+
+def corpora_matching(names, present) -> set:
+    """The corpora of `present` that `names` pick: a name picks a corpus equal to it or starting with it
+    and a '-' ('fortunes' picks 'fortunes-de' and 'fortunes-br'). Raises ValueError naming the names
+    that pick none, with the corpora present."""
+    present = sorted(set(present))
+    picked = {name: {c for c in present if c == name or c.startswith(name + "-")} for name in names}
+    unknown = [name for name, corpora in picked.items() if not corpora]
+    if unknown:
+        raise ValueError(f"{', '.join(unknown)}: no such corpus here; the corpora are {', '.join(present) or 'none'}")
+    return set().union(*picked.values())
+
+
 def split_of_groups(groups, fractions=SPLIT_FRACTIONS) -> dict:
     """Assign each group to a split, 80/10/10 by count of groups, in a fixed pseudo-random order.
 

@@ -32,6 +32,23 @@ def manifest_pairs(path) -> list[dict]:
     return pairs
 
 
+def pairs_of_sources(pairs, sources: str, where) -> list[dict]:
+    """The pairs whose text corpus (`data_clasp.schema.corpus_of` of their `source`) is picked by the
+    comma-separated names of `sources` (`corpora_matching`). Raises ValueError naming `where` when a
+    name picks no corpus of `pairs` (the message lists them)."""
+    from data_clasp.schema import corpora_matching, corpus_of
+
+    names = [name.strip() for name in sources.split(",") if name.strip()]
+    if not names:
+        raise ValueError("--sources: give at least one corpus name")
+    present = {corpus_of(pair.get("source") or "") for pair in pairs} - {""}
+    try:
+        picked = corpora_matching(names, present)
+    except ValueError as error:
+        raise ValueError(f"{where}: --sources {error}") from None
+    return [pair for pair in pairs if corpus_of(pair.get("source") or "") in picked]
+
+
 def dataset_pairs(directory, split: str = "test") -> list[dict]:
     """The pairs of one split of a data_clasp dataset (DIR/dataset, or DIR itself if saved there)."""
     import pyarrow.compute

@@ -675,3 +675,85 @@ def test_extra_training_data_keeps_augmented_views_grouped_by_clip_and_each_fold
     # A plain --train_data beside an augmented extra cache: its rows are clips of one view.
     data, _ = add_extra_training_data(load_from_disk(tmp_path / "plain"), "cached", [str(tmp_path / "augmented")])
     assert data["train"]["clip"][:] == [0, 1, 2, 2, 3, 3, 4, 4, 5]
+
+
+def _sourced(groups, sources, tag):
+    return Dataset.from_dict({"text": [f"{tag} {i}" for i in range(len(groups))], "group": groups, "source": sources,
+                              "text_embeds": [[float(i)] for i in range(len(groups))]})
+
+
+def test_hold_out_sources_leaves_a_corpus_and_its_sentence_groups_out_of_training_and_selection():
+    """--hold_out_sources fortunes: fortunes-* rows leave train and validation, and so does every row of
+    a group one of them reads (django's reading of a proverb); the validation rows left out are returned
+    to be evaluated as the held-out source."""
+    from train_accelerate import hold_out_sources
+
+    data = DatasetDict({
+        "train": _sourced(["a", "b", "c", "d", "e"],
+                          ["espeak:django", "espeak:fortunes-de", "espeak:django", "piper:fortunes-br", "espeak:fortunesx"], "t"),
+        "validation": _sourced(["v", "w", "x", "b"], ["espeak:fortunes-de", "espeak:django", "espeak:wagtail", "espeak:lee"], "v"),
+        "test": _sourced(["y"], ["espeak:fortunes-de"], "s"),
+    })
+    data, heldout, counts = hold_out_sources(data, ["fortunes"])
+    assert data["train"]["text"] == ["t 0", "t 2", "t 4"]  # fortunesx is not a fortunes-* corpus
+    assert data["validation"]["text"] == ["v 1", "v 2"]
+    assert heldout["text"] == ["v 0", "v 3"]  # v 3 (lee) reads group b, a fortunes-de sentence
+    assert counts == {"train": 2, "validation": 2} and len(data["test"]) == 1
+    fresh = DatasetDict({"train": _sourced(["a"], ["espeak:django"], "t"), "validation": _sourced(["v"], ["espeak:lee"], "v")})
+    with pytest.raises(ValueError, match="hold_out_sources: kjv: no such corpus here; the corpora are django, lee"):
+        hold_out_sources(fresh, ["kjv"])
+    with pytest.raises(ValueError, match="no validation rows of django"):
+        hold_out_sources(fresh, ["django"])
+    with pytest.raises(ValueError, match="no `source` column"):
+        hold_out_sources(DatasetDict({k: v.remove_columns("source") for k, v in fresh.items()}), ["lee"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--hold_out_sources", " , "], "at least one corpus"),
+    (["--hold_out_sources", "lee", "--eval_data", "heldout=x"], "taken by --hold_out_sources"),
+    (["--metric_for_best_model", "heldout_mrr"], "choose from mrr, loss"),
+])
+def test_bad_hold_out_sources_are_refused(argv, message, capsys):
+    from train_accelerate import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--train_data", "t", "--output_dir", "o", *argv])
+    assert message in capsys.readouterr().err
+
+
+def test_a_run_with_held_out_sources_never_trains_or_selects_on_them(tiny_setup, tmp_path):
+    """The held-out corpus leaves the training pairs (the hubness bank holds the 48 others) and the
+    validation that chooses the epoch (the exported model's MRR on the 12 kept validation rows is the
+    recorded val_mrr), and its 4 validation rows are ranked every epoch as heldout_*."""
+    from datasets import load_from_disk
+
+    from data_clasp.features import CachedFeatures
+    from evaluation.protocols import retrieval_report
+    from modeling_clasp import ClaspModel
+
+    cache = load_from_disk(tiny_setup / "features")
+    for split, n in (("train", 64), ("validation", 16)):
+        cache[split] = cache[split].add_column("source", ["espeak:django"] * (n * 3 // 4) + ["espeak:fortunes-de"] * (n // 4))
+        # Texts of their own a split (the fixture's read "row i" in both): rows share no sentence group.
+        cache[split] = cache[split].map(lambda row, i, split=split: {"text": f"{split} {i}"}, with_indices=True)
+    cache.save_to_disk(tmp_path / "features")
+    (tmp_path / "features" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
+    setup = tmp_path / "setup"
+    setup.mkdir()
+    (setup / "features").symlink_to(tmp_path / "features")
+    (setup / "model").symlink_to(tiny_setup / "model")
+    output = tmp_path / "run"
+    result = subprocess.run(_train_command(setup, output, "--num_train_epochs", "3", "--hold_out_sources", "fortunes"),
+                            cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "16 train and 4 validation rows left out; the 4 held-out validation rows" in result.stdout + result.stderr
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["hold_out_sources"] == ["fortunes"] and summary["hubness"]["bank_rows"] == 48
+    assert all({"heldout_mrr", "heldout_text_to_audio_hits@1", "val_mrr"} <= set(h) for h in summary["history"])
+    kept = cache["validation"].select(range(12))
+    model = ClaspModel.from_pretrained(output).eval()
+    features = CachedFeatures(kept, frames=False)
+    with torch.no_grad():
+        out = model(**features.collate([features[i] for i in range(len(features))]))
+    report = retrieval_report(audio_embeds=out.audio_embeds, text_embeds=out.text_embeds, texts=kept["text"], soft_k=2)
+    assert (report["audio_to_text"]["mrr"] + report["text_to_audio"]["mrr"]) / 2 == pytest.approx(summary["best"]["val_mrr"], rel=1e-5)

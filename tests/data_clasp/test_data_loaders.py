@@ -172,3 +172,15 @@ def test_hf_keeps_a_clasp_dataset_unchanged(tmp_path, tone):
     assert skipped == []
     for split in SPLITS:
         assert again[split].remove_columns("audio").to_list() == ours[split].remove_columns("audio").to_list()
+
+
+def test_corpus_of_a_source_and_the_corpora_a_name_picks():
+    from data_clasp.schema import corpora_matching, corpus_of
+
+    assert corpus_of("espeak:fortunes-de") == "fortunes-de" and corpus_of("kokoro:kjv") == "kjv"
+    assert corpus_of("speechbrown") == "speechbrown"  # no engine: the source is its corpus
+    present = {"fortunes-de", "fortunes-br", "fortunesx", "django", "kjv"}
+    assert corpora_matching(["fortunes"], present) == {"fortunes-de", "fortunes-br"}
+    assert corpora_matching(["kjv", "fortunes-br"], present) == {"kjv", "fortunes-br"}
+    with pytest.raises(ValueError, match="^bible: no such corpus here; the corpora are django, fortunes-br"):
+        corpora_matching(["bible", "kjv"], present)

@@ -336,3 +336,29 @@ def test_asr_baseline_with_whisper_base(clasp_dir, backbones, tmp_path):
     assert baseline["wer"]["all"] <= 0.2, baseline["transcripts"]  # "ill-disposed" == "ill disposed"
     assert baseline["seconds_per_clip"] > 0 and len(baseline["transcripts"]) == 2
     assert baseline["decoding"] == {"num_beams": 1}  # greedy unless --asr-num-beams says otherwise
+
+
+def test_sources_evaluates_one_corpus_among_itself(clasp_dir, tmp_path, capsys):
+    """--sources: only the pairs of the named corpora are embedded and ranked, among themselves;
+    a name that picks no corpus is an error naming the corpora there."""
+    (tmp_path / "clips").mkdir()
+    sources = ["espeak:fortunes-de", "espeak:fortunes-es", "espeak:django", "piper:django", "espeak:fortunesx"]
+    rows = []
+    for i in range(10):
+        soundfile.write(tmp_path / "clips" / f"{i}.wav", tone(0.2, freq=120 + 15 * i, seed=i), 16000)
+        rows.append({"audio": f"clips/{i}.wav", "text": f"{TEXTS[i % 7]} {i}", "language": "en", "source": sources[i % 5]})
+    manifest = write_manifest(tmp_path, rows)
+    output = tmp_path / "report.json"
+    assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
+                 "--sources", "fortunes"]) == 0
+    report = json.loads(output.read_text())
+    # fortunes-de and fortunes-es (rows 0, 1, 5, 6), not "fortunesx": a name picks its own corpus or name-*.
+    assert report["num_queries"] == 4 and report["sources"] == "fortunes"
+    assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
+                 "--sources", "django,fortunes-es"]) == 0
+    assert json.loads(output.read_text())["num_queries"] == 6
+    capsys.readouterr()
+    assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(tmp_path / "no.json"),
+                 "--sources", "lee"]) != 0
+    error = capsys.readouterr().err
+    assert "lee: no such corpus here" in error and "fortunes-de" in error and not (tmp_path / "no.json").exists()
