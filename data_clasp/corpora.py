@@ -334,10 +334,11 @@ SYNOPSES = {"SYNOPSIS", "ÜBERSICHT", "SINOPSIS", "SINTAXIS", "SINTASSI", "SINOP
 # Words a period follows without ending the sentence (single letters, as in "z. B.", are covered).
 ABBREVIATIONS = {"etc", "vgl", "bzw", "usw", "ggf", "evtl", "ca", "cf", "ex", "Nr", "Dr", "resp", "ecc", "np",
                  "tzn", "itd", "itp", "např", "atd", "tj", "др", "см", "стр", "Sr", "Sra", "pág", "núm"}
-# Function words of English that are no words of the packages' languages: po4a leaves the paragraphs
-# a translator has not done yet in English.
-ENGLISH = {"the", "of", "and", "is", "are", "with", "this", "that", "which", "be", "it", "for", "from", "not", "can",
-           "when", "if", "you", "has", "have"}
+# English words that are no words of the packages' languages: po4a leaves the paragraphs a
+# translator has not done yet in English, and a sentence with one of these is dropped.
+ENGLISH = {"the", "of", "and", "is", "are", "were", "be", "been", "have", "does", "with", "this", "that", "these",
+           "which", "it", "its", "for", "from", "not", "can", "should", "must", "when", "if", "you", "each", "than",
+           "then", "used"}  # not "was" (German), "has", "uses" (Spanish)
 UNSPOKEN = re.compile(r"[\\[\]{}<>|*#@_~^$=]|\w\(|(^|[\s(«])(--?\w|\.?\.?/\w)")
 
 
@@ -349,7 +350,7 @@ def split_sentences(paragraph: str) -> list:
     sentences, start = [], 0
     for match in re.finditer(r"[.!?\u2026]+[)\"\u00bb\u201d\u2019]*(\s+)[(\"\u00ab\u201c\u201e\u00bf\u00a1]*(\w)", paragraph):
         word = (paragraph[start:match.start()].split() or [""])[-1]
-        if match.group(2).isupper() and len(word.strip("(")) > 1 and word not in ABBREVIATIONS:
+        if match.group(2).isupper() and len(word.strip("(")) > 1 and "." not in word and word not in ABBREVIATIONS:
             sentences.append(paragraph[start:match.start(1)])
             start = match.end(1)
     return sentences + [paragraph[start:]]
@@ -387,7 +388,8 @@ def manpage_sentences(package: str, root: Path) -> list:
 
     Each page is rendered by groff, which reads the roff escapes, strings and tables; sentences with
     bold or italic words (commands, options, files, placeholders), options, paths, code-like
-    characters or no final . ! ? are dropped, and at most MANPAGE_SENTENCES are kept a page.
+    characters, English words (untranslated paragraphs), unbalanced brackets (a sentence cut inside
+    them) or no final . ! ? are dropped, and at most MANPAGE_SENTENCES are kept a page.
     """
     language, inside = MANPAGES[package]
     pages = sorted((p for p in (root / inside).glob("man*/*.gz") if not p.is_symlink()), key=lambda p: p.name)
@@ -406,7 +408,7 @@ def manpage_sentences(package: str, root: Path) -> list:
                     continue
                 if not (text[0].isupper() and text[-1] in ".!?") or normalise_text(text) in seen:
                     continue
-                if len([w for w in re.findall(r"\w+", text.lower()) if w in ENGLISH]) >= 2:
+                if ENGLISH.intersection(re.findall(r"\w+", text.lower())) or text.count("(") != text.count(")"):
                     continue
                 seen.add(normalise_text(text))
                 sentences.append(Sentence(language, text, package, f"{package}/{name}", "text:" + normalise_text(text)))

@@ -129,7 +129,10 @@ La configuration est lue dans /etc/frob.conf au démarrage.
 .PP
 Utilisez \-\-force pour ignorer les erreurs de lecture.
 .PP
-This paragraph is not translated yet.
+Each paragraph stays English until translated.
+.PP
+Les boutons (les gros aussi.
+Ils tournent.
 .TP
 \fB\-v\fP, \fB\-\-verbose\fP
 Afficher chaque bouton avant de le tourner.
@@ -158,7 +161,8 @@ def test_manpages_keep_the_running_text_sentences(tmp_path):
 
 
 def test_split_sentences_keeps_abbreviations():
-    assert corpora.split_sentences("Siehe z. B. Dateien hier. Und dann? Ja.") == ["Siehe z. B. Dateien hier.", "Und dann?", "Ja."]
+    assert corpora.split_sentences("Siehe z. B. Dateien (z.B. Texte). Und dann? Ja.") == [
+        "Siehe z. B. Dateien (z.B. Texte).", "Und dann?", "Ja."]
 
 
 def test_manpages_are_a_source_but_not_a_default(tmp_path, monkeypatch):
