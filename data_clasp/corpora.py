@@ -351,7 +351,8 @@ def split_sentences(paragraph: str) -> list:
     A regex splitter, as lee_sentences: pysbd, the library that would do it, has no Portuguese or Czech.
     """
     sentences, start = [], 0
-    for match in re.finditer(r"[.!?\u2026]+[)\"\u00bb\u201d\u2019]*(\s+)[(\"\u00ab\u201c\u201e\u00bf\u00a1]*(\w)", paragraph):
+    boundary = r"[.!?\u2026]+[)\"\u00bb\u201d\u2019]*(\s+)[(\"\u00ab\u201c\u201e\u00bf\u00a1]*(\w)"  # ... end.» «Next
+    for match in re.finditer(boundary, paragraph):
         word = (paragraph[start:match.start()].split() or [""])[-1]
         if match.group(2).isupper() and len(word.strip("(")) > 1 and "." not in word and word not in ABBREVIATIONS:
             sentences.append(paragraph[start:match.start(1)])
