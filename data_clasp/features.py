@@ -64,6 +64,8 @@ def backbone_fingerprint(model) -> str:
     digest.update(b"spectrogram_n_mels=128spectrogram_hop_length=320")
     if model.config.speech_trainable_layers:  # another hidden state is cached (absent: caches of 0 stay valid)
         digest.update(f"speech_trainable_layers={model.config.speech_trainable_layers}".encode())
+    if model.config.speech_whisper_padding != "real":  # Whisper on 30 s (absent: "real" caches stay valid)
+        digest.update(f"speech_whisper_padding={model.config.speech_whisper_padding}".encode())
     return digest.hexdigest()[:16]
 
 
@@ -79,6 +81,8 @@ def processor_fingerprint(processor) -> str:
     digest = hashlib.sha256()
     settings = {k: v for k, v in processor.feature_extractor.to_dict().items()
                 if k not in ("feature_extractor_type", "processor_class", "auto_map")}
+    if settings.get("whisper_padding") == "real":  # the default, absent before it existed: those caches stay valid
+        del settings["whisper_padding"]
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     tokenizer = processor.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)
