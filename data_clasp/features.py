@@ -81,8 +81,6 @@ def processor_fingerprint(processor) -> str:
     digest = hashlib.sha256()
     settings = {k: v for k, v in processor.feature_extractor.to_dict().items()
                 if k not in ("feature_extractor_type", "processor_class", "auto_map")}
-    if settings.get("whisper_padding") == "real":  # the default, absent before it existed: those caches stay valid
-        del settings["whisper_padding"]
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     tokenizer = processor.tokenizer
     backend = getattr(tokenizer, "backend_tokenizer", None)

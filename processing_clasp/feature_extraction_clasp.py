@@ -153,6 +153,12 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         self.image_mean = list(image_mean or IMAGENET_MEAN)
         self.image_std = list(image_std or IMAGENET_STD)
 
+    def to_dict(self) -> dict:
+        settings = super().to_dict()
+        if settings.get("whisper_padding") == "real":  # the default is left out: saved as before it existed
+            del settings["whisper_padding"]
+        return settings
+
     @property
     def speech_input_name(self) -> str:
         """What transformers calls the speech encoder's input: `input_features` (log-mel), `input_values` (waveform)."""
