@@ -130,6 +130,15 @@ def test_save_and_load_keep_the_setting_and_an_override_moves_the_processor_too(
     model, processor = load_model_and_processor(str(tmp_path / "real"), speech_whisper_padding="max_length")
     assert processor.feature_extractor.whisper_padding == "max_length"
     assert processor(audio=CLIPS, sampling_rate=RATE)["input_features"].shape[-1] == 3000
+    # So does the trainer's `--config_overrides speech_whisper_padding=max_length` (what it exports).
+    from argparse import Namespace
+
+    import train_accelerate
+
+    args = Namespace(model=str(tmp_path / "real"), fusion=None, loss=None, speech_pooling=None, speech_trainable_layers=None,
+                     config_overrides="speech_whisper_padding=max_length", unfreeze_speech_encoder=False)
+    model, processor = train_accelerate.load_model_and_processor(args)
+    assert (model.config.speech_whisper_padding, processor.feature_extractor.whisper_padding) == ("max_length", "max_length")
 
 
 def test_a_features_cache_of_one_setting_is_refused_for_the_other(tmp_path):
