@@ -477,16 +477,16 @@ class ClaspModel(ClaspPreTrainedModel):
             )
         if frame_mask is None:
             frame_mask = torch.ones(input_features.shape[0], input_features.shape[-1], device=input_features.device)
-        mask = torch.ones_like(frame_mask) if padded else frame_mask
-        mask = mask.to(input_features.dtype).unsqueeze(1)
+        seen = torch.ones_like(frame_mask) if padded else frame_mask  # the frames the encoder sees; frame_mask: those pooled
+        mask = seen.to(input_features.dtype).unsqueeze(1)
         hidden = F.gelu(encoder.conv1(input_features * mask)) * mask
         hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
         frame_mask = frame_mask[:, :: encoder.conv2.stride[0]]
         hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
         hidden = F.dropout(hidden, p=encoder.dropout, training=encoder.training)
-        keep = frame_mask[:, None, None, :].bool()
+        keep = seen[:, :: encoder.conv2.stride[0]][:, None, None, :].bool()  # all frames (a zero mask) when padded
         attention_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
-        attention_mask = None if padded else attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)
+        attention_mask = attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)
         states = [hidden]
         depth = len(encoder.layers) - self.config.speech_trainable_layers  # the rest run in run_trainable_layers
         for layer in encoder.layers[:depth]:

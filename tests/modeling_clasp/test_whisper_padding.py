@@ -164,3 +164,18 @@ def test_a_features_cache_of_one_setting_is_refused_for_the_other(tmp_path):
     # Caches and folders made before the setting existed stay valid: "real" is not among the saved settings.
     assert "whisper_padding" not in real[1].feature_extractor.to_dict()
     assert padded[1].feature_extractor.to_dict()["whisper_padding"] == "max_length"
+
+
+def test_a_padded_model_runs_quantized_int8():
+    """`--quantize int8` runs Whisper's layers in ONNX Runtime, which needs a mask tensor: padded, an all-zero one."""
+    pytest.importorskip("onnxruntime")
+    from search_clasp.quantization import quantize_model
+
+    _, padded = models()
+    inputs = tiny_feature_extractor(padded.config)(CLIPS, sampling_rate=RATE)
+    assert inputs["input_features"].shape[-1] == 3000
+    with torch.no_grad():
+        fp32 = padded.get_speech_embeds(inputs["input_features"], inputs["input_features_mask"])
+        quantize_model(padded, "int8")
+        int8 = padded.get_speech_embeds(inputs["input_features"], inputs["input_features_mask"])
+    assert torch.isfinite(int8).all() and (fp32 * int8).sum(-1).min() > 0.99
