@@ -322,7 +322,9 @@ def check_cache_fits(path, model, processor, model_name, option="--train_data"):
         raise ValueError(f"{option} {path} was cached with other {' and '.join(differ)} than --model {model_name} "
                          f"({', '.join(f'{p} {recorded[p]} there, {now[p]} here' for p in differ)}){layers}: "
                          f"rebuild it with `clasp features --model {model_name}"
-                         f"{f' --speech-trainable-layers {k}' if k else ''} --data ...`")
+                         f"{f' --speech-trainable-layers {k}' if k else ''}"
+                         f"{' --speech-whisper-padding max_length' if model.config.speech_whisper_padding != 'real' else ''}"
+                         " --data ...`")
 
 
 # ---- model -----------------------------------------------------------------------------------

@@ -79,7 +79,8 @@ def build_feature_extractor(config: ClaspConfig, speech: str, spectrogram: str) 
     if config.speech_is_whisper:
         whisper = config.speech_config
         speech_kwargs = dict(speech_features="whisper_log_mel", feature_size=whisper.num_mel_bins, do_normalize=False,
-                             max_samples=whisper.max_source_positions * 2 * 160)
+                             max_samples=whisper.max_source_positions * 2 * 160,
+                             whisper_padding=config.speech_whisper_padding)
     else:
         speech_preprocessing = read_json(speech, "preprocessor_config.json") or {}
         speech_kwargs = dict(speech_features="waveform", feature_size=1,

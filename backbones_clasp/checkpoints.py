@@ -30,7 +30,8 @@ def weight_files(model_dir) -> list[str]:
 
 def load_model_and_processor(model: str, **config_overrides):
     """A backbone preset (offline-base, paper: an untrained head) or a saved CLASP folder →
-    (ClaspModel, ClaspProcessor). `config_overrides` (fusion, loss, freezing...) go to the config."""
+    (ClaspModel, ClaspProcessor). `config_overrides` (fusion, loss, freezing...) go to the config; the
+    processor follows its `speech_whisper_padding`."""
     from backbones_clasp.builder import BACKBONE_PRESETS, build_clasp
     from modeling_clasp import ClaspModel
     from processing_clasp import ClaspProcessor
@@ -42,8 +43,10 @@ def load_model_and_processor(model: str, **config_overrides):
     if not config_overrides:  # overrides (a new head, another pooling) start some weights afresh on purpose
         check_checkpoint(model)
     # Our own classes read the folder, and its tokenizer is a standard one: no remote code to trust.
-    return (ClaspModel.from_pretrained(model, **config_overrides),
-            ClaspProcessor.from_pretrained(model, trust_remote_code=False))
+    loaded = ClaspModel.from_pretrained(model, **config_overrides)
+    # The processor pads Whisper's input as the model (maybe overridden) runs it.
+    padding = {"whisper_padding": loaded.config.speech_whisper_padding} if loaded.config.speech_is_whisper else {}
+    return loaded, ClaspProcessor.from_pretrained(model, trust_remote_code=False, **padding)
 
 
 def check_checkpoint(model_dir):

@@ -56,6 +56,8 @@ def run(args) -> int:
     if missing:
         raise ValueError(f"--data {args.data}: no split(s) {missing}; it has {sorted(data)}")
     overrides = {} if args.speech_trainable_layers is None else {"speech_trainable_layers": args.speech_trainable_layers}
+    if args.speech_whisper_padding is not None:
+        overrides["speech_whisper_padding"] = args.speech_whisper_padding
     model, processor = load_model_and_processor(args.model, **overrides)
     data = drop_clips_too_long(data, splits, processor.feature_extractor)
     model.eval()
@@ -88,6 +90,10 @@ def register(subparsers):
     parser.add_argument("--speech-trainable-layers", type=int, default=None, metavar="K",
                         help="cache the hidden state entering the speech encoder's last K layers, for a model "
                              "that trains them (train_accelerate.py --speech_trainable_layers K); default: --model's")
+    parser.add_argument("--speech-whisper-padding", choices=("real", "max_length"), default=None,
+                        help="Whisper on the clip's real length or on 30 s (zero-padded, as pretrained), for a model "
+                             "that runs it so (train_accelerate.py --config_overrides speech_whisper_padding=max_length); "
+                             "default: --model's")
     parser.add_argument("--augment", type=copies, default=0, metavar="K",
                         help="K augmented copies of each train clip (noise, room, speed, telephone; seeded by the "
                              "clip, the copy and --augment-seed), one of which the trainer takes per clip and epoch; "

@@ -148,6 +148,14 @@ class ClaspConfig(PretrainedConfig):
             `speech_frame_stride`); `pool_speech` runs the k layers (and the encoder's final norm) on
             it, so training on the cache and encoding raw audio compute the same thing. Needs
             `speech_layer=-1`. SAMU-XLSR and SENSE (XLS-R toward frozen LaBSE) train the encoder itself.
+        speech_whisper_padding (`str`): what Whisper's encoder sees: "real" (the default) runs it on the
+            clip's real length, padding masked; "max_length" (WhisperFeatureExtractor's name) on the
+            log-mel of the waveform zero-padded to 30 s, all 3000 frames unmasked, as Whisper was
+            pretrained, pooling only the frames of the real audio. The processor's feature extractor
+            must agree (`whisper_padding`; `load_model_and_processor` and `clasp features` set it).
+            "max_length" is for Whisper only and needs `speech_trainable_layers=0` (the cache would
+            have to hold all 1500 frames, padding included, for the k layers to attend over): a
+            ValueError otherwise.
         text_pooling (`str`): "mean" over real tokens, "cls", or "pooler" (the transformer's own pooler: for
             LaBSE this is sentence-transformers' Dense+tanh on the CLS token).
         text_normalize (`bool`): L2-normalise the sentence embedding, as sentence-transformers' Normalize.
@@ -183,6 +191,7 @@ class ClaspConfig(PretrainedConfig):
         speech_frame_stride=4,
         speech_pooling_heads=8,
         speech_trainable_layers=0,
+        speech_whisper_padding="real",
         text_pooling="pooler",
         text_normalize=True,
         fusion="concat",
@@ -216,6 +225,14 @@ class ClaspConfig(PretrainedConfig):
         if speech_trainable_layers and speech_layer != -1:
             raise ValueError(f"speech_trainable_layers={speech_trainable_layers} trains the encoder's last layers: "
                              f"it needs speech_layer=-1, got {speech_layer}")
+        if speech_whisper_padding not in ("real", "max_length"):
+            raise ValueError(f"speech_whisper_padding must be 'real' or 'max_length', got {speech_whisper_padding!r}")
+        if speech_whisper_padding == "max_length" and self.speech_config.model_type != "whisper":
+            raise ValueError(f"speech_whisper_padding='max_length' pads Whisper's input to 30 s; this speech encoder "
+                             f"is {self.speech_config.model_type!r} (use 'real')")
+        if speech_whisper_padding == "max_length" and speech_trainable_layers:
+            raise ValueError(f"speech_whisper_padding='max_length' needs speech_trainable_layers=0, got "
+                             f"{speech_trainable_layers}: the cache would have to hold all 1500 frames, padding included")
         if text_pooling not in ("mean", "cls", "pooler"):
             raise ValueError(f"text_pooling must be 'mean', 'cls' or 'pooler', got {text_pooling!r}")
         self.speech_layer = speech_layer
@@ -223,6 +240,7 @@ class ClaspConfig(PretrainedConfig):
         self.speech_frame_stride = speech_frame_stride
         self.speech_pooling_heads = speech_pooling_heads
         self.speech_trainable_layers = speech_trainable_layers
+        self.speech_whisper_padding = speech_whisper_padding
         self.text_pooling = text_pooling
         self.text_normalize = text_normalize
         self.fusion = fusion

@@ -64,6 +64,8 @@ def backbone_fingerprint(model) -> str:
     digest.update(b"spectrogram_n_mels=128spectrogram_hop_length=320")
     if model.config.speech_trainable_layers:  # another hidden state is cached (absent: caches of 0 stay valid)
         digest.update(f"speech_trainable_layers={model.config.speech_trainable_layers}".encode())
+    if model.config.speech_whisper_padding != "real":  # Whisper on 30 s (absent: "real" caches stay valid)
+        digest.update(f"speech_whisper_padding={model.config.speech_whisper_padding}".encode())
     return digest.hexdigest()[:16]
 
 

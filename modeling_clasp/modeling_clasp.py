@@ -452,12 +452,15 @@ class ClaspModel(ClaspPreTrainedModel):
     # ---- speech branch -------------------------------------------------------------------
 
     def _whisper_hidden_states(self, input_features, frame_mask):
-        """Whisper's encoder on the clip's real length, padding masked out.
+        """Whisper's encoder on the clip's real length, padding masked out; with
+        `config.speech_whisper_padding="max_length"`, on all 30 s unmasked.
 
         transformers' WhisperEncoder.forward insists on 30 s of (mostly padding) frames; running
         its parts directly costs a fraction of that for short clips. Padded frames are zeroed
         before each convolution and masked in attention, so a clip's output does not depend on
-        what it is batched with.
+        what it is batched with. "max_length" computes what WhisperEncoder.forward does (tested),
+        on the processor's 30-s log-mel; `frame_mask` then only says which frames are pooled.
+        Returns the hidden states (`[batch, frames / 2, d_model]` each) and the encoder frames' mask.
         """
         encoder = self.speech_model
         max_frames = encoder.config.max_source_positions * encoder.conv1.stride[0] * encoder.conv2.stride[0]
@@ -466,15 +469,22 @@ class ClaspModel(ClaspPreTrainedModel):
                 f"Whisper encodes at most {max_frames} mel frames (30 s); got {input_features.shape[-1]}. "
                 "Split long audio into windows (clasp embed does this)."
             )
+        padded = self.config.speech_whisper_padding == "max_length"
+        if padded and input_features.shape[-1] != max_frames:
+            raise ValueError(
+                f"speech_whisper_padding='max_length': Whisper runs on {max_frames} mel frames (30 s), got "
+                f"input_features of {input_features.shape[-1]}; use a processor with whisper_padding='max_length'"
+            )
         if frame_mask is None:
             frame_mask = torch.ones(input_features.shape[0], input_features.shape[-1], device=input_features.device)
-        mask = frame_mask.to(input_features.dtype).unsqueeze(1)
+        seen = torch.ones_like(frame_mask) if padded else frame_mask  # the frames the encoder sees; frame_mask: those pooled
+        mask = seen.to(input_features.dtype).unsqueeze(1)
         hidden = F.gelu(encoder.conv1(input_features * mask)) * mask
         hidden = F.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
         frame_mask = frame_mask[:, :: encoder.conv2.stride[0]]
         hidden = hidden + encoder.embed_positions.weight[: hidden.shape[1]]
         hidden = F.dropout(hidden, p=encoder.dropout, training=encoder.training)
-        keep = frame_mask[:, None, None, :].bool()
+        keep = seen[:, :: encoder.conv2.stride[0]][:, None, None, :].bool()  # all frames (a zero mask) when padded
         attention_mask = torch.zeros(keep.shape, dtype=hidden.dtype, device=hidden.device)
         attention_mask = attention_mask.masked_fill(~keep, torch.finfo(hidden.dtype).min)
         states = [hidden]

@@ -4,7 +4,8 @@ For each clip, independently of the others in its batch:
   1. samples → float32 in [-1, 1], channels averaged to mono, resampled to 16 kHz;
   2. the speech encoder's input, named as transformers names it: `input_values`, the normalised
      waveform (HuBERT / wav2vec2 / WavLM, as Wav2Vec2FeatureExtractor), or `input_features`,
-     Whisper's log-mel (same filters and scaling as WhisperFeatureExtractor) at the clip's real length;
+     Whisper's log-mel (same filters and scaling as WhisperFeatureExtractor) at the clip's real length
+     or, with `whisper_padding="max_length"`, of the clip zero-padded to 30 s, as Whisper was pretrained;
   3. `pixel_values` for the spectrogram CNN: a log-mel spectrogram in dB, scaled to [0, 1], resized
      to the CNN's square input and normalised with its ImageNet mean/std (3 channels) — the tensor
      version of the paper's plotted spectrogram picture.
@@ -89,6 +90,11 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         min_samples (`int`): shorter clips are padded with silence up to this length (one encoder frame).
         max_samples (`int` or `None`): longer clips are refused (Whisper's 30 s); window them instead.
         whisper_n_fft, whisper_hop_length: Whisper's STFT.
+        whisper_padding (`str`): "real" (the clip's real length) or "max_length" (the waveform
+            zero-padded to `max_samples`, 30 s, before the log-mel: exactly
+            `WhisperFeatureExtractor()(audio, padding="max_length")`; its mask marks the frames that
+            start in real audio, as WhisperFeatureExtractor's `attention_mask`). The model's
+            `speech_whisper_padding` must be the same.
         spectrogram_n_fft, spectrogram_hop_length, spectrogram_n_mels, spectrogram_top_db: the CNN's log-mel.
         image_size, image_mean, image_std: the CNN's input size and normalisation.
     """
@@ -105,6 +111,7 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         max_samples=None,
         whisper_n_fft=400,
         whisper_hop_length=160,
+        whisper_padding="real",
         spectrogram_n_fft=1024,
         spectrogram_hop_length=320,
         spectrogram_n_mels=128,
@@ -116,6 +123,11 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
     ):
         if speech_features not in ("waveform", "whisper_log_mel"):
             raise ValueError(f"speech_features must be 'waveform' or 'whisper_log_mel', got {speech_features!r}")
+        if whisper_padding not in ("real", "max_length"):
+            raise ValueError(f"whisper_padding must be 'real' or 'max_length', got {whisper_padding!r}")
+        if whisper_padding == "max_length" and (speech_features != "whisper_log_mel" or max_samples is None):
+            raise ValueError("whisper_padding='max_length' pads Whisper's input to max_samples (30 s): it needs "
+                             f"speech_features='whisper_log_mel' and max_samples, got {speech_features!r}, {max_samples!r}")
         kwargs.setdefault("return_attention_mask", True)
         # Where AutoFeatureExtractor / AutoProcessor find our classes in a saved (Hub) folder.
         kwargs.setdefault(
@@ -132,6 +144,7 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         self.max_samples = max_samples
         self.whisper_n_fft = whisper_n_fft
         self.whisper_hop_length = whisper_hop_length
+        self.whisper_padding = whisper_padding
         self.spectrogram_n_fft = spectrogram_n_fft
         self.spectrogram_hop_length = spectrogram_hop_length
         self.spectrogram_n_mels = spectrogram_n_mels
@@ -139,6 +152,12 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         self.image_size = image_size
         self.image_mean = list(image_mean or IMAGENET_MEAN)
         self.image_std = list(image_std or IMAGENET_STD)
+
+    def to_dict(self) -> dict:
+        settings = super().to_dict()
+        if settings.get("whisper_padding") == "real":  # the default is left out: saved as before it existed
+            del settings["whisper_padding"]
+        return settings
 
     @property
     def speech_input_name(self) -> str:
@@ -217,6 +236,8 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
 
     def speech_input(self, waveform: torch.Tensor) -> torch.Tensor:
         """`[time]` (waveform) or `[n_mels, frames]` (Whisper) for the speech encoder."""
+        if self.speech_features == "whisper_log_mel" and self.whisper_padding == "max_length":
+            return self.whisper_log_mel(F.pad(waveform, (0, self.max_samples - waveform.shape[0])))
         if self.speech_features == "whisper_log_mel":
             return self.whisper_log_mel(waveform)
         if self.do_normalize:
@@ -272,6 +293,9 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         waveforms = [self.prepare_clip(clip, sampling_rate, name=f"audio[{i}]", max_length=max_length if truncation else None)
                      for i, clip in enumerate(clips)]
         speech = [self.speech_input(w) for w in waveforms]
+        real = [s.shape[-1] for s in speech]
+        if self.whisper_padding == "max_length":  # the frames that start in real audio
+            real = [-(-w.shape[0] // self.whisper_hop_length) for w in waveforms]
         longest = max(s.shape[-1] for s in speech)
         if strategy == PaddingStrategy.MAX_LENGTH:
             for i, waveform in enumerate(waveforms):
@@ -279,6 +303,9 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
                     raise ValueError(f"audio[{i}]: {waveform.shape[0]} samples, longer than max_length={max_length}; "
                                      "pass truncation=True to cut it")
             longest = max_length if self.speech_features == "waveform" else max_length // self.whisper_hop_length
+            if self.whisper_padding == "max_length" and max_length != self.max_samples:
+                raise ValueError(f"whisper_padding='max_length' pads every clip to max_samples={self.max_samples}; "
+                                 f"padding='max_length' with max_length={max_length} differs")
         elif strategy == PaddingStrategy.DO_NOT_PAD and any(s.shape[-1] != longest for s in speech):
             raise ValueError(f"padding=False: the clips differ in length ({[s.shape[-1] for s in speech]} "
                              "speech-input steps) and cannot form one batch; pass padding=True")
@@ -286,7 +313,7 @@ class ClaspFeatureExtractor(SequenceFeatureExtractor):
         mask = torch.zeros(len(speech), longest, dtype=torch.long)
         for i, s in enumerate(speech):
             speech_inputs[i, ..., : s.shape[-1]] = s
-            mask[i, : s.shape[-1]] = 1
+            mask[i, : real[i]] = 1
         features = {
             self.speech_input_name: speech_inputs,
             f"{self.speech_input_name}_mask": mask,

@@ -99,6 +99,7 @@ class ClaspProcessor(ProcessorMixin):
             kwargs.pop(name, None)
         with open(cached_file(pretrained_model_name_or_path, "processor_config.json", **hub_kwargs), encoding="utf-8") as f:
             saved = json.load(f)
+        saved["feature_extractor"].setdefault("whisper_padding", "real")  # folders saved before it existed
         feature_extractor, kwargs = ClaspFeatureExtractor.from_dict(saved["feature_extractor"], return_unused_kwargs=True, **kwargs)
         settings = {"text_prefix": saved.get("text_prefix", ""), "text_max_length": saved.get("text_max_length", 512)}
         settings.update({k: kwargs.pop(k) for k in settings if k in kwargs})

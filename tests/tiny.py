@@ -77,7 +77,7 @@ def tiny_config(speech="hubert", **kwargs):
 def tiny_feature_extractor(config):
     if config.speech_is_whisper:
         speech = dict(speech_features="whisper_log_mel", feature_size=config.speech_config.num_mel_bins,
-                      do_normalize=False, max_samples=30 * 16000)
+                      do_normalize=False, max_samples=30 * 16000, whisper_padding=config.speech_whisper_padding)
     else:
         speech = dict(speech_features="waveform", feature_size=1)
     return ClaspFeatureExtractor(image_size=config.spectrogram_image_size, spectrogram_n_mels=16, **speech)
