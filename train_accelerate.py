@@ -797,7 +797,11 @@ def main(argv=None):
     # drop_last: the head's batch norm needs more than one row, and every process must gather equal batches.
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                               collate_fn=collate, num_workers=args.num_workers, generator=generator)
-    val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers)
+    # A loader draws its workers' base seed from its generator each pass, by default torch's global one:
+    # validation loaders get their own, or every validation pass (and every --eval_data set) would move
+    # the dropout masks of all later training steps.
+    val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers,
+                            generator=torch.Generator())
     eval_sets = {}  # name -> (loader, correct set) of each --eval_data validation split
     for name, path in list(args.eval_data.items()) + [("heldout", None)] * (heldout_rows is not None):
         if path is None:  # the held-out sources' validation rows: named for messages as an --eval_data set would be
@@ -811,7 +815,8 @@ def main(argv=None):
         correct = validation_correct_set(rows)
         ids = same_group_ids(rows, f"--eval_data {name}={path}: the validation split", correct) if drop else None
         eval_set = CachedFeatures(rows, frames, ids) if mode == "cached" else AudioPairs(rows, ids)
-        eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
+        eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers,
+                                      generator=torch.Generator()),
                            correct)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")

@@ -757,3 +757,27 @@ def test_a_run_with_held_out_sources_never_trains_or_selects_on_them(tiny_setup,
         out = model(**features.collate([features[i] for i in range(len(features))]))
     report = retrieval_report(audio_embeds=out.audio_embeds, text_embeds=out.text_embeds, texts=kept["text"], soft_k=2)
     assert (report["audio_to_text"]["mrr"] + report["text_to_audio"]["mrr"]) / 2 == pytest.approx(summary["best"]["val_mrr"], rel=1e-5)
+
+
+def test_another_validation_set_does_not_change_the_training(tiny_setup, tmp_path):
+    """Validation only reads: a run with an --eval_data set trains the same weights as one without
+    (each validation pass used to draw its loader's seed from torch's global generator, so every
+    added set moved the dropout masks of all later epochs)."""
+    from datasets import DatasetDict, load_from_disk
+
+    DatasetDict({"validation": load_from_disk(tiny_setup / "features")["validation"]}).save_to_disk(tmp_path / "more")
+    (tmp_path / "more" / "clasp_features.json").write_text(json.dumps({"model": "tiny"}))
+    weights = {}
+    for name, extra in (("alone", []), ("with_eval_data", ["--eval_data", f"more={tmp_path / 'more'}"])):
+        # Dropout on, so that the global generator's state matters; every epoch exported (patience > epochs).
+        result = subprocess.run(_train_command(tiny_setup, tmp_path / name, "--num_train_epochs", "3",
+                                               "--config_overrides", "fusion_dropout=[0.3,0.3]", "--metric_for_best_model",
+                                               "loss", *extra), cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stderr[-4000:]
+        weights[name] = load_file(tmp_path / name / "model.safetensors")
+        history = json.loads((tmp_path / name / "training_summary.json").read_text())["history"]
+        weights[name + " losses"] = [h["train_loss"] for h in history]
+    assert weights["alone losses"] == weights["with_eval_data losses"]
+    assert weights["alone"].keys() == weights["with_eval_data"].keys()
+    for key, value in weights["alone"].items():
+        assert torch.equal(value, weights["with_eval_data"][key]), key
