@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMPS := .stamps
-APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata chromium chromium-driver \
+APT_PACKAGES := espeak-ng ffmpeg pocketsphinx-testdata chromium chromium-driver groff-base \
 	sword-text-kjv sword-text-sparv fortunes-de fortunes-es fortunes-it fortunes-pl fortunes-ru fortunes-cs fortunes-br \
 	asterisk-core-sounds-en asterisk-core-sounds-en-g722 asterisk-core-sounds-es asterisk-core-sounds-es-g722 \
 	asterisk-core-sounds-fr asterisk-core-sounds-fr-g722 asterisk-core-sounds-it asterisk-core-sounds-it-g722 \
