@@ -296,6 +296,9 @@ def hold_out_sources(data, names):
     if len(heldout) == 0:
         raise ValueError(f"--hold_out_sources {','.join(names)}: no validation rows of {', '.join(sorted(corpora))} "
                          f"to evaluate as a held-out source")
+    if len(data["validation"]) == 0:
+        raise ValueError(f"--hold_out_sources {','.join(names)}: no validation row of another corpus is left to "
+                         f"choose the epoch; hold out fewer corpora")
     return data, heldout, counts
 
 
@@ -319,6 +322,10 @@ def check_cache_fits(path, model, processor, model_name, option="--train_data"):
         k, cached_k = model.config.speech_trainable_layers, recorded.get("speech_trainable_layers", 0)
         layers = (f"; it holds the hidden state entering the speech encoder's last {cached_k} layers, this run trains "
                   f"{k} (--speech_trainable_layers)" if cached_k != k else "")
+        padding, cached_padding = model.config.speech_whisper_padding, recorded.get("speech_whisper_padding", "real")
+        if cached_padding != padding:  # the cache's Whisper input differs: say so, and how to train on it as it is
+            layers += (f"; its Whisper input is speech_whisper_padding={cached_padding}, this run's is {padding} "
+                       f"(to train on it as it is: --config_overrides speech_whisper_padding={cached_padding})")
         raise ValueError(f"{option} {path} was cached with other {' and '.join(differ)} than --model {model_name} "
                          f"({', '.join(f'{p} {recorded[p]} there, {now[p]} here' for p in differ)}){layers}: "
                          f"rebuild it with `clasp features --model {model_name}"

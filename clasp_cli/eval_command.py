@@ -150,7 +150,7 @@ def evaluate_model(args, hubness: dict) -> int:
     # Read the pairs first: a mistake in the manifest should not wait for a model to load.
     pairs = manifest_pairs(args.manifest) if args.manifest else dataset_pairs(args.data, args.split)
     if args.sources is not None:
-        pairs = pairs_of_sources(pairs, args.sources, args.manifest or args.data)
+        pairs = pairs_of_sources(pairs, args.sources, args.manifest or f"{args.data} (split {args.split})")
     if not pairs:
         raise ValueError(f"{args.manifest or args.data}: no pairs to evaluate")
     device = "cuda" if torch.cuda.is_available() and not args.quantize else "cpu"
@@ -175,7 +175,11 @@ def evaluate_model(args, hubness: dict) -> int:
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"
+        if args.sources is not None:
+            title += f" (corpora {args.sources} only)"
         write_atomically(args.markdown, report_to_markdown(report, title=title))
+    if args.sources is not None:
+        print(f"Only the pairs of corpora {args.sources} ({report['num_queries']} queries), among themselves.")
     print(format_report(report))
     if "csls" in report:
         print(f"CLASP with CSLS (k={report['csls']['hubness']['k']}): " + ", ".join(

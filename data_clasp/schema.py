@@ -57,6 +57,10 @@ def stable_hash(*parts) -> int:
     return int.from_bytes(hashlib.sha1("\x1f".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
+# `clasp data synth --sources` names that read corpora of other names (data_clasp.corpora.BIBLES).
+CORPUS_ALIASES = {"bible": ("kjv", "sparv")}
+
+
 def corpus_of(source: str) -> str:
     """The text corpus of a row's `source`: 'espeak:fortunes-de' -> 'fortunes-de' (the voice engine
     before the ':' dropped); a source without an engine is its own corpus ('speechbrown')."""
@@ -65,10 +69,12 @@ def corpus_of(source: str) -> str:
 
 def corpora_matching(names, present) -> set:
     """The corpora of `present` that `names` pick: a name picks a corpus equal to it or starting with it
-    and a '-' ('fortunes' picks 'fortunes-de' and 'fortunes-br'). Raises ValueError naming the names
+    and a '-' ('fortunes' picks 'fortunes-de' and 'fortunes-br'), or one it stands for in CORPUS_ALIASES
+    ('bible' picks 'kjv' and 'sparv', as `clasp data synth --sources bible` reads them). Raises ValueError naming the names
     that pick none, with the corpora present."""
     present = sorted(set(present))
-    picked = {name: {c for c in present if c == name or c.startswith(name + "-")} for name in names}
+    picked = {name: {c for c in present if c == name or c.startswith(name + "-") or c in CORPUS_ALIASES.get(name, ())}
+              for name in names}
     unknown = [name for name, corpora in picked.items() if not corpora]
     if unknown:
         raise ValueError(f"{', '.join(unknown)}: no such corpus here; the corpora are {', '.join(present) or 'none'}")

@@ -704,6 +704,8 @@ def test_hold_out_sources_leaves_a_corpus_and_its_sentence_groups_out_of_trainin
         hold_out_sources(fresh, ["kjv"])
     with pytest.raises(ValueError, match="no validation rows of django"):
         hold_out_sources(fresh, ["django"])
+    with pytest.raises(ValueError, match="lee: no validation row of another corpus is left to choose the epoch"):
+        hold_out_sources(DatasetDict({k: v for k, v in fresh.items()}), ["lee"])
     with pytest.raises(ValueError, match="no `source` column"):
         hold_out_sources(DatasetDict({k: v.remove_columns("source") for k, v in fresh.items()}), ["lee"])
 

@@ -357,7 +357,7 @@ def test_sources_evaluates_one_corpus_among_itself(clasp_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
                  "--sources", "django,fortunes-es"]) == 0
     assert json.loads(output.read_text())["num_queries"] == 6
-    capsys.readouterr()
+    assert "Only the pairs of corpora django,fortunes-es (6 queries)" in capsys.readouterr().out
     assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(tmp_path / "no.json"),
                  "--sources", "lee"]) != 0
     error = capsys.readouterr().err

@@ -159,7 +159,10 @@ def test_a_features_cache_of_one_setting_is_refused_for_the_other(tmp_path):
     check_cache_fits(str(tmp_path / "padded"), *padded, folder)
     with pytest.raises(ValueError, match="cached with other backbones and processor .* --speech-whisper-padding max_length"):
         check_cache_fits(str(tmp_path / "real"), *padded, folder)
-    with pytest.raises(ValueError, match="cached with other backbones and processor"):
+    # A padded cache refused for a real-length run says how to train on it as it is.
+    with pytest.raises(ValueError, match="cached with other backbones and processor .*its Whisper input is "
+                       "speech_whisper_padding=max_length, this run's is real .*--config_overrides "
+                       "speech_whisper_padding=max_length"):
         check_cache_fits(str(tmp_path / "padded"), *real, folder)
     # Caches and folders made before the setting existed stay valid: "real" is not among the saved settings.
     assert "whisper_padding" not in real[1].feature_extractor.to_dict()
