@@ -804,27 +804,30 @@ def main(argv=None):
     # drop_last: the head's batch norm needs more than one row, and every process must gather equal batches.
     train_loader = DataLoader(train_set, batch_size=args.per_device_train_batch_size, shuffle=True, drop_last=True,
                               collate_fn=collate, num_workers=args.num_workers, generator=generator)
-    # A loader draws its workers' base seed from its generator each pass, by default torch's global one:
-    # validation loaders get their own, or every validation pass (and every --eval_data set) would move
-    # the dropout masks of all later training steps.
-    val_loader = DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers,
-                            generator=torch.Generator())
-    eval_sets = {}  # name -> (loader, correct set) of each --eval_data validation split
-    for name, path in list(args.eval_data.items()) + [("heldout", None)] * (heldout_rows is not None):
-        if path is None:  # the held-out sources' validation rows: named for messages as an --eval_data set would be
-            rows, path = heldout_rows, f"(--hold_out_sources {','.join(args.hold_out_sources)})"
-        else:
-            eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
-            check_same_kind(f"--eval_data {name}={path}", eval_mode, mode)
-            if mode == "cached":
-                check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
-            rows = eval_data["validation"]
+    def reading_loader(dataset):
+        """A loader that only reads (validation, the hubness bank): in order, with a generator of its own.
+        A loader draws its workers' base seed from its generator each pass, by default torch's global one:
+        every validation pass (and every --eval_data set) would otherwise move the dropout masks of all
+        later training steps."""
+        return DataLoader(dataset, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers,
+                          generator=torch.Generator())
+
+    val_loader = reading_loader(val_set)
+    eval_rows = {}  # name -> (validation rows, how messages name them) of each --eval_data set, and the held-out sources
+    for name, path in args.eval_data.items():
+        eval_mode, eval_data = load_training_data(path, f"--eval_data {name}=", required=("validation",))
+        check_same_kind(f"--eval_data {name}={path}", eval_mode, mode)
+        if mode == "cached":
+            check_cache_fits(path, model, processor, args.model, f"--eval_data {name}=")
+        eval_rows[name] = (eval_data["validation"], f"--eval_data {name}={path}")
+    if heldout_rows is not None:
+        eval_rows["heldout"] = (heldout_rows, f"--hold_out_sources {','.join(args.hold_out_sources)}")
+    eval_sets = {}  # name -> (loader, correct set)
+    for name, (rows, where) in eval_rows.items():
         correct = validation_correct_set(rows)
-        ids = same_group_ids(rows, f"--eval_data {name}={path}: the validation split", correct) if drop else None
+        ids = same_group_ids(rows, f"{where}: the validation split", correct) if drop else None
         eval_set = CachedFeatures(rows, frames, ids) if mode == "cached" else AudioPairs(rows, ids)
-        eval_sets[name] = (DataLoader(eval_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers,
-                                      generator=torch.Generator()),
-                           correct)
+        eval_sets[name] = (reading_loader(eval_set), correct)
     if len(train_loader) == 0:
         raise ValueError(f"{len(train_set)} training rows are fewer than one batch of {args.per_device_train_batch_size}")
 
@@ -953,10 +956,8 @@ def main(argv=None):
             export_best(accelerator, model, processor, args.output_dir)
             if args.hubness_bank:
                 hubness = write_hubness_bank(
-                    unwrapped, DataLoader(getattr(train_set, "originals", train_set), batch_size=eval_batch,  # not the views
-                                          collate_fn=collate, num_workers=args.num_workers),
-                    DataLoader(val_set, batch_size=eval_batch, collate_fn=collate, num_workers=args.num_workers),
-                    val_correct_set, args.output_dir, accelerator.device)
+                    unwrapped, reading_loader(getattr(train_set, "originals", train_set)),  # not the views
+                    reading_loader(val_set), val_correct_set, args.output_dir, accelerator.device)
             elif os.path.exists(os.path.join(args.output_dir, BANK_FILE)):  # an earlier run's: not this model's
                 os.remove(os.path.join(args.output_dir, BANK_FILE))
         plot_history(progress.history, os.path.join(args.output_dir, "training_curves.png"))

@@ -485,10 +485,10 @@ def load_sentences(sources=DEFAULT_SOURCES, cache=None) -> list:
             root = fetch_debian(package, inside, cache)
             if root is not None:
                 readers.append((lambda r, package=package: fortune_sentences(package, r), root, root / inside))
-    if "manpages" in sources:
-        if not shutil.which("groff"):
-            warnings.warn("manpages: no groff to render the pages (apt-get install groff); skipped", stacklevel=2)
-        for package in MANPAGES if shutil.which("groff") else ():
+    if "manpages" in sources and not shutil.which("groff"):
+        warnings.warn("manpages: no groff to render the pages (apt-get install groff); skipped", stacklevel=2)
+    elif "manpages" in sources:
+        for package in MANPAGES:
             marker = f"usr/share/doc/{package}/copyright"  # usr/share/man/fr has other packages' pages too
             root = fetch_debian(package, marker, cache)
             if root is not None:

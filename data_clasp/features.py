@@ -256,7 +256,7 @@ def build_feature_cache(model, processor, data, output_dir, splits=None, batch_s
     info = {
         **fingerprints, "model": model_name, "data": {s: data[s]._fingerprint for s in splits},
         "speech_trainable_layers": model.config.speech_trainable_layers,
-        "speech_whisper_padding": getattr(model.config, "speech_whisper_padding", "real"),
+        "speech_whisper_padding": model.config.speech_whisper_padding,
         "rows": {s: len(assembled[s]) for s in splits}, "seconds": time.perf_counter() - started,
         "dims": {c: len(assembled[splits[0]][0][c]) for c in FEATURE_COLUMNS},
     }
