@@ -5,7 +5,8 @@
     clasp data import --manifest FILE --output DIR
     clasp data import --speechbrown META.json --audio-root DIR --output DIR
     clasp data import --hf PATH --language en --output DIR      (a `save_to_disk` folder)
-    clasp data import --asterisk [--languages en,es,fr,it,ru] [--min-words 3] [--per-language N] --output DIR
+    clasp data import --asterisk [--languages en,es,fr,it,ru] [--min-words 3] [--per-language N]
+                      [--split-fractions 0,0.5,0.5] [--exclude-prompts EARLIER_IMPORT] --output DIR
                                               real read speech from Debian's asterisk-core-sounds packages
 """
 
@@ -64,6 +65,10 @@ def register(subparsers):
                       help="Asterisk: at most N prompts a language, those recorded in every language first")
     load.add_argument("--split-fractions", default="0,0.5,0.5",
                       help="Asterisk: train,validation,test shares of the prompts (default 0,0.5,0.5)")
+    load.add_argument("--exclude-prompts", default=None,
+                      help="Asterisk: leave out the prompts of this earlier import (its folder or manifest.jsonl) and "
+                           "any reading the same, e.g. a fine-tuning set disjoint from the evaluation set: "
+                           "--split-fractions 1,0,0 --exclude-prompts artifacts/demo-small/asterisk")
     load.add_argument("--asterisk-root", default="/",
                       help="Asterisk: where usr/share/asterisk/sounds and usr/share/doc are (default /; "
                            "a folder of packages unpacked with dpkg -x)")
@@ -126,6 +131,9 @@ def run_languages(args) -> int:
 def run_import(args) -> int:
     from data_clasp import loaders
 
+    if args.exclude_prompts and not args.asterisk:
+        raise ValueError("--exclude-prompts leaves out the prompts of an earlier Asterisk import: it needs --asterisk")
+
     if args.asterisk:
         from data_clasp.asterisk import build_asterisk
 
@@ -135,7 +143,7 @@ def run_import(args) -> int:
             raise ValueError(f"--split-fractions {args.split_fractions!r}: give three numbers, e.g. 0,0.5,0.5") from None
         dataset, skipped = build_asterisk(args.output, [c.strip() for c in args.languages.split(",") if c.strip()],
                                           min_words=args.min_words, per_language=args.per_language,
-                                          fractions=fractions, root=args.asterisk_root)
+                                          fractions=fractions, root=args.asterisk_root, exclude=args.exclude_prompts)
     elif args.manifest:
         dataset, skipped = loaders.load_manifest(args.manifest)
     elif args.speechbrown:

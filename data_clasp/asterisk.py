@@ -198,18 +198,39 @@ def _readme(rows, languages) -> str:
     return "\n".join(lines)
 
 
+def without_prompts_of(prompts, manifest) -> list:
+    """`prompts` less those of another Asterisk import's `manifest` (its manifest.jsonl, or the folder
+    holding it): the same prompt names, and any prompt reading the same (`normalise_text`) in a
+    language as one of them there. A fine-tuning split that shares no prompt and no text with the
+    evaluation set (issue #16 item 4); FileNotFoundError / ValueError naming `manifest`."""
+    path = Path(manifest)
+    path = path / "manifest.jsonl" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(f"--exclude-prompts {manifest}: no {path} (an Asterisk import's folder or manifest.jsonl)")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    names = {row["group"].removeprefix(f"{SOURCE}:") for row in rows if row.get("source") == SOURCE}
+    if not names:
+        raise ValueError(f"--exclude-prompts {manifest}: {path} holds no Asterisk prompt (source {SOURCE!r})")
+    texts = {(row["language"], normalise_text(row["text"])) for row in rows if row.get("source") == SOURCE}
+    return [p for p in prompts if p["name"] not in names and (p["language"], normalise_text(p["text"])) not in texts]
+
+
 def build_asterisk(output, languages=LANGUAGES, *, min_words: int = 3, per_language=None,
-                   fractions=SPLIT_FRACTIONS, root="/"):
+                   fractions=SPLIT_FRACTIONS, root="/", exclude=None):
     """Decode the prompts of `languages` into `output` (layout in the module docstring) and return
     (DatasetDict, skipped): skipped lists (file, reason) of recordings that do not decode, left
     out instead of stopping the run. FileNotFoundError naming the package when one is missing.
+    `exclude`: another import's folder or manifest whose prompts are left out (`without_prompts_of`).
     """
     import soundfile
 
     from .loaders import load_manifest, save_dataset
 
     output = Path(output)
-    prompts = choose(find_prompts(languages, root, min_words), per_language)
+    prompts = find_prompts(languages, root, min_words)
+    if exclude is not None:
+        prompts = without_prompts_of(prompts, exclude)
+    prompts = choose(prompts, per_language)
     if not prompts:
         raise ValueError(f"no Asterisk prompt of at least {min_words} words in {', '.join(languages)}")
     split_of = split_of_prompts(prompts, fractions)

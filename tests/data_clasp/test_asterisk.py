@@ -7,6 +7,7 @@ installs them).
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 from collections import Counter, defaultdict
@@ -208,3 +209,40 @@ def test_installed_packages_have_plausible_prompt_counts_and_decode_to_16khz_mon
     samples = decode(clip["path"])
     assert samples.ndim == 1 and samples.dtype == np.float32 and np.isfinite(samples).all()
     assert 0.5 < len(samples) / 16_000 < 5 and 0.05 < np.abs(samples).max() <= 1
+
+
+def test_exclude_prompts_gives_a_fine_tuning_split_sharing_no_prompt_or_text_with_the_evaluation_set(
+        fake_root, tmp_path, capsys):
+    evaluation, finetune = tmp_path / "eval", tmp_path / "finetune"
+    assert main(["data", "import", "--asterisk", "--languages", "en,fr", "--asterisk-root", str(fake_root),
+                 "--per-language", "3", "--output", str(evaluation)]) == 0
+    assert main(["data", "import", "--asterisk", "--languages", "en,fr", "--asterisk-root", str(fake_root),
+                 "--split-fractions", "1,0,0", "--exclude-prompts", str(evaluation), "--output", str(finetune)]) == 0
+    capsys.readouterr()
+    read = lambda folder: [json.loads(line) for line in (folder / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    held, tuned = read(evaluation), read(finetune)
+    held_names = {r["group"] for r in held}
+    assert held_names == {"asterisk:hello-world", "asterisk:digits/press-one", "asterisk:same-b"}  # by the hash order
+    # Every other decodable prompt, in train; but same-a in English, which reads "You are now muted." as same-b does.
+    assert {(r["language"], r["group"]) for r in tuned} == {
+        ("en", "asterisk:vm-login"), ("fr", "asterisk:vm-login"), ("fr", "asterisk:same-a"), ("fr", "asterisk:fr-only")}
+    assert {r["split"] for r in tuned} == {"train"}
+    assert not {(r["language"], r["text"]) for r in tuned} & {(r["language"], r["text"]) for r in held}
+    assert len(load_from_disk(str(finetune / "dataset"))["train"]) == 4
+
+
+@pytest.mark.parametrize("make, message", [(lambda p: None, "no .*manifest.jsonl"),
+                                           (lambda p: p.mkdir() or (p / "manifest.jsonl").write_text(
+                                               json.dumps({"group": "x:1", "source": "espeak:kjv", "language": "en",
+                                                           "text": "a b c"}) + "\n"), "holds no Asterisk prompt")])
+def test_exclude_prompts_names_a_folder_that_is_no_asterisk_import(fake_root, tmp_path, capsys, make, message):
+    other = tmp_path / "other"
+    make(other)
+    code = main(["data", "import", "--asterisk", "--languages", "en", "--asterisk-root", str(fake_root),
+                 "--exclude-prompts", str(other), "--output", str(tmp_path / "out")])
+    stderr = capsys.readouterr().err
+    assert code == 2 and "--exclude-prompts" in stderr and str(other) in stderr
+    assert re.search(message, stderr)
+    assert not (tmp_path / "out").exists()
+    code = main(["data", "import", "--manifest", "m.jsonl", "--exclude-prompts", str(other), "--output", str(tmp_path / "x")])
+    assert code == 2 and "needs --asterisk" in capsys.readouterr().err
