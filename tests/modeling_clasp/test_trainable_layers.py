@@ -283,3 +283,100 @@ def test_the_fingerprint_leaves_out_the_layers_that_train_not_the_ones_below():
     with torch.no_grad():
         model.speech_model.layers[0].fc1.weight.add_(0.01)
     assert backbone_fingerprint(model) != before
+
+
+def test_lora_adapters_train_alone_and_merge_into_a_plain_model():
+    """add_speech_lora: only the adapters of the top layer (and the head) train, the model computes
+    what it did before (B starts at zero); after changing the adapters, merge_speech_lora gives a
+    model of plain names whose top layer is W + (alpha / r) B A and computes what the adapted one did."""
+    torch.manual_seed(0)
+    model = tiny_model(tiny_config("whisper", speech_trainable_layers=1, speech_frame_stride=1)).eval()
+    frames = torch.randn(2, 5, model.config.speech_config.d_model)
+    weights = torch.tensor([[1.0] * 5, [1.0] * 3 + [0.0] * 2])
+    names = set(model.state_dict())
+    with torch.no_grad():
+        before = model.pool_speech(frames, weights)
+    fc1 = model.speech_model.layers[1].fc1.weight.detach().clone()
+    model.add_speech_lora(2, alpha=6.0).freeze_backbones()
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad and name.startswith("speech_model.")}
+    assert trainable and all(".lora_" in name and name.startswith("speech_model.layers.1.") for name in trainable)
+    assert {name.split(".lora_")[0].removeprefix("speech_model.layers.1.") for name in trainable} == {
+        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "fc1", "fc2"}
+    assert any(name.startswith("fusion.") for name, p in model.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        torch.testing.assert_close(model.pool_speech(frames, weights), before)  # B = 0: no change yet
+        lora = model.speech_model.layers[1].fc1
+        lora.lora_B["default"].weight.normal_()
+        adapted = model.pool_speech(frames, weights)
+        expected_fc1 = fc1 + 3.0 * lora.lora_B["default"].weight @ lora.lora_A["default"].weight  # alpha / r = 3
+    assert (adapted - before).abs().max() > 1e-3
+    assert model.has_speech_lora()
+    model.merge_speech_lora()
+    assert not model.has_speech_lora() and set(model.state_dict()) == names
+    torch.testing.assert_close(model.speech_model.layers[1].fc1.weight, expected_fc1)
+    with torch.no_grad():
+        torch.testing.assert_close(model.pool_speech(frames, weights), adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_lora_needs_trainable_layers_and_a_positive_rank():
+    with pytest.raises(ValueError, match="speech_trainable_layers"):
+        ClaspModel(tiny_config("whisper")).add_speech_lora(4)
+    with pytest.raises(ValueError, match="rank must be an int of at least 1"):
+        ClaspModel(tiny_config("whisper", speech_trainable_layers=1)).add_speech_lora(0)
+
+
+def test_lora_training_on_the_cache_exports_a_plain_folder_that_embeds_raw_audio_as_training_did(tmp_path):
+    """train_accelerate.py --speech_trainable_layers 1 --speech_lora_rank 2: the exported folder has no
+    adapter weights, its top layer moved by a low-rank update (rank ≤ 2 per matrix), the layers below
+    did not, and raw audio through it (a clean process, remote code) embeds as the training model
+    embedded the cache."""
+    start, cache, paths = _k1_start_and_cache(tmp_path)
+    output = tmp_path / "lora"
+    result = _train(tmp_path, cache, output, "--speech_lora_rank", "2")
+    assert result.returncode == 0, result.stderr[-4000:]
+    before, after = start.state_dict(), load_file(output / "model.safetensors")
+    assert set(after) == set(before) and not any("lora" in name for name in after)
+    for name in ("fc1", "fc2", "self_attn.q_proj", "self_attn.out_proj"):
+        delta = after[f"speech_model.layers.1.{name}.weight"] - before[f"speech_model.layers.1.{name}.weight"]
+        assert delta.abs().max() > 1e-4, name
+        assert torch.linalg.matrix_rank(delta.double(), atol=1e-6) <= 2, name
+    assert torch.equal(before["speech_model.layers.1.fc1.bias"], after["speech_model.layers.1.fc1.bias"])
+    assert torch.equal(before["speech_model.layer_norm.weight"], after["speech_model.layer_norm.weight"])
+    assert torch.equal(before["speech_model.layers.0.fc1.weight"], after["speech_model.layers.0.fc1.weight"])
+    summary = json.loads((output / "training_summary.json").read_text())
+    assert summary["speech_lora"] == {"rank": 2, "alpha": 4, "merged_into_the_exported_weights": True}
+
+    trained = ClaspModel.from_pretrained(output).eval()
+
+    def from_cache(split):
+        rows = load_from_disk(cache)[split].with_format("torch")
+        with torch.no_grad():
+            return torch.stack([
+                trained.get_audio_features(speech_frames=row["speech_frames"][None].float(),
+                                           speech_frame_weights=row["speech_frame_weights"][None],
+                                           spectrogram_embeds=row["spectrogram_embeds"][None]).pooler_output[0]
+                for row in (rows[i] for i in range(len(rows)))])
+
+    # The hubness bank: the training rows embedded by the training model itself, adapters unmerged.
+    bank = load_file(output / "hubness_bank.safetensors")["audio_embeds"].float()  # stored in float16
+    torch.testing.assert_close(from_cache("train"), bank, atol=2e-3, rtol=0)
+    clips = [soundfile.read(p, dtype="float32")[0] for p in paths[16:]]
+    (tmp_path / "clips.json").write_text(json.dumps({"clips": [c.tolist() for c in clips]}))
+    raw = torch.tensor(run_clean(tmp_path, EMBED_RAW_AUDIO, output, tmp_path / "clips.json")["embeds"])
+    torch.testing.assert_close(raw, from_cache("validation"), atol=3e-3, rtol=0)
+
+
+def test_lora_options_are_checked(tmp_path, capsys):
+    sys.path.insert(0, str(REPO))
+    from train_accelerate import parse_args
+
+    base = ["--train_data", "x", "--model", "m", "--output_dir", "o"]
+    for extra, message in ((["--speech_lora_rank", "-1"], "--speech_lora_rank -1: give 0"),
+                           (["--speech_lora_alpha", "8"], "--speech_lora_alpha needs --speech_lora_rank")):
+        with pytest.raises(SystemExit):
+            parse_args(base + extra)
+        assert message in capsys.readouterr().err
+    # A rank without trainable layers: refused by name, nothing trained.
+    _, cache, _ = _k1_start_and_cache(tmp_path)
+    result = _train(tmp_path, cache, tmp_path / "no-layers", "--speech_trainable_layers", "0", "--speech_lora_rank", "2")
+    assert result.returncode != 0 and "LoRA adapts the speech encoder's trainable top layers" in result.stderr
