@@ -3,7 +3,9 @@
 The folder is what `save_pretrained` writes (config with auto_map, safetensors, the flat remote
 code, processor and tokenizer files) plus README.md, a model card made with huggingface_hub's
 ModelCard / ModelCardData. With `--widget`, the card's widget shows example clips (copied into
-samples/) with candidate labels and the scores this model gives them, computed here. It is built in a temporary folder and renamed into place, so an
+samples/) with candidate labels and the scores this model gives them, computed here. Each
+`--eval-results [NAME=]REPORT.json` (repeatable: the synthetic test split, real speech...) adds its
+hard-protocol rows to the card's model-index as dataset NAME and its tables to the card. It is built in a temporary folder and renamed into place, so an
 interrupted export never leaves a half-written model behind. The model folder's hubness bank
 (hubness_bank.safetensors, see evaluation/hubness.py), if it has one, is copied beside the model. With `--push-to-hub REPO` the folder,
 and only it, is then uploaded to the Hub in one commit.
@@ -135,8 +137,14 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
     if eval_results is not None:
         from evaluation.report import model_index_results, report_to_markdown
 
-        card_data.eval_results = model_index_results(eval_results, dataset_name=dataset_name or "evaluation data")
-        evaluation = report_to_markdown(eval_results, title="Retrieval").replace("# Retrieval", "", 1).strip()
+        if isinstance(eval_results, dict):  # one report, named by dataset_name
+            eval_results = [(dataset_name or "evaluation data", eval_results)]
+        card_data.eval_results = [result for name, report in eval_results
+                                  for result in model_index_results(report, dataset_name=name)]
+        sections = [report_to_markdown(report, title="Retrieval").replace("# Retrieval", "", 1).strip()
+                    for _, report in eval_results]
+        evaluation = (sections[0] if len(sections) == 1 else
+                      "\n\n".join(f"### {name}\n\n{section}" for (name, _), section in zip(eval_results, sections)))
     return ModelCard(
         CARD_TEMPLATE.format(
             card_data=card_data.to_yaml(),
@@ -166,12 +174,10 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
     from modeling_clasp import ClaspModel
     from processing_clasp import ClaspProcessor
 
+    reports = named_reports(eval_results_path, dataset_name)  # a bad report is named before anything loads
     model = ClaspModel.from_pretrained(model_dir).eval()
     processor = ClaspProcessor.from_pretrained(model_dir)
-    eval_results = None
-    if eval_results_path is not None:
-        with open(eval_results_path, encoding="utf-8") as f:
-            eval_results = json.load(f)
+    eval_results = [(name, report) for name, _, report in reports] or None
     output_dir = os.path.abspath(output_dir)
     parent = os.path.dirname(output_dir)
     os.makedirs(parent, exist_ok=True)
@@ -183,10 +189,10 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
         widget = (widget_examples(model, processor, widget_path, repo, os.path.join(staging, "samples"), revision or "main")
                   if widget_path else None)
         card = build_model_card(model, processor, repo, list(languages), license, list(datasets), eval_results,
-                                dataset_name, widget=widget)
+                                widget=widget)
         card.save(os.path.join(staging, "README.md"))
-        if eval_results is not None:
-            shutil.copyfile(eval_results_path, os.path.join(staging, "eval_results.json"))
+        for number, (name, path, _) in enumerate(reports):  # eval_results.json, eval_results_2.json, ...
+            shutil.copyfile(path, os.path.join(staging, "eval_results.json" if number == 0 else f"eval_results_{number + 1}.json"))
         if os.path.isfile(os.path.join(model_dir, BANK_FILE)):  # an optional extra file: loading ignores it
             shutil.copyfile(os.path.join(model_dir, BANK_FILE), os.path.join(staging, BANK_FILE))
         if os.path.exists(output_dir):
@@ -201,6 +207,40 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return output_dir
+
+
+def named_reports(items, dataset_name=None) -> list:
+    """[(dataset name, path, report)] of `--eval-results` items, each "PATH" or "NAME=PATH" (a path
+    holding "=" is taken whole when it exists); an unnamed item is `dataset_name`, else "evaluation
+    data", numbered when several are unnamed. Errors name the item: a missing file, a report that is
+    not JSON or lacks its directions, a name given twice."""
+    if items is None:
+        return []
+    items = [items] if isinstance(items, (str, os.PathLike)) else list(items)
+    reports, unnamed = [], 0
+    for item in items:
+        item = os.fspath(item)
+        name, sep, path = item.partition("=")
+        if not sep or os.path.exists(item):
+            name, path = None, item
+        if name is None:
+            unnamed += 1
+            name = dataset_name or "evaluation data"
+            if unnamed > 1:
+                name = f"{name} ({unnamed})"
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"--eval-results {item}: no file {path} (a `clasp eval --output` JSON report)")
+        try:
+            with open(path, encoding="utf-8") as f:
+                report = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"--eval-results {item}: {path} is not a JSON report ({error})") from None
+        if not isinstance(report, dict) or not {"audio_to_text", "text_to_audio"} <= set(report):
+            raise ValueError(f"--eval-results {item}: {path} is not a `clasp eval` report (no audio_to_text / text_to_audio)")
+        if name in [n for n, _, _ in reports]:
+            raise ValueError(f"--eval-results {item}: the name {name!r} is given twice; name each report NAME=PATH")
+        reports.append((name, path, report))
+    return reports
 
 
 def push_to_hub(folder, repo, private=False, revision=None, commit_message="Upload CLASP model"):
@@ -256,8 +296,11 @@ def register(subparsers):
     parser.add_argument("--language", help="comma-separated ISO codes of the training speech, for the card")
     parser.add_argument("--license", default="mit")
     parser.add_argument("--dataset", help="comma-separated dataset names for the card")
-    parser.add_argument("--eval-results", help="a `clasp eval` JSON report: its hard-protocol figures go into model-index")
-    parser.add_argument("--dataset-name", help="name of the evaluated data in model-index")
+    parser.add_argument("--eval-results", action="append", metavar="[NAME=]REPORT.json",
+                        help="a `clasp eval` JSON report: its hard-protocol figures go into model-index as dataset NAME "
+                             "(default --dataset-name) and its tables into the card; repeat for more evaluation sets, "
+                             "e.g. --eval-results test.json --eval-results 'Asterisk real speech (test)=asterisk.json'")
+    parser.add_argument("--dataset-name", help="name of the evaluated data of an unnamed --eval-results in model-index")
     parser.add_argument("--widget", metavar="FILE.jsonl",
                         help='widget examples, one JSON object a line: {"audio": path, "candidate_labels": [...], '
                              '"example_title": ...}; scored by the model, the clips copied into samples/')

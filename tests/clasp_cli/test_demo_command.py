@@ -39,6 +39,15 @@ def test_tiny_demo_produces_a_hub_folder_report_and_plots(tiny_demo):
     real = json.loads((out / "asterisk_eval.json").read_text())
     assert set(real["monolingual"]) == set(real["asr_baseline"]["monolingual"]) == {"en", "es", "fr", "it", "ru"}
     assert real["correct_set"] == "same-group" and 1 <= real["text_to_audio"]["mean_rank"] <= real["num_queries"]
+    # ... and its rows are in the card's model-index beside the synthetic test split's.
+    index = ModelCard.load(out / "README.md").data.eval_results
+    by_dataset = {}
+    for row in index:
+        by_dataset.setdefault(row.dataset_name, {})[(row.metric_config, row.metric_type)] = row.metric_value
+    assert len(by_dataset) == 2, sorted(by_dataset)
+    (asterisk_name,) = [name for name in by_dataset if name.startswith("Asterisk real speech")]
+    assert by_dataset[asterisk_name][("text_to_audio", "hits@1")] == real["text_to_audio"]["hits@1"]
+    assert by_dataset[asterisk_name][("audio_to_text", "mean_rank")] == real["audio_to_text"]["mean_rank"]
     # CLASP with and without the hubness correction, from the bank training wrote (shipped in the Hub folder).
     for side in (report, real):
         assert side["hubness"]["method"] == "none" and side["csls"]["hubness"]["method"] == "csls"

@@ -186,3 +186,49 @@ def test_the_model_card_says_which_speech_layers_trained(tmp_path):
     assert "hubert (frozen;" in rows["frozen"]
     assert "hubert (frozen but its last 1 of 2 layers, trained with the head;" in rows["top"]
     assert "hubert (fine-tuned;" in rows["whole"]
+
+
+def test_several_reports_each_go_into_model_index_under_their_name_and_into_the_card(tmp_path):
+    """--eval-results test.json --eval-results 'Asterisk real speech (test)=asterisk.json': model-index
+    holds both datasets' rows with their own figures; each report is copied and has its card section."""
+    config = tiny_config()
+    source = tmp_path / "trained"
+    tiny_model(config).eval().save_pretrained(source)
+    tiny_processor(config, tmp_path).save_pretrained(source)
+    synthetic, real = report(), report()
+    real["audio_to_text"] = metrics(0.25)
+    real["text_to_audio"] = metrics(0.35)
+    real["correct_set"] = "same-group"
+    (tmp_path / "test.json").write_text(json.dumps(synthetic))
+    (tmp_path / "asterisk.json").write_text(json.dumps(real))
+    result = clasp("export", "--model", str(source), "--output", str(tmp_path / "hub"), "--eval-results",
+                   str(tmp_path / "test.json"), "--dataset-name", "synthetic (test)", "--eval-results",
+                   f"Asterisk real speech (test)={tmp_path / 'asterisk.json'}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    card = ModelCard.load(tmp_path / "hub" / "README.md")
+    values = {(r.dataset_name, r.metric_config, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert len(values) == len(card.data.eval_results) == 12  # 2 datasets x 2 directions x 3 metrics
+    assert values[("synthetic (test)", "text_to_audio", "hits@1")] == 0.7
+    assert values[("Asterisk real speech (test)", "text_to_audio", "hits@1")] == 0.35
+    assert values[("Asterisk real speech (test)", "audio_to_text", "hits@1")] == 0.25
+    assert {r.metric_args["correct_set"] for r in card.data.eval_results if r.dataset_name.startswith("Asterisk")} == {"same-group"}
+    assert "### synthetic (test)" in card.text and "### Asterisk real speech (test)" in card.text
+    assert json.loads((tmp_path / "hub" / "eval_results.json").read_text())["text_to_audio"]["hits@1"] == 0.7
+    assert json.loads((tmp_path / "hub" / "eval_results_2.json").read_text())["text_to_audio"]["hits@1"] == 0.35
+
+
+def test_a_bad_report_is_named_before_anything_is_written(tmp_path):
+    config = tiny_config()
+    source = tmp_path / "trained"
+    tiny_model(config).eval().save_pretrained(source)
+    tiny_processor(config, tmp_path).save_pretrained(source)
+    (tmp_path / "good.json").write_text(json.dumps(report()))
+    (tmp_path / "not-json.json").write_text("{oops")
+    (tmp_path / "other.json").write_text(json.dumps({"hits@1": 0.5}))
+    for item, message in ((f"real={tmp_path / 'missing.json'}", "no file"), (str(tmp_path / "not-json.json"), "not a JSON report"),
+                          (str(tmp_path / "other.json"), "not a `clasp eval` report"),
+                          (f"good={tmp_path / 'good.json'}", "given twice")):
+        extra = ["--eval-results", f"good={tmp_path / 'good.json'}"] if "twice" in message else []
+        result = clasp("export", "--model", str(source), "--output", str(tmp_path / "hub"), *extra, "--eval-results", item)
+        assert result.returncode == 2 and message in result.stderr and item in result.stderr, result.stderr[-2000:]
+        assert not (tmp_path / "hub").exists()
