@@ -766,7 +766,27 @@ def plot_history(history, path):
 
 
 def main(argv=None):
+    """Parse the options and train. A bad input (ValueError, FileNotFoundError: a cache that does not
+    fit, an unknown corpus...) gets one line on stderr and exit status 2, as `clasp` commands do
+    (CLASP_DEBUG=1 shows the traceback); an --output_dir this run created and left empty is removed."""
     args = parse_args(argv)
+    created = not os.path.exists(args.output_dir)
+    try:
+        train(args)
+    except (FileNotFoundError, NotADirectoryError, ValueError) as error:
+        if os.environ.get("CLASP_DEBUG"):
+            raise
+        try:
+            if created and not os.listdir(args.output_dir):
+                os.rmdir(args.output_dir)
+        except OSError:  # gone already (another process), or not empty after all
+            pass
+        print(f"train_accelerate.py: error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
+
+
+def train(args):
+    """The training run of `main`'s parsed options (module docstring)."""
     accelerator = Accelerator(
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
