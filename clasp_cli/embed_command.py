@@ -3,7 +3,10 @@
     clasp embed --model DIR --audio FILES_OR_DIRS... --output OUT.safetensors
 
 The file holds the tensor `embeddings` [N, D] (L2-normalised) and, as safetensors metadata,
-`paths` (JSON list, row order) and `failed` (JSON list of {path, reason}). A file that cannot be
+`paths` (JSON list, row order), `failed` (JSON list of {path, reason}), `model` (the `clasp index`
+identity of the model folder: SHA-256 of its config, processor config and weights; a Hub id as
+given) and `settings` (JSON: window_s, hop_s, quantize), so embeddings of another model or
+setting can be told apart. A file that cannot be
 used is reported on stderr and in `failed`, and the others are embedded: exit 0 when at least
 one was, 2 when none was (or with --strict, at the first failure). Long audio is embedded by
 overlapping windows (see search_clasp/embedding.py), never truncated.
@@ -54,8 +57,9 @@ def run(args) -> int:
             print(f"clasp embed: skipped {failure['path']}: {failure['reason']}", file=sys.stderr)
     output = os.path.abspath(args.output)
     paths, embeddings = [], []
+    identity = model_identity(args.model) if os.path.isdir(args.model) else args.model
+    settings = {"window_s": args.window_s, "hop_s": args.hop_s, "quantize": args.quantize}
     if state.num_processes > 1:
-        identity = model_identity(args.model) if os.path.isdir(args.model) else args.model
         merged = embed_across_processes(
             [entry.path for entry in entries], f"{output}.shards", json.dumps([identity, args.window_s, args.hop_s, args.quantize]),
             lambda: ClaspEmbedder.from_pretrained(args.model, batch_size=args.batch_size, window_s=args.window_s,
@@ -82,7 +86,8 @@ def run(args) -> int:
               file=sys.stderr)
         return 2
     write_atomically(output, save({"embeddings": torch.cat(embeddings).contiguous()},
-                                  metadata={"paths": json.dumps(paths), "failed": json.dumps(failed)}))
+                                  metadata={"paths": json.dumps(paths), "failed": json.dumps(failed), "model": identity,
+                                            "settings": json.dumps(settings)}))
     shutil.rmtree(f"{output}.shards", ignore_errors=True)  # the shards of a multi-process run: merged now
     print(f"embedded {len(paths)} file(s) into {output}" + (f"; {len(failed)} failed (listed in its metadata)" if failed else ""),
           file=sys.stderr)

@@ -81,3 +81,18 @@ def test_nothing_embedded_is_exit_2_and_strict_stops_at_the_first_failure(model_
     assert not output.exists()
     assert main(arguments + ["--strict"]) == 0
     assert read_output(output)[1] == [str(tmp_path / "good.wav")]
+
+
+def test_the_file_records_which_model_and_settings_embedded_it(model_dir, tmp_path):
+    import hashlib
+
+    soundfile.write(tmp_path / "a.wav", tone(1.0), 16000)
+    assert main(["embed", "--model", str(model_dir), "--audio", str(tmp_path / "a.wav"), "--output",
+                 str(tmp_path / "out.safetensors"), "--window-s", "20", "--hop-s", "15"]) == 0
+    with safe_open(tmp_path / "out.safetensors", "pt") as f:
+        metadata = f.metadata()
+    digest = hashlib.sha256()  # each file's name and bytes: config, processor config, then the weights
+    for name in ("config.json", "processor_config.json", "model.safetensors"):
+        digest.update(name.encode() + b"\0" + (model_dir / name).read_bytes())
+    assert metadata["model"] == digest.hexdigest()
+    assert json.loads(metadata["settings"]) == {"window_s": 20.0, "hop_s": 15.0, "quantize": None}
