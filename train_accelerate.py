@@ -159,6 +159,11 @@ def parse_args(argv=None):
         parser.error(f"--speech_lora_rank {args.speech_lora_rank}: give 0 (no LoRA) or a rank of at least 1")
     if args.speech_lora_alpha is not None and not args.speech_lora_rank:
         parser.error("--speech_lora_alpha needs --speech_lora_rank")
+    if args.speech_lora_alpha is not None and not args.speech_lora_alpha > 0:
+        parser.error(f"--speech_lora_alpha {args.speech_lora_alpha}: give a positive number (the update is scaled by alpha / rank)")
+    if args.speech_lora_rank and args.unfreeze_speech_encoder:
+        parser.error("--speech_lora_rank trains adapters on the top layers of a frozen speech encoder; "
+                     "--unfreeze_speech_encoder trains the whole encoder: choose one")
     allowed = ["mrr", "loss"] + [f"{name}_mrr" for name in args.eval_data] + ["heldout_mrr"] * bool(args.hold_out_sources)
     if args.metric_for_best_model not in allowed:
         parser.error(f"--metric_for_best_model {args.metric_for_best_model}: choose from {', '.join(allowed)}")
@@ -573,14 +578,22 @@ def leave_frozen_weights_out_of_checkpoints(accelerator, model):
 
 
 def resume(accelerator, model, checkpoint, progress):
-    """load_state from a checkpoint without the frozen weights; refuse one that lacks a trained weight."""
+    """load_state from a checkpoint without the frozen weights; refuse one that lacks a trained weight
+    or holds one of another shape (e.g. another --speech_lora_rank)."""
     from safetensors import safe_open
 
     with safe_open(os.path.join(checkpoint, "model.safetensors"), framework="pt") as f:
-        stored = {key.removeprefix("module.") for key in f.keys()}
-    missing = trained_keys(accelerator.unwrap_model(model)) - stored
+        stored = {key.removeprefix("module."): tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    unwrapped = accelerator.unwrap_model(model)
+    missing = trained_keys(unwrapped) - set(stored)
     if missing:
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
+    state = unwrapped.state_dict()
+    other = [f"{key} {list(stored[key])} there, {list(state[key].shape)} here" for key in sorted(trained_keys(unwrapped))
+             if stored[key] != tuple(state[key].shape)]
+    if other:
+        raise ValueError(f"{checkpoint}: not a checkpoint of this model (another --speech_lora_rank?): "
+                         f"{'; '.join(other[:3])}")
     if accelerator.is_main_process:
         TrainingProgress.migrate(checkpoint)
         progress.load(checkpoint)
@@ -1006,7 +1019,8 @@ def train(args):
             "metric_for_best_model": args.metric_for_best_model, "same_group_negatives": args.same_group_negatives,
             "hold_out_sources": args.hold_out_sources, "best_epoch": progress.best_epoch,
             "speech_trainable_layers": unwrapped.config.speech_trainable_layers,
-            "speech_lora": ({"rank": args.speech_lora_rank, "alpha": args.speech_lora_alpha or 2 * args.speech_lora_rank,
+            "speech_lora": ({"rank": args.speech_lora_rank,
+                             "alpha": 2 * args.speech_lora_rank if args.speech_lora_alpha is None else args.speech_lora_alpha,
                              "merged_into_the_exported_weights": True} if args.speech_lora_rank else None),
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),

@@ -172,6 +172,7 @@ def evaluate_model(args, hubness: dict) -> int:
                           asr_cache=args.asr_cache if transcriber else None, **hubness)
     report["quantize"] = args.quantize  # None: fp32
     report["sources"] = args.sources  # None: every pair
+    report["split"] = args.split if args.data else None  # a --manifest has none; `clasp export` puts it in model-index
     write_atomically(args.output, json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     if args.markdown:
         title = f"Retrieval evaluation of {os.path.basename(os.path.normpath(args.model))}"

@@ -139,8 +139,9 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
 
         if isinstance(eval_results, dict):  # one report, named by dataset_name
             eval_results = [(dataset_name or "evaluation data", eval_results)]
-        card_data.eval_results = [result for name, report in eval_results
-                                  for result in model_index_results(report, dataset_name=name)]
+        card_data.eval_results = [result for name, report in eval_results  # a report of an earlier version: test
+                                  for result in model_index_results(report, dataset_name=name,
+                                                                    dataset_split=report.get("split", "test"))]
         sections = [report_to_markdown(report, title="Retrieval").replace("# Retrieval", "", 1).strip()
                     for _, report in eval_results]
         evaluation = (sections[0] if len(sections) == 1 else
@@ -223,6 +224,8 @@ def named_reports(items, dataset_name=None) -> list:
         name, sep, path = item.partition("=")
         if not sep or os.path.exists(item):
             name, path = None, item
+        elif not name.strip():
+            raise ValueError(f"--eval-results {item}: give a name before '=' (NAME=PATH), or only the path")
         if name is None:
             unnamed += 1
             name = dataset_name or "evaluation data"

@@ -207,8 +207,11 @@ def without_prompts_of(prompts, manifest) -> list:
     path = path / "manifest.jsonl" if path.is_dir() else path
     if not path.is_file():
         raise FileNotFoundError(f"--exclude-prompts {manifest}: no {path} (an Asterisk import's folder or manifest.jsonl)")
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    names = {row["group"].removeprefix(f"{SOURCE}:") for row in rows if row.get("source") == SOURCE}
+    try:
+        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = {row["group"].removeprefix(f"{SOURCE}:") for row in rows if row.get("source") == SOURCE}
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"--exclude-prompts {manifest}: {path} is not a manifest of JSON rows with a group ({error!r})") from None
     if not names:
         raise ValueError(f"--exclude-prompts {manifest}: {path} holds no Asterisk prompt (source {SOURCE!r})")
     texts = {(row["language"], normalise_text(row["text"])) for row in rows if row.get("source") == SOURCE}
@@ -229,7 +232,15 @@ def build_asterisk(output, languages=LANGUAGES, *, min_words: int = 3, per_langu
     output = Path(output)
     prompts = find_prompts(languages, root, min_words)
     if exclude is not None:
+        excluded = Path(exclude).resolve()
+        if output.resolve() in (excluded, excluded.parent if excluded.is_file() else excluded):
+            raise ValueError(f"--output {output} is the import --exclude-prompts {exclude} names: it would be replaced "
+                             "by the prompts it does not hold; write the new import elsewhere")
+        found = len(prompts)
         prompts = without_prompts_of(prompts, exclude)
+        if found and not prompts:
+            raise ValueError(f"--exclude-prompts {exclude} leaves none of the {found} Asterisk prompts of at least "
+                             f"{min_words} words in {', '.join(languages)}")
     prompts = choose(prompts, per_language)
     if not prompts:
         raise ValueError(f"no Asterisk prompt of at least {min_words} words in {', '.join(languages)}")

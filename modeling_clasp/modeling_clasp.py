@@ -429,7 +429,10 @@ class ClaspModel(ClaspPreTrainedModel):
                              "(train_accelerate.py --speech_trainable_layers K) first")
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"LoRA rank must be an int of at least 1, got {rank!r}")
-        from peft import LoraConfig, inject_adapter_in_model
+        try:  # inside try: transformers' remote-code import check (get_imports) skips it, so loading needs no PEFT
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError as error:
+            raise ImportError("LoRA adapters need PEFT: pip install 'clasp-hf[lora]' (or pip install peft)") from error
 
         top = {id(module) for layer in self._speech_top_layers()[0] for module in layer.modules()}
         targets = [name for name, module in self.speech_model.named_modules()
@@ -442,7 +445,12 @@ class ClaspModel(ClaspPreTrainedModel):
     def merge_speech_lora(self):
         """Fold the LoRA adapters of `add_speech_lora` into their linear layers and remove them (as PEFT's
         `merge_and_unload`): the state dict has a plain model's names again. Returns self."""
-        from peft.tuners.lora import LoraLayer
+        if not self.has_speech_lora():
+            return self
+        try:  # inside try, as in add_speech_lora; importable whenever adapters are there
+            from peft.tuners.lora import LoraLayer
+        except ImportError as error:
+            raise ImportError("merging LoRA adapters needs PEFT: pip install 'clasp-hf[lora]'") from error
 
         for name, module in list(self.speech_model.named_modules()):
             if isinstance(module, LoraLayer):

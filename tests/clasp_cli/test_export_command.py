@@ -195,7 +195,7 @@ def test_several_reports_each_go_into_model_index_under_their_name_and_into_the_
     source = tmp_path / "trained"
     tiny_model(config).eval().save_pretrained(source)
     tiny_processor(config, tmp_path).save_pretrained(source)
-    synthetic, real = report(), report()
+    synthetic, real = report(), {**report(), "split": "validation"}  # a report of an earlier version has no split
     real["audio_to_text"] = metrics(0.25)
     real["text_to_audio"] = metrics(0.35)
     real["correct_set"] = "same-group"
@@ -212,6 +212,8 @@ def test_several_reports_each_go_into_model_index_under_their_name_and_into_the_
     assert values[("Asterisk real speech (test)", "text_to_audio", "hits@1")] == 0.35
     assert values[("Asterisk real speech (test)", "audio_to_text", "hits@1")] == 0.25
     assert {r.metric_args["correct_set"] for r in card.data.eval_results if r.dataset_name.startswith("Asterisk")} == {"same-group"}
+    assert {(r.dataset_name, r.dataset_split) for r in card.data.eval_results} == {
+        ("synthetic (test)", "test"), ("Asterisk real speech (test)", "validation")}
     assert "### synthetic (test)" in card.text and "### Asterisk real speech (test)" in card.text
     assert json.loads((tmp_path / "hub" / "eval_results.json").read_text())["text_to_audio"]["hits@1"] == 0.7
     assert json.loads((tmp_path / "hub" / "eval_results_2.json").read_text())["text_to_audio"]["hits@1"] == 0.35
@@ -227,7 +229,8 @@ def test_a_bad_report_is_named_before_anything_is_written(tmp_path):
     (tmp_path / "other.json").write_text(json.dumps({"hits@1": 0.5}))
     for item, message in ((f"real={tmp_path / 'missing.json'}", "no file"), (str(tmp_path / "not-json.json"), "not a JSON report"),
                           (str(tmp_path / "other.json"), "not a `clasp eval` report"),
-                          (f"good={tmp_path / 'good.json'}", "given twice")):
+                          (f"good={tmp_path / 'good.json'}", "given twice"),
+                          (f"={tmp_path / 'good.json'}", "give a name before '='")):
         extra = ["--eval-results", f"good={tmp_path / 'good.json'}"] if "twice" in message else []
         result = clasp("export", "--model", str(source), "--output", str(tmp_path / "hub"), *extra, "--eval-results", item)
         assert result.returncode == 2 and message in result.stderr and item in result.stderr, result.stderr[-2000:]

@@ -246,3 +246,23 @@ def test_exclude_prompts_names_a_folder_that_is_no_asterisk_import(fake_root, tm
     assert not (tmp_path / "out").exists()
     code = main(["data", "import", "--manifest", "m.jsonl", "--exclude-prompts", str(other), "--output", str(tmp_path / "x")])
     assert code == 2 and "needs --asterisk" in capsys.readouterr().err
+
+
+def test_exclude_prompts_refuses_to_overwrite_the_import_it_names_and_says_when_nothing_is_left(fake_root, tmp_path, capsys):
+    evaluation = tmp_path / "eval"
+    assert main(["data", "import", "--asterisk", "--languages", "fr", "--asterisk-root", str(fake_root),
+                 "--output", str(evaluation)]) == 0
+    before = (evaluation / "manifest.jsonl").read_text(encoding="utf-8")
+    capsys.readouterr()
+    for exclude in (evaluation, evaluation / "manifest.jsonl"):
+        code = main(["data", "import", "--asterisk", "--languages", "fr", "--asterisk-root", str(fake_root),
+                     "--split-fractions", "1,0,0", "--exclude-prompts", str(exclude), "--output", str(evaluation)])
+        assert code == 2 and "write the new import elsewhere" in capsys.readouterr().err
+    assert (evaluation / "manifest.jsonl").read_text(encoding="utf-8") == before  # untouched
+    code = main(["data", "import", "--asterisk", "--languages", "fr", "--asterisk-root", str(fake_root),
+                 "--exclude-prompts", str(evaluation), "--output", str(tmp_path / "rest")])
+    assert code == 2 and f"--exclude-prompts {evaluation} leaves none of the 6 Asterisk prompts" in capsys.readouterr().err
+    (tmp_path / "bad.jsonl").write_text("not json\n")
+    code = main(["data", "import", "--asterisk", "--languages", "fr", "--asterisk-root", str(fake_root),
+                 "--exclude-prompts", str(tmp_path / "bad.jsonl"), "--output", str(tmp_path / "x")])
+    assert code == 2 and "bad.jsonl is not a manifest of JSON rows" in capsys.readouterr().err

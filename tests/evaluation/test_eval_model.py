@@ -204,6 +204,7 @@ def test_dataset_split_from_clasp_data(clasp_dir, tmp_path):
     report = json.loads(output.read_text())
     assert report["num_queries"] == 4 and [f["path"] for f in report["failed"]] == ["test[4] (bad.wav)"]
     assert set(report["by_category"]) == {"x", "y"} and set(report["cross_lingual"]) == {"fr"}
+    assert report["split"] == "test"  # recorded, for clasp export's model-index
     assert main(["eval", "--model", str(clasp_dir), "--data", str(tmp_path / "data"), "--split", "dev",
                  "--output", str(output)]) == 2
 
@@ -353,7 +354,7 @@ def test_sources_evaluates_one_corpus_among_itself(clasp_dir, tmp_path, capsys):
                  "--sources", "fortunes"]) == 0
     report = json.loads(output.read_text())
     # fortunes-de and fortunes-es (rows 0, 1, 5, 6), not "fortunesx": a name picks its own corpus or name-*.
-    assert report["num_queries"] == 4 and report["sources"] == "fortunes"
+    assert report["num_queries"] == 4 and report["sources"] == "fortunes" and report["split"] is None  # a manifest has none
     assert main(["eval", "--model", str(clasp_dir), "--manifest", str(manifest), "--output", str(output),
                  "--sources", "django,fortunes-es"]) == 0
     assert json.loads(output.read_text())["num_queries"] == 6

@@ -372,11 +372,33 @@ def test_lora_options_are_checked(tmp_path, capsys):
 
     base = ["--train_data", "x", "--model", "m", "--output_dir", "o"]
     for extra, message in ((["--speech_lora_rank", "-1"], "--speech_lora_rank -1: give 0"),
-                           (["--speech_lora_alpha", "8"], "--speech_lora_alpha needs --speech_lora_rank")):
+                           (["--speech_lora_alpha", "8"], "--speech_lora_alpha needs --speech_lora_rank"),
+                           (["--speech_lora_rank", "4", "--speech_lora_alpha", "0"], "--speech_lora_alpha 0.0: give a positive"),
+                           (["--speech_lora_rank", "4", "--unfreeze_speech_encoder"], "choose one")):
         with pytest.raises(SystemExit):
             parse_args(base + extra)
         assert message in capsys.readouterr().err
     # A rank without trainable layers: refused by name, nothing trained.
     _, cache, _ = _k1_start_and_cache(tmp_path)
     result = _train(tmp_path, cache, tmp_path / "no-layers", "--speech_trainable_layers", "0", "--speech_lora_rank", "2")
-    assert result.returncode != 0 and "LoRA adapts the speech encoder's trainable top layers" in result.stderr
+    assert result.returncode == 2 and "LoRA adapts the speech encoder's trainable top layers" in result.stderr
+    # A checkpoint of another rank is refused by name, not with a size-mismatch traceback.
+    first = _train(tmp_path, cache, tmp_path / "rank2", "--speech_lora_rank", "2", "--checkpointing_steps", "1",
+                   "--num_train_epochs", "1")
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = _train(tmp_path, cache, tmp_path / "rank2", "--speech_lora_rank", "4", "--resume_from_checkpoint", "latest")
+    assert again.returncode == 2 and "another --speech_lora_rank?" in again.stderr and "Traceback" not in again.stderr
+    assert "[2, " in again.stderr and "[4, " in again.stderr  # lora_A: [rank, in] there and here
+
+
+def test_the_remote_code_of_a_saved_folder_needs_no_optional_package(tmp_path):
+    """transformers refuses to load remote code whose files import a package that is not installed
+    (dynamic_module_utils.get_imports: every import outside a try block); PEFT is an optional extra
+    of training, so a saved folder's code must not ask for it (nor for any other optional package)."""
+    from transformers.dynamic_module_utils import get_imports
+
+    save_tiny_clasp = __import__("tiny").save_tiny_clasp
+    folder = save_tiny_clasp(tmp_path)
+    flat = {path.stem for path in folder.glob("*.py")}
+    required = {name for path in folder.glob("*.py") for name in get_imports(path)} - flat - set(sys.stdlib_module_names)
+    assert required == {"torch", "torchaudio", "numpy", "transformers"}, required
