@@ -908,7 +908,10 @@ def train(args):
     )
     if accelerator.is_main_process:
         print(f"[train] mode={mode} processes={accelerator.num_processes} effective batch={effective_batch} "
-              f"negatives/step={args.per_device_train_batch_size * accelerator.num_processes - 1} steps={max_steps}", flush=True)
+              f"negatives/step={args.per_device_train_batch_size * accelerator.num_processes - 1} steps={max_steps} "
+              f"trainable parameters={sum(p.numel() for p in trainable):,}"
+              + (f" speech layers trained={unwrapped.config.speech_trainable_layers}" if unwrapped.config.speech_trainable_layers else "")
+              + (f" (LoRA rank {args.speech_lora_rank})" if args.speech_lora_rank else ""), flush=True)
     if args.with_tracking:
         accelerator.init_trackers("clasp", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
 

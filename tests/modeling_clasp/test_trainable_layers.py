@@ -334,6 +334,7 @@ def test_lora_training_on_the_cache_exports_a_plain_folder_that_embeds_raw_audio
     output = tmp_path / "lora"
     result = _train(tmp_path, cache, output, "--speech_lora_rank", "2")
     assert result.returncode == 0, result.stderr[-4000:]
+    assert "speech layers trained=1 (LoRA rank 2)" in result.stdout
     before, after = start.state_dict(), load_file(output / "model.safetensors")
     assert set(after) == set(before) and not any("lora" in name for name in after)
     for name in ("fc1", "fc2", "self_attn.q_proj", "self_attn.out_proj"):
