@@ -192,7 +192,7 @@ def export(model_dir, output_dir, repo=None, languages=(), license="mit", datase
         card = build_model_card(model, processor, repo, list(languages), license, list(datasets), eval_results,
                                 widget=widget)
         card.save(os.path.join(staging, "README.md"))
-        for number, (name, path, _) in enumerate(reports):  # eval_results.json, eval_results_2.json, ...
+        for number, (_, path, _) in enumerate(reports):  # eval_results.json, eval_results_2.json, ...
             shutil.copyfile(path, os.path.join(staging, "eval_results.json" if number == 0 else f"eval_results_{number + 1}.json"))
         if os.path.isfile(os.path.join(model_dir, BANK_FILE)):  # an optional extra file: loading ignores it
             shutil.copyfile(os.path.join(model_dir, BANK_FILE), os.path.join(staging, BANK_FILE))
