@@ -68,6 +68,7 @@ from data_clasp.features import MARKER, VIEW_COLUMNS, CachedFeatures, OneViewPer
 from data_clasp.files import write_atomically
 from evaluation.hubness import BANK_FILE
 from modeling_clasp import gather_with_grad
+from modeling_clasp.lora import add_speech_lora, merge_speech_lora
 
 logger = get_logger(__name__)
 
@@ -653,7 +654,7 @@ def export_best(accelerator, model, processor, output_dir):
     staging = os.path.join(output_dir, ".export")
     shutil.rmtree(staging, ignore_errors=True)
     # LoRA adapters are folded into a copy's weights: the Hub folder is a plain CLASP model (no PEFT to load it).
-    (copy.deepcopy(unwrapped).merge_speech_lora() if unwrapped.has_speech_lora() else unwrapped).save_pretrained(staging)
+    (merge_speech_lora(copy.deepcopy(unwrapped)) if unwrapped.has_speech_lora() else unwrapped).save_pretrained(staging)
     processor.save_pretrained(staging)
     for name in os.listdir(staging):
         target = os.path.join(output_dir, name)
@@ -818,7 +819,7 @@ def train(args):
     mode, data = load_training_data(args.train_data)
     model, processor = load_model_and_processor(args)
     if args.speech_lora_rank:
-        model.add_speech_lora(args.speech_lora_rank, args.speech_lora_alpha).freeze_backbones()
+        add_speech_lora(model, args.speech_lora_rank, args.speech_lora_alpha)
     if args.extra_train_data:
         data, counts = add_extra_training_data(data, mode, args.extra_train_data)
         for path, (added, left_out) in counts.items():

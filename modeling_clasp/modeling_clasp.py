@@ -417,50 +417,9 @@ class ClaspModel(ClaspPreTrainedModel):
         layers, norm = self._speech_top_layers()
         return [*layers, *([norm] if norm is not None else [])]
 
-    def add_speech_lora(self, rank: int, alpha: float | None = None, dropout: float = 0.0):
-        """LoRA adapters (Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"; PEFT's
-        `inject_adapter_in_model`) on every linear layer of the speech encoder's trainable top layers
-        (`config.speech_trainable_layers` = k): W x + (alpha / rank) B A x, B zero at first. The top
-        layers' own weights and the encoder's final norm freeze; only the adapters (and the head) train.
-        `merge_speech_lora` folds them into the weights, so a saved model is a plain CLASP model.
-        Needs `pip install peft`; ValueError for k = 0 or a rank < 1. Returns self."""
-        if not self.config.speech_trainable_layers or self.speech_model is None:
-            raise ValueError("LoRA adapts the speech encoder's trainable top layers: set speech_trainable_layers "
-                             "(train_accelerate.py --speech_trainable_layers K) first")
-        if not isinstance(rank, int) or rank < 1:
-            raise ValueError(f"LoRA rank must be an int of at least 1, got {rank!r}")
-        try:  # inside try: transformers' remote-code import check (get_imports) skips it, so loading needs no PEFT
-            from peft import LoraConfig, inject_adapter_in_model
-        except ImportError as error:
-            raise ImportError("LoRA adapters need PEFT: pip install 'clasp-hf[lora]' (or pip install peft)") from error
-
-        top = {id(module) for layer in self._speech_top_layers()[0] for module in layer.modules()}
-        targets = [name for name, module in self.speech_model.named_modules()
-                   if id(module) in top and isinstance(module, nn.Linear)]
-        config = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
-                            target_modules=targets, bias="none")
-        inject_adapter_in_model(config, self.speech_model)  # marks only the adapters of speech_model trainable
-        return self
-
-    def merge_speech_lora(self):
-        """Fold the LoRA adapters of `add_speech_lora` into their linear layers and remove them (as PEFT's
-        `merge_and_unload`): the state dict has a plain model's names again. Returns self."""
-        if not self.has_speech_lora():
-            return self
-        try:  # inside try, as in add_speech_lora; importable whenever adapters are there
-            from peft.tuners.lora import LoraLayer
-        except ImportError as error:
-            raise ImportError("merging LoRA adapters needs PEFT: pip install 'clasp-hf[lora]'") from error
-
-        for name, module in list(self.speech_model.named_modules()):
-            if isinstance(module, LoraLayer):
-                module.merge(safe_merge=True)  # ValueError on NaN weights instead of saving them
-                parent, _, attribute = name.rpartition(".")
-                setattr(self.speech_model.get_submodule(parent), attribute, module.get_base_layer())
-        return self
-
     def has_speech_lora(self) -> bool:
-        """Whether `add_speech_lora` adapters are in the speech encoder (not yet merged)."""
+        """Whether LoRA adapters (modeling_clasp.lora.add_speech_lora, a training tool not shipped with the
+        remote code) are in the speech encoder, not yet merged."""
         return self.speech_model is not None and any(
             type(module).__module__.startswith("peft.") for module in self.speech_model.modules())
 

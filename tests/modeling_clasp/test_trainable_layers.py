@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from clean_process import run_clean
 from data_clasp.features import build_feature_cache, cache_fingerprint
 from modeling_clasp import ClaspModel
+from modeling_clasp.lora import add_speech_lora, merge_speech_lora
 from tiny import REPO, WORDS, tiny_config, tiny_model, tiny_processor, tone
 
 
@@ -286,7 +287,7 @@ def test_the_fingerprint_leaves_out_the_layers_that_train_not_the_ones_below():
 
 
 def test_lora_adapters_train_alone_and_merge_into_a_plain_model():
-    """add_speech_lora: only the adapters of the top layer (and the head) train, the model computes
+    """modeling_clasp.lora.add_speech_lora: only the adapters of the top layer (and the head) train, the model computes
     what it did before (B starts at zero); after changing the adapters, merge_speech_lora gives a
     model of plain names whose top layer is W + (alpha / r) B A and computes what the adapted one did."""
     torch.manual_seed(0)
@@ -297,7 +298,7 @@ def test_lora_adapters_train_alone_and_merge_into_a_plain_model():
     with torch.no_grad():
         before = model.pool_speech(frames, weights)
     fc1 = model.speech_model.layers[1].fc1.weight.detach().clone()
-    model.add_speech_lora(2, alpha=6.0).freeze_backbones()
+    add_speech_lora(model, 2, alpha=6.0)
     trainable = {name for name, p in model.named_parameters() if p.requires_grad and name.startswith("speech_model.")}
     assert trainable and all(".lora_" in name and name.startswith("speech_model.layers.1.") for name in trainable)
     assert {name.split(".lora_")[0].removeprefix("speech_model.layers.1.") for name in trainable} == {
@@ -311,7 +312,7 @@ def test_lora_adapters_train_alone_and_merge_into_a_plain_model():
         expected_fc1 = fc1 + 3.0 * lora.lora_B["default"].weight @ lora.lora_A["default"].weight  # alpha / r = 3
     assert (adapted - before).abs().max() > 1e-3
     assert model.has_speech_lora()
-    model.merge_speech_lora()
+    merge_speech_lora(model)
     assert not model.has_speech_lora() and set(model.state_dict()) == names
     torch.testing.assert_close(model.speech_model.layers[1].fc1.weight, expected_fc1)
     with torch.no_grad():
@@ -320,9 +321,9 @@ def test_lora_adapters_train_alone_and_merge_into_a_plain_model():
 
 def test_lora_needs_trainable_layers_and_a_positive_rank():
     with pytest.raises(ValueError, match="speech_trainable_layers"):
-        ClaspModel(tiny_config("whisper")).add_speech_lora(4)
+        add_speech_lora(ClaspModel(tiny_config("whisper")), 4)
     with pytest.raises(ValueError, match="rank must be an int of at least 1"):
-        ClaspModel(tiny_config("whisper", speech_trainable_layers=1)).add_speech_lora(0)
+        add_speech_lora(ClaspModel(tiny_config("whisper", speech_trainable_layers=1)), 0)
 
 
 def test_lora_training_on_the_cache_exports_a_plain_folder_that_embeds_raw_audio_as_training_did(tmp_path):
