@@ -162,6 +162,8 @@ def parse_args(argv=None):
         parser.error("--speech_lora_alpha needs --speech_lora_rank")
     if args.speech_lora_alpha is not None and not args.speech_lora_alpha > 0:
         parser.error(f"--speech_lora_alpha {args.speech_lora_alpha}: give a positive number (the update is scaled by alpha / rank)")
+    if args.speech_lora_rank and args.speech_lora_alpha is None:
+        args.speech_lora_alpha = 2.0 * args.speech_lora_rank
     if args.speech_lora_rank and args.unfreeze_speech_encoder:
         parser.error("--speech_lora_rank trains adapters on the top layers of a frozen speech encoder; "
                      "--unfreeze_speech_encoder trains the whole encoder: choose one")
@@ -586,11 +588,12 @@ def resume(accelerator, model, checkpoint, progress):
     with safe_open(os.path.join(checkpoint, "model.safetensors"), framework="pt") as f:
         stored = {key.removeprefix("module."): tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     unwrapped = accelerator.unwrap_model(model)
-    missing = trained_keys(unwrapped) - set(stored)
+    keys = trained_keys(unwrapped)
+    missing = keys - set(stored)
     if missing:
         raise ValueError(f"{checkpoint}: not a checkpoint of this model; it lacks {sorted(missing)[:5]}")
     state = unwrapped.state_dict()
-    other = [f"{key} {list(stored[key])} there, {list(state[key].shape)} here" for key in sorted(trained_keys(unwrapped))
+    other = [f"{key} {list(stored[key])} there, {list(state[key].shape)} here" for key in sorted(keys)
              if stored[key] != tuple(state[key].shape)]
     if other:
         raise ValueError(f"{checkpoint}: not a checkpoint of this model (another --speech_lora_rank?): "
@@ -1023,8 +1026,7 @@ def train(args):
             "metric_for_best_model": args.metric_for_best_model, "same_group_negatives": args.same_group_negatives,
             "hold_out_sources": args.hold_out_sources, "best_epoch": progress.best_epoch,
             "speech_trainable_layers": unwrapped.config.speech_trainable_layers,
-            "speech_lora": ({"rank": args.speech_lora_rank,
-                             "alpha": 2 * args.speech_lora_rank if args.speech_lora_alpha is None else args.speech_lora_alpha,
+            "speech_lora": ({"rank": args.speech_lora_rank, "alpha": args.speech_lora_alpha,
                              "merged_into_the_exported_weights": True} if args.speech_lora_rank else None),
             "best": next((h for h in progress.history if h["epoch"] == progress.best_epoch), None),
             "train_seconds_this_run": elapsed, "samples_per_second_this_run": samples_seen / max(elapsed, 1e-9),

@@ -118,8 +118,9 @@ def widget_examples(model, processor, path, repo, samples_dir, revision="main") 
     return entries
 
 
-def build_model_card(model, processor, repo, languages, license, datasets, eval_results=None, dataset_name=None,
+def build_model_card(model, processor, repo, languages, license, datasets, eval_results=None,
                      limitations=DEFAULT_LIMITATIONS, widget=None):
+    """The card of `model`; `eval_results`: [(dataset name, `clasp eval` report)], each in model-index."""
     from huggingface_hub import ModelCard, ModelCardData
 
     config = model.config
@@ -137,8 +138,6 @@ def build_model_card(model, processor, repo, languages, license, datasets, eval_
     if eval_results is not None:
         from evaluation.report import model_index_results, report_to_markdown
 
-        if isinstance(eval_results, dict):  # one report, named by dataset_name
-            eval_results = [(dataset_name or "evaluation data", eval_results)]
         card_data.eval_results = [result for name, report in eval_results  # a report of an earlier version: test
                                   for result in model_index_results(report, dataset_name=name,
                                                                     dataset_split=report.get("split", "test"))]

@@ -209,12 +209,13 @@ def without_prompts_of(prompts, manifest) -> list:
         raise FileNotFoundError(f"--exclude-prompts {manifest}: no {path} (an Asterisk import's folder or manifest.jsonl)")
     try:
         rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        names = {row["group"].removeprefix(f"{SOURCE}:") for row in rows if row.get("source") == SOURCE}
+        rows = [row for row in rows if row.get("source") == SOURCE]
+        names = {row["group"].removeprefix(f"{SOURCE}:") for row in rows}
+        texts = {(row["language"], normalise_text(row["text"])) for row in rows}
     except (ValueError, KeyError, TypeError, AttributeError) as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise ValueError(f"--exclude-prompts {manifest}: {path} is not a manifest of JSON rows with a group ({error!r})") from None
     if not names:
         raise ValueError(f"--exclude-prompts {manifest}: {path} holds no Asterisk prompt (source {SOURCE!r})")
-    texts = {(row["language"], normalise_text(row["text"])) for row in rows if row.get("source") == SOURCE}
     return [p for p in prompts if p["name"] not in names and (p["language"], normalise_text(p["text"])) not in texts]
 
 

@@ -8,10 +8,11 @@ model is saved, so a saved CLASP model never holds them.
 from torch import nn
 
 
-def add_speech_lora(model, rank: int, alpha: float | None = None, dropout: float = 0.0):
+def add_speech_lora(model, rank: int, alpha: float):
     """LoRA adapters (Hu et al. 2022, "LoRA: Low-Rank Adaptation of Large Language Models"; PEFT's
     `inject_adapter_in_model`) on every linear layer of the ClaspModel's trainable top speech layers
-    (`config.speech_trainable_layers` = k): W x + (alpha / rank) B A x, B zero at first. The top
+    (`config.speech_trainable_layers` = k): W x + (alpha / rank) B A x, B zero at first (no adapter
+    dropout; `train_accelerate.py` gives alpha = 2 x rank unless told). The top
     layers' own weights and the encoder's final norm freeze (`model.freeze_backbones()` keeps it so);
     only the adapters (and the head) train. ValueError for k = 0 or a rank < 1; ImportError naming the
     pip command without PEFT. Returns the model."""
@@ -28,8 +29,7 @@ def add_speech_lora(model, rank: int, alpha: float | None = None, dropout: float
     top = {id(module) for layer in model._speech_top_layers()[0] for module in layer.modules()}
     targets = [name for name, module in model.speech_model.named_modules()
                if id(module) in top and isinstance(module, nn.Linear)]
-    config = LoraConfig(r=rank, lora_alpha=2 * rank if alpha is None else alpha, lora_dropout=dropout,
-                        target_modules=targets, bias="none")
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=targets, bias="none")
     inject_adapter_in_model(config, model.speech_model)  # marks only the adapters of speech_model trainable
     return model.freeze_backbones()
 

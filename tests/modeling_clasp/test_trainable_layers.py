@@ -321,9 +321,9 @@ def test_lora_adapters_train_alone_and_merge_into_a_plain_model():
 
 def test_lora_needs_trainable_layers_and_a_positive_rank():
     with pytest.raises(ValueError, match="speech_trainable_layers"):
-        add_speech_lora(ClaspModel(tiny_config("whisper")), 4)
+        add_speech_lora(ClaspModel(tiny_config("whisper")), 4, 8.0)
     with pytest.raises(ValueError, match="rank must be an int of at least 1"):
-        add_speech_lora(ClaspModel(tiny_config("whisper", speech_trainable_layers=1)), 0)
+        add_speech_lora(ClaspModel(tiny_config("whisper", speech_trainable_layers=1)), 0, 8.0)
 
 
 def test_lora_training_on_the_cache_exports_a_plain_folder_that_embeds_raw_audio_as_training_did(tmp_path):
